@@ -1,0 +1,195 @@
+"""`fer-tune`: parses the command line and calls the library. No logic lives here.
+
+`fer-tune --space resnet.yaml --gpus 2` (no subcommand) runs a search; the other commands are
+data, train, evaluate, resume, export, retrain and report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from fer_tune.errors import FerTuneError
+
+
+def _data(args: argparse.Namespace) -> int:
+    from fer_tune.data import describe, load_fer2013
+
+    print(describe(load_fer2013(args.path)))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from fer_tune.config import RunConfig
+    from fer_tune.data import load_fer2013
+    from fer_tune.train import train
+
+    cfg = RunConfig.from_yaml(args.config)
+    if args.epochs is not None:
+        cfg = RunConfig.from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "epochs": args.epochs}})
+    train(cfg, load_fer2013(args.data), out_dir=args.out, device=args.device, progress=True)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from fer_tune.data import load_fer2013
+    from fer_tune.evaluate import evaluate_dir, format_metrics
+
+    metrics = evaluate_dir(args.model, load_fer2013(args.data), tta=args.tta, out_dir=args.out, device=args.device)
+    print(format_metrics(metrics))
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from fer_tune.search import run_search
+
+    if args.resume:
+        from fer_tune.search import resume_search
+
+        return resume_search(args.resume, retry_errored=args.retry_errored, address=args.address)
+    if not args.space:
+        raise FerTuneError("give a search space (--space NAME|PATH) or a search to continue (--resume DIR)")
+    return run_search(args)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from fer_tune.search import resume_search
+
+    return resume_search(args.path, retry_errored=args.retry_errored, address=args.address)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from fer_tune.results import export_config
+
+    path = export_config(args.search, rank=args.rank, out=args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from fer_tune.retrain import retrain
+
+    retrain(
+        args.config,
+        data=args.data,
+        out_dir=args.out,
+        epochs=args.epochs,
+        seeds=args.seeds,
+        train_on=args.train_on,
+        tta=args.tta,
+        device=args.device,
+    )
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from fer_tune.report import write_report
+
+    path = write_report(args.searches, out_dir=args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_search_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", help="search space: a bundled name (resnet, resnet.yaml) or a YAML path")
+    p.add_argument("--data", help="FER2013 CSV or image folder (default: $FER_TUNE_DATA, the space's data:, ./)")
+    p.add_argument("--gpus", type=float, help="GPUs to use (0: CPU only; default: all visible)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 packs 4 trials per GPU")
+    p.add_argument("--cpus", type=int, help="CPUs to use (default: all)")
+    p.add_argument("--cpus-per-trial", type=int, help="CPUs (and torch threads) per trial")
+    p.add_argument("--num-samples", type=int, help="trials to run")
+    p.add_argument("--time-budget", help="stop starting trials after this long: 90m, 2h, 3600s")
+    p.add_argument("--max-failures", type=int, help="retries of a trial that failed (default 0)")
+    p.add_argument("--name", help="experiment name (default: space name and time)")
+    p.add_argument("--results", default="results", help="results directory (default: ./results)")
+    p.add_argument("--address", help="join a running Ray cluster: auto or ray://host:port")
+    p.add_argument("--wandb-project", help="log every trial to this wandb project (default: $WANDB_PROJECT)")
+    p.add_argument("--wandb-mode", choices=["online", "offline", "disabled"], help="wandb mode")
+    p.add_argument("--resume", metavar="DIR", help="continue the interrupted search in DIR (results/<name>)")
+    p.add_argument("--retry-errored", action="store_true", help="with --resume: run errored trials again")
+
+
+def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Namespace], int]]]:
+    def parser(name: str, help: str) -> argparse.ArgumentParser:
+        return argparse.ArgumentParser(prog=f"fer-tune {name}".strip(), description=help)
+
+    search = parser("", "Search hyperparameters of FER2013 models with Ray Tune (ASHA + Optuna).")
+    _add_search_args(search)
+    search.epilog = "other commands: " + ", ".join(
+        ["data", "train", "evaluate", "resume", "export", "retrain", "report"]
+    )
+
+    data = parser("data", "Print images per Usage and class of a FER2013 copy, and the cache location.")
+    data.add_argument("path", help="fer2013.csv, icml_face_data.csv, train.csv or an image folder")
+
+    train = parser("train", "Train one run config outside a search.")
+    train.add_argument("config", help="run config YAML (model, train, augment, seed)")
+    train.add_argument("--data", required=True, help="FER2013 CSV or image folder")
+    train.add_argument("--out", default="runs/train", help="output folder (default: runs/train)")
+    train.add_argument("--epochs", type=int, help="override train.epochs")
+    train.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+
+    evaluate = parser("evaluate", "Evaluate a trained model on every Usage split present in the data.")
+    evaluate.add_argument("model", help="a model folder (with model.pt) or a model.pt file")
+    evaluate.add_argument("--data", required=True, help="FER2013 CSV or image folder")
+    evaluate.add_argument("--tta", choices=["none", "flip", "tencrop"], default="none", help="test-time augmentation")
+    evaluate.add_argument("--out", help="where to write metrics.json and confusion PNGs (default: the model folder)")
+    evaluate.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+
+    resume = parser("resume", "Continue an interrupted search.")
+    resume.add_argument("path", help="the search folder, results/<name>")
+    resume.add_argument("--retry-errored", action="store_true", help="run errored trials again")
+    resume.add_argument("--address", help="join a running Ray cluster: auto or ray://host:port")
+
+    export = parser("export", "Write the K-th best trial's complete run config, with provenance.")
+    export.add_argument("search", help="the search folder, results/<name>")
+    export.add_argument("--rank", type=int, default=1, help="1 = best (default)")
+    export.add_argument("-o", "--output", default="best.yaml", help="output YAML (default: best.yaml)")
+
+    retrain = parser("retrain", "Train an exported config on the full budget and evaluate it on every split.")
+    retrain.add_argument("config", help="run config YAML, e.g. from `fer-tune export`")
+    retrain.add_argument("--data", required=True, help="FER2013 CSV or image folder")
+    retrain.add_argument("--out", required=True, help="output folder")
+    retrain.add_argument("--epochs", type=int, help="override train.epochs")
+    retrain.add_argument("--seeds", type=int, default=1, help="independent runs with seeds seed..seed+N-1")
+    retrain.add_argument("--train-on", choices=["Training", "Training+PublicTest"], help="override train.train_on")
+    retrain.add_argument("--tta", choices=["none", "flip", "tencrop"], default="none", help="test-time augmentation")
+    retrain.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+
+    report = parser("report", "Write report.md and figures for one or more searches.")
+    report.add_argument("searches", nargs="+", help="search folders, results/<name>")
+    report.add_argument("--out", help="output folder (default: <search>/report, or ./report for several)")
+
+    return {
+        "": (search, _search),
+        "data": (data, _data),
+        "train": (train, _train),
+        "evaluate": (evaluate, _evaluate),
+        "resume": (resume, _resume),
+        "export": (export, _export),
+        "retrain": (retrain, _retrain),
+        "report": (report, _report),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `fer-tune` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parsers = _parsers()
+    command = argv[0] if argv and argv[0] in parsers else ""
+    parser, handler = parsers[command]
+    args = parser.parse_args(argv[1:] if command else argv)
+    try:
+        return handler(args)
+    except FerTuneError as e:
+        # One line, no traceback: the message already names the file, row or key.
+        print(f"fer-tune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fer-tune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Shared fixtures: a private parse cache, small synthetic FER2013 data, the real data when present, one Ray."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fer_tune.data import USAGES, FER2013
+
+SHARED_FER = (Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "fer2013").resolve()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep the parse cache (and wandb, Ray usage stats) of the tests away from the user's."""
+    os.environ["FER_TUNE_CACHE"] = str(tmp_path_factory.mktemp("fer-tune-cache"))
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+
+
+def make_fer(n_per_class: dict[str, int], seed: int = 0) -> FER2013:
+    """Synthetic FER2013: `n_per_class[usage]` images of each of the 7 classes.
+
+    Each class gets its own mean brightness and a bright bar at a class-specific row, so a small model can
+    learn it in a few epochs (tests that check learning need a signal); the rest is noise.
+    """
+    rng = np.random.default_rng(seed)
+    images, labels, usage = [], [], []
+    for u, n in n_per_class.items():
+        assert u in USAGES
+        for c in range(7):
+            x = rng.integers(0, 96, size=(n, 48, 48)) + 16 * c
+            x[:, 4 + 6 * c : 8 + 6 * c, :] = 255
+            images.append(x.clip(0, 255).astype(np.uint8))
+            labels.append(np.full(n, c, dtype=np.int64))
+            usage.append(np.full(n, u))
+    return FER2013(np.concatenate(images), np.concatenate(labels), np.concatenate(usage), "synthetic")
+
+
+@pytest.fixture(scope="session")
+def tiny_data() -> FER2013:
+    """20 Training and 6 PublicTest images per class (182 in all)."""
+    return make_fer({"Training": 20, "PublicTest": 6})
+
+
+@pytest.fixture(scope="session")
+def shared_fer() -> Path:
+    """The real FER2013 image folders beside the checkout (CI has them); skips where absent."""
+    if not SHARED_FER.is_dir():
+        pytest.skip(f"{SHARED_FER} not present")
+    return SHARED_FER
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the whole test session: 2 CPUs and 2 logical GPUs (GPU scheduling without a GPU)."""
+    ray = pytest.importorskip("ray")
+    ray.init(
+        num_cpus=2,
+        num_gpus=2,
+        include_dashboard=False,
+        object_store_memory=200 * 1024**2,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    yield ray
+    ray.shutdown()
