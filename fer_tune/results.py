@@ -1,0 +1,305 @@
+"""Read a search folder back into tables, write its results files, export a trial's run config.
+
+Everything here reads files under `results/<name>/` only (Ray's experiment state and each trial's
+`result.json`, `params.json`, `error.txt`): no Ray cluster, and it works on a running or interrupted search.
+Trials are ranked by the `val_acc` of their best epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from fer_tune.config import RunConfig
+from fer_tune.errors import DataError, FerTuneError
+
+METRICS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "clean_train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "epoch_seconds",
+    "images_per_second",
+)
+LEADERBOARD_COLUMNS = (
+    "trial_id",
+    "arch",
+    "best_val_acc",
+    "best_epoch",
+    "epochs",
+    "stop_reason",
+    "params",
+    "macs",
+    "seconds",
+)
+_STATUS_REASON = {"RUNNING": "running", "PAUSED": "running", "PENDING": "pending"}
+
+
+def load_results(search_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials: one row per trial, best first; history: one row per trial-epoch) of a search folder."""
+    folder = Path(search_dir)
+    scheduler = _scheduler(folder)
+    rows, histories = [], []
+    for trial in _trials(folder):
+        hist = _history(trial["path"])
+        hist.insert(0, "trial_id", trial["trial_id"])
+        histories.append(hist)
+        rows.append(_trial_row(trial, hist, scheduler))
+    trials = pd.DataFrame(rows, columns=_columns(rows))
+    if len(trials):
+        trials = trials.sort_values("best_val_acc", ascending=False, na_position="last", kind="stable")
+    history = (
+        pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=["trial_id", *METRICS])
+    )
+    return trials.reset_index(drop=True), history
+
+
+def trial_config(search_dir: str | Path, trial_id: str) -> dict[str, Any]:
+    """The complete (resolved, defaults filled) run config of one trial."""
+    for trial in _trials(Path(search_dir)):
+        if trial["trial_id"] == trial_id:
+            return RunConfig.from_dict(trial["config"]).to_dict()
+    raise DataError(f"{search_dir}: no trial {trial_id!r}")
+
+
+def export_config(search_dir: str | Path, rank: int = 1, out: str | Path = "best.yaml") -> Path:
+    """Write the `rank`-th best trial's run config with a `provenance:` block; returns the path written."""
+    folder = Path(search_dir)
+    trials, _ = load_results(folder)
+    ranked = trials.dropna(subset=["best_val_acc"])
+    if rank < 1 or rank > len(ranked):
+        raise DataError(f"{folder}: --rank {rank}: the search has {len(ranked)} trials with a val_acc")
+    return _write_config(folder, ranked.iloc[rank - 1], rank, Path(out))
+
+
+def write_results(search_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(Re)write trials.csv, trials.parquet, leaderboard.md and best_config.yaml; returns load_results'."""
+    folder = Path(search_dir)
+    trials, history = load_results(folder)
+    table = trials.copy()
+    for col in table.columns:  # lists (kernel widths) as JSON text: one type per column in CSV and parquet
+        if table[col].map(lambda v: isinstance(v, list)).any():
+            table[col] = table[col].map(lambda v: json.dumps(v) if isinstance(v, list) else v)
+    table.to_csv(folder / "trials.csv", index=False)
+    table.to_parquet(folder / "trials.parquet", index=False)
+    (folder / "leaderboard.md").write_text(leaderboard(trials, folder.name))
+    ranked = trials.dropna(subset=["best_val_acc"])
+    if len(ranked):
+        _write_config(folder, ranked.iloc[0], 1, folder / "best_config.yaml")
+    return trials, history
+
+
+def leaderboard(trials: pd.DataFrame, name: str, top: int = 20) -> str:
+    """A markdown table of the best `top` trials (written by hand: pandas' to_markdown needs tabulate)."""
+    cols = [c for c in LEADERBOARD_COLUMNS if c in trials.columns]
+    varied = [c for c in trials.columns if c.startswith("config/") and trials[c].astype(str).nunique() > 1]
+    cols += [c for c in varied if c != "config/model/arch"]
+    lines = [
+        f"# {name}: top {min(top, len(trials))} of {len(trials)} trials by best-epoch val_acc",
+        "",
+        "| rank | " + " | ".join(c.removeprefix("config/") for c in cols) + " |",
+        "|---:|" + "---|" * len(cols),
+    ]
+    for i, (_, row) in enumerate(trials.head(top).iterrows(), 1):
+        lines.append(f"| {i} | " + " | ".join(_cell(row[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summarize(trials: pd.DataFrame, search_dir: str | Path) -> str:
+    """A few lines for the terminal: trials per stop reason, the best trial, the errors."""
+    if not len(trials):
+        return f"{search_dir}: no trials"
+    reasons = trials["stop_reason"].map(lambda r: "error" if r.startswith("error") else r).value_counts()
+    lines = [f"{len(trials)} trials: " + ", ".join(f"{n} {r}" for r, n in reasons.items())]
+    best = trials.dropna(subset=["best_val_acc"])
+    if len(best):
+        b = best.iloc[0]
+        lines.append(
+            f"best: trial {b['trial_id']} ({b['arch']}) val_acc {b['best_val_acc']:.4f} at epoch "
+            f"{int(b['best_epoch'])}; run config: {Path(search_dir) / 'best_config.yaml'}"
+        )
+    for _, row in trials[trials["stop_reason"].str.startswith("error")].head(5).iterrows():
+        lines.append(f"  trial {row['trial_id']}: {row['stop_reason']}")
+    return "\n".join(lines)
+
+
+# -- reading the folder --------------------------------------------------------------------------------------
+
+
+def _trials(folder: Path) -> list[dict[str, Any]]:
+    """Trial id, status, config and folder of every trial in Ray's latest experiment-state snapshot."""
+    from ray.tune import ExperimentAnalysis
+
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such search folder")
+    if not list(folder.glob("experiment_state-*.json")):
+        raise DataError(f"{folder}: no experiment_state-*.json; not a Ray Tune search folder (yet)")
+    # It warns about every trial that has no result yet: normal in a search that just started.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    try:
+        analysis = ExperimentAnalysis(str(folder.resolve()))
+    except Exception as e:  # Ray raises several kinds for a truncated or foreign state file
+        raise DataError(f"{folder}: unreadable Ray Tune experiment state: {e}") from None
+    return [
+        {
+            "trial_id": t.trial_id,
+            "status": t.status,
+            "config": t.config,
+            "path": folder / t.storage.trial_dir_name,
+        }
+        for t in analysis.trials
+    ]
+
+
+def _history(trial_dir: Path) -> pd.DataFrame:
+    """One row per epoch from the trial's `result.json` (the last report of an epoch run twice wins)."""
+    path = trial_dir / "result.json"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    rows = []
+    for i, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if i < len(lines):  # a torn last line is a write in progress; anything else is damage
+                raise DataError(f"{path}: line {i}: not JSON") from None
+    keep = [*METRICS, "time_total_s", "time_this_iter_s", "cuda_visible_devices"]
+    hist = pd.DataFrame([{k: r.get(k) for k in keep} for r in rows], columns=keep)
+    if len(hist):
+        # A trial resumed from an older checkpoint reports some epochs again.
+        hist = hist.dropna(subset=["epoch"]).drop_duplicates("epoch", keep="last").sort_values("epoch")
+    return hist.reset_index(drop=True)
+
+
+def _error(trial_dir: Path) -> str:
+    path = trial_dir / "error.txt"
+    if not path.is_file():
+        return "unknown (no error.txt)"
+    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    # Ray's error.txt is a traceback; its last line is the exception ("FloatingPointError: non-finite ...").
+    return lines[-1][:300] if lines else "unknown"
+
+
+def _scheduler(folder: Path) -> str:
+    try:
+        space = yaml.safe_load((folder / "space.yaml").read_text()) or {}
+        sched = (space.get("search") or {}).get("scheduler") or {}
+        return sched.get("type", "asha") if isinstance(sched, dict) else str(sched)
+    except (OSError, yaml.YAMLError):
+        return "asha"
+
+
+def _trial_row(trial: dict[str, Any], hist: pd.DataFrame, scheduler: str) -> dict[str, Any]:
+    config = trial["config"]
+    try:
+        run = RunConfig.from_dict(config)
+        max_epochs, arch = run.train.epochs, run.model.arch
+    except FerTuneError:
+        run, max_epochs, arch = None, math.nan, (config.get("model") or {}).get("arch")
+    row: dict[str, Any] = {"trial_id": trial["trial_id"], "status": trial["status"]}
+    epochs = int(hist["epoch"].max()) if len(hist) else 0
+    status = trial["status"]
+    if status == "ERROR":
+        reason = f"error: {_error(trial['path'])}"
+    elif status == "TERMINATED":
+        done = epochs >= max_epochs
+        reason = "completed" if done else ("stopped by ASHA" if scheduler == "asha" else "stopped early")
+    else:
+        # A snapshot shows the trials running at that moment as PENDING: ones with epochs ran.
+        reason = "running" if epochs else _STATUS_REASON.get(status, status.lower())
+    row["stop_reason"] = reason
+    row["arch"] = arch
+    if len(hist) and hist["val_acc"].notna().any():
+        best = hist.loc[hist["val_acc"].idxmax()]
+        row.update(best_val_acc=float(best["val_acc"]), best_epoch=int(best["epoch"]))
+        row["last_val_acc"] = float(hist["val_acc"].iloc[-1])
+    else:
+        row.update(best_val_acc=math.nan, best_epoch=math.nan, last_val_acc=math.nan)
+    row.update(epochs=epochs, max_epochs=max_epochs)
+    row.update(_stats(run))
+    row["seconds"] = float(hist["time_total_s"].iloc[-1]) if len(hist) else math.nan
+    # Trial start-up inside the trainable: its first report's wall time minus that epoch's own time.
+    first = hist.iloc[0] if len(hist) else None
+    row["start_seconds"] = (
+        float(first["time_this_iter_s"] - first["epoch_seconds"])
+        if first is not None and epochs
+        else math.nan
+    )
+    row["cuda_visible_devices"] = hist["cuda_visible_devices"].iloc[-1] if len(hist) else None
+    resolved = run.to_dict() if run is not None else config
+    for key, value in pd.json_normalize(resolved, sep="/").iloc[0].items():
+        row[f"config/{key}"] = value
+    return row
+
+
+def _stats(run: RunConfig | None) -> dict[str, Any]:
+    if run is None:
+        return {"params": math.nan, "macs": math.nan}
+    from fer_tune.models import model_stats
+
+    try:
+        return model_stats(run.model, input_size=run.augment.input_size)
+    except FerTuneError:
+        return {"params": math.nan, "macs": math.nan}
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    cols = [
+        "trial_id",
+        "status",
+        "stop_reason",
+        "arch",
+        "best_val_acc",
+        "best_epoch",
+        "last_val_acc",
+        "epochs",
+        "max_epochs",
+        "params",
+        "macs",
+        "seconds",
+        "start_seconds",
+        "cuda_visible_devices",
+    ]
+    for row in rows:
+        cols += [k for k in row if k not in cols]
+    return cols
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
+        return f"{value:,}"
+    return str(value).replace("|", "\\|")
+
+
+def _write_config(folder: Path, row: pd.Series, rank: int, out: Path) -> Path:
+    config = trial_config(folder, row["trial_id"])
+    provenance = {
+        "search": str(folder.resolve()),
+        "trial_id": row["trial_id"],
+        "rank": rank,
+        "val_acc": float(row["best_val_acc"]),
+        "epoch": int(row["best_epoch"]),
+        "epochs_run": int(row["epochs"]),
+        "stop_reason": row["stop_reason"],
+        "exported": datetime.now().isoformat(timespec="seconds"),
+    }
+    state = folder / "fer_tune.json"
+    if state.is_file():
+        provenance["data"] = json.loads(state.read_text()).get("data")
+    text = f"# run config of trial {row['trial_id']} (rank {rank}) of search {folder.name}; train it with\n"
+    text += f"# fer-tune train {out.name} --data ... (provenance: is read by people, ignored by training)\n"
+    text += yaml.safe_dump({**config, "provenance": provenance}, sort_keys=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return out

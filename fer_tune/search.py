@@ -1,0 +1,381 @@
+"""Run, interrupt and resume a hyperparameter search with Ray Tune (Optuna TPE or random/grid, ASHA).
+
+`run_search` parses the space and the data before Ray starts, puts the parsed dataset in Ray's object store
+once (`tune.with_parameters`), and runs one `fer_trial` per sampled config. The search folder
+`results/<name>/` is Ray's experiment folder plus `fer_tune.json` (what `resume_search` needs: the data path,
+the resources, whether the search finished) and the results files written by `fer_tune.results`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fer_tune.data import FER2013
+from fer_tune.errors import ConfigError, DataError
+from fer_tune.spaces import Space, load_space, parse_duration, parse_space
+
+STATE_FILE = "fer_tune.json"
+KAGGLE = (
+    "https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge"
+)
+DATA_CANDIDATES = ("fer2013.csv", "icml_face_data.csv", "fer2013")
+METRIC_COLUMNS = {"epoch": "epoch", "train_loss": "train_loss", "val_loss": "val_loss", "val_acc": "val_acc"}
+
+
+def find_data(flag: str | None, space_data: str | None) -> Path:
+    """`--data`, else `$FER_TUNE_DATA`, else the space's `data:`, else FER2013 in the working directory."""
+    for given, what in (
+        (flag, "--data"),
+        (os.environ.get("FER_TUNE_DATA"), "$FER_TUNE_DATA"),
+        (space_data, "data:"),
+    ):
+        if given:
+            path = Path(given).expanduser()
+            if not path.exists():
+                raise DataError(f"{path}: no such file or folder (from {what})")
+            return path.resolve()
+    for name in DATA_CANDIDATES:
+        if Path(name).exists():
+            return Path(name).resolve()
+    raise DataError(
+        f"no FER2013 data: no --data, $FER_TUNE_DATA or data: in the space, and no "
+        f"{', '.join(DATA_CANDIDATES)} "
+        f"in {Path.cwd()}; FER2013 is at {KAGGLE}"
+    )
+
+
+def fer_trial(config: dict[str, Any], data: FER2013, cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """The Ray Tune trainable: train the sampled run config, reporting and checkpointing every epoch."""
+    import ray.tune
+    import torch
+
+    from fer_tune.train import train
+
+    # Ray sets CUDA_VISIBLE_DEVICES for trials with GPUs; it may be set on a machine without CUDA (tests).
+    device = "cuda" if gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+    def report(metrics: dict[str, Any], folder: Path) -> None:
+        metrics = {**metrics, "cuda_visible_devices": visible, "device": device}
+        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(folder)))
+
+    kwargs = dict(
+        device=device,
+        threads=max(1, round(cpus_per_trial)),
+        report=report,
+        gpu_fraction=gpus_per_trial if device == "cuda" and gpus_per_trial < 1 else None,
+    )
+    checkpoint = ray.tune.get_checkpoint()
+    if checkpoint is None:
+        train(config, data, **kwargs)
+    else:
+        with checkpoint.as_directory() as folder:
+            train(config, data, resume=folder, **kwargs)
+
+
+def run_search(args: argparse.Namespace) -> int:
+    """`fer-tune --space ...`: run a search; exit status 0 done, 1 every trial failed, 130 interrupted."""
+    space = load_space(
+        args.space,
+        num_samples=args.num_samples,
+        time_budget_s=parse_duration(args.time_budget, "--time-budget"),
+        max_failures=args.max_failures,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+    )
+    if args.gpus == 0:
+        if args.gpus_per_trial:
+            raise ConfigError(f"--gpus-per-trial: {args.gpus_per_trial:g} with --gpus 0 (CPU only)")
+        space.resources.gpus_per_trial = 0.0
+    data_path = find_data(args.data, space.data)
+    name = args.name or f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    folder = Path(args.results).expanduser().resolve() / name
+    if (folder / STATE_FILE).exists():
+        raise ConfigError(
+            f"--name: {folder} holds a search already; continue it with fer-tune --resume {folder}"
+        )
+
+    from fer_tune.data import load_fer2013
+
+    data = load_fer2013(data_path)
+    with _ray(args.address, args.cpus, args.gpus) as cluster:
+        _fill_resources(space, cluster, gpus_flag=args.gpus_per_trial)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_space(space, folder)
+        state = {
+            "name": name,
+            "space": space.source,
+            "data": str(data_path),
+            "cpus": args.cpus,
+            "gpus": args.gpus,
+            "wandb_project": args.wandb_project or os.environ.get("WANDB_PROJECT"),
+            "wandb_mode": args.wandb_mode or os.environ.get("WANDB_MODE", "online"),
+            "started": datetime.now().isoformat(timespec="seconds"),
+            "finished": False,
+            "command": " ".join(sys.argv),
+        }
+        _write_state(folder, state)
+        tuner = _tuner(space, data, folder, cluster, state)
+        return _fit(tuner, space, folder, state)
+
+
+def resume_search(path: str | Path, *, retry_errored: bool = False, address: str | None = None) -> int:
+    """`fer-tune --resume DIR`: continue an interrupted search where its saved state left it."""
+    from ray import tune
+
+    folder = Path(path).expanduser().resolve()
+    state_path = folder / STATE_FILE
+    try:
+        state = json.loads(state_path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{state_path}: no such file; {folder} is not a fer-tune search folder") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{state_path}: unreadable: {e}") from None
+    if state.get("finished") and not (retry_errored and _has_errors(folder)):
+        print(f"fer-tune: {folder} finished on {state.get('ended', '?')}; nothing to resume")
+        return 0
+    space = _read_space(folder)
+    if not tune.Tuner.can_restore(str(folder)):
+        raise DataError(f"{folder}: no saved Ray Tune state (experiment_state-*.json) to resume from")
+
+    from fer_tune.data import load_fer2013
+
+    data = load_fer2013(state["data"])
+    with _ray(address, state.get("cpus"), state.get("gpus")):
+        # The trainable must have the name it had: re-wrap the same function around freshly loaded data.
+        tuner = tune.Tuner.restore(
+            str(folder),
+            _trainable(space, data),
+            resume_unfinished=True,
+            resume_errored=retry_errored,
+            restart_errored=False,  # restarted trials get ids OptunaSearch never saw (KeyError in Ray 2.60)
+        )
+        print(f"fer-tune: resuming {folder}" + (" (errored trials too)" if retry_errored else ""))
+        return _fit(tuner, space, folder, state)
+
+
+# -- building the Tuner --------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _ray(address: str | None, cpus: int | None, gpus: float | None) -> Iterator[dict[str, float]]:
+    """Join `address`, reuse a running Ray (tests), or start a local one; yields the cluster's resources."""
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            num_gpus = None if gpus is None else (int(gpus) if float(gpus).is_integer() else gpus)
+            ray.init(num_cpus=cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False)
+        started = True
+    try:
+        yield ray.cluster_resources()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _fill_resources(space: Space, cluster: dict[str, float], gpus_flag: float | None = None) -> None:
+    """Default to one GPU per trial when the cluster has GPUs; fail now on a request it cannot meet."""
+    r, gpus = space.resources, cluster.get("GPU", 0)
+    if r.gpus_per_trial is None:
+        r.gpus_per_trial = 1.0 if gpus > 0 else 0.0
+    if gpus == 0 and r.gpus_per_trial > 0 and not gpus_flag:
+        # The space's GPU share is for GPU machines: without one, the same space runs on CPU.
+        print(f"fer-tune: no GPU in the Ray cluster; trials run on CPU ({space.source} asks for GPUs)")
+        r.gpus_per_trial = 0.0
+    if r.gpus_per_trial > gpus:
+        raise ConfigError(
+            f"resources.gpus_per_trial: {r.gpus_per_trial:g} but the Ray cluster has {gpus:g} GPUs "
+            "(--gpus 0 runs on CPU)"
+        )
+    if r.cpus_per_trial > cluster.get("CPU", 0):
+        raise ConfigError(
+            f"resources.cpus_per_trial: {r.cpus_per_trial:g} but the Ray cluster has {cluster['CPU']:g}"
+        )
+
+
+def _slots(space: Space, cluster: dict[str, float]) -> int:
+    """Trials that fit on the cluster at once: how far ahead the search algorithm may propose."""
+    r = space.resources
+    cpu = math.floor(cluster.get("CPU", 0) / r.cpus_per_trial + 1e-9) if r.cpus_per_trial else math.inf
+    gpu = math.floor(cluster.get("GPU", 0) / r.gpus_per_trial + 1e-9) if r.gpus_per_trial else math.inf
+    return max(1, int(min(cpu, gpu, space.total_trials())))
+
+
+def _trainable(space: Space, data: FER2013) -> Any:
+    from ray import tune
+
+    r = space.resources
+    fn = tune.with_parameters(
+        fer_trial, data=data, cpus_per_trial=r.cpus_per_trial, gpus_per_trial=r.gpus_per_trial
+    )
+    return tune.with_resources(fn, {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _tuner(
+    space: Space, data: FER2013, folder: Path, cluster: dict[str, float], state: dict[str, Any]
+) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    s = space.search
+    slots = s.max_concurrent or _slots(space, cluster)
+    if s.algorithm == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = ConcurrencyLimiter(
+            OptunaSearch(space=space.define_by_run(), metric=s.metric, mode=s.mode, seed=s.seed), slots
+        )
+        param_space: dict[str, Any] = {}
+    else:
+        search_alg = BasicVariantGenerator(random_state=s.seed, max_concurrent=slots)
+        param_space = space.param_space()
+    scheduler = None
+    if s.scheduler == "asha":
+        max_t = s.max_t or space.max_epochs()
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            max_t=max_t,
+            grace_period=min(s.grace_period, max_t),
+            reduction_factor=s.reduction_factor,
+        )
+    callbacks = []
+    if state["wandb_project"] and state["wandb_mode"] != "disabled":
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        # upload_timeout: the default (30 min) makes an interrupted driver hang while wandb flushes.
+        callbacks.append(
+            WandbLoggerCallback(
+                project=state["wandb_project"],
+                group=state["name"],
+                mode=state["wandb_mode"],
+                upload_timeout=30,
+            )
+        )
+    reporter = tune.CLIReporter(
+        metric_columns=METRIC_COLUMNS,
+        parameter_columns={k: k.split("/")[-1] for k in space.varied_keys()[:8]},
+        max_report_frequency=30,
+        sort_by_metric=True,  # by TuneConfig's metric and mode
+    )
+    return tune.Tuner(
+        _trainable(space, data),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=s.metric,
+            mode=s.mode,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=s.num_samples,
+            time_budget_s=s.time_budget_s,
+            trial_dirname_creator=_trial_dirname,
+            reuse_actors=True,  # a finished trial's worker (torch imported, data fetched) runs the next one
+        ),
+        run_config=tune.RunConfig(
+            name=folder.name,
+            storage_path=str(folder.parent),  # absolute: a relative one fails in pyarrow (ray#42968)
+            callbacks=callbacks,
+            progress_reporter=reporter,
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+# -- running -------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _graceful_sigterm() -> Iterator[list[int]]:
+    """SIGTERM stops the search as Ctrl-C does (Ray saves its state and returns); yields the signals seen."""
+    seen: list[int] = []
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        signal.raise_signal(signal.SIGINT)  # Ray Tune's handler: stop trials, save the experiment state
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _fit(tuner: Any, space: Space, folder: Path, state: dict[str, Any]) -> int:
+    from fer_tune.results import summarize, write_results
+
+    # The legacy output engine is the one that shows CLIReporter's parameter columns.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Snapshot the experiment state often: what finished after the last snapshot is redone after a SIGKILL.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    t0 = time.time()
+    with _graceful_sigterm() as signals:
+        grid = tuner.fit()
+    elapsed = time.time() - t0
+    trials, _ = write_results(folder)
+    budget = space.search.time_budget_s
+    budget_hit = budget is not None and elapsed >= budget - 1
+    unfinished = grid.num_terminated + grid.num_errors < len(grid)
+    interrupted = bool(signals) or unfinished or (len(grid) < space.total_trials() and not budget_hit)
+    print(summarize(trials, folder))
+    if interrupted:
+        print(f"fer-tune: search interrupted; nothing is lost. Continue it with: fer-tune --resume {folder}")
+        return 130
+    state.update(finished=True, ended=datetime.now().isoformat(timespec="seconds"))
+    _write_state(folder, state)
+    if len(trials) and (trials["status"] == "ERROR").all():
+        print("fer-tune: every trial failed; see the stop reasons above and error.txt in each trial folder")
+        return 1
+    return 0
+
+
+def _has_errors(folder: Path) -> bool:
+    from fer_tune.results import load_results
+
+    return bool((load_results(folder)[0]["status"] == "ERROR").any())
+
+
+def _write_state(folder: Path, state: dict[str, Any]) -> None:
+    tmp = folder / f".{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    os.replace(tmp, folder / STATE_FILE)
+
+
+def _write_space(space: Space, folder: Path) -> None:
+    import yaml
+
+    header = f"# resolved search space (from {space.source}, flags applied)\n"
+    (folder / "space.yaml").write_text(header + yaml.safe_dump(space.to_dict(), sort_keys=False))
+
+
+def _read_space(folder: Path) -> Space:
+    import yaml
+
+    path = folder / "space.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text())
+        return parse_space(raw, name=folder.name, source=str(path))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (yaml.YAMLError, ConfigError) as e:
+        raise DataError(f"{path}: {' '.join(str(e).split())}") from None

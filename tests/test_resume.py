@@ -1,0 +1,167 @@
+"""Fault tolerance of a search, each in a `fer-tune` subprocess with its own Ray (not the session's cluster).
+
+The driver is SIGKILLed mid-search and the search resumed; a trial that raises and one whose loss turns NaN
+end with their stop reasons while the search goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import make_fer
+
+from fer_tune.data import save_csv
+from fer_tune.errors import DataError
+from fer_tune.results import load_results
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+EPOCHS = 25
+
+# Loaded by every Python process of the subprocess run (via PYTHONPATH); in Ray workers it makes the trial
+# with lr 0.0123 raise, as a bug or a CUDA OOM would.
+FAULT_HOOK = """
+import sys
+if sys.argv and sys.argv[0].endswith("default_worker.py"):
+    import fer_tune.train as t
+    _train = t.train
+    def train(config, data, **kwargs):
+        if config["train"]["lr"] == 0.0123:
+            raise RuntimeError("injected fault")
+        return _train(config, data, **kwargs)
+    t.train = train
+"""
+
+
+def space(tmp_path: Path, name: str, search: dict, train: dict) -> Path:
+    doc = {
+        "search": search,
+        "resources": {"cpus_per_trial": 1},
+        "model": {"arch": "cnn", "kernels": [{"choice": [4, 8]}, 8], "head_width": 0, "pool_size": 1},
+        "train": {"batch_size": 16, "warmup_epochs": 0, **train},
+        "augment": {"crop": 0, "rotation": 0},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture
+def fer_tune(tmp_path: Path):
+    """Start `fer-tune ARGS` in a subprocess (output in tmp_path/log-N.txt); none outlives the test."""
+    procs: list[subprocess.Popen] = []
+
+    def start(*args: str, env: dict | None = None) -> subprocess.Popen:
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "WANDB_MODE": "disabled", **(env or {})}
+        env.pop("RAY_ADDRESS", None)
+        with open(tmp_path / f"log-{len(procs)}.txt", "w") as log:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "fer_tune.cli", *args], env=env, stdout=log, stderr=log
+                )
+            )
+        return procs[-1]
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def data_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_csv(
+        make_fer({"Training": 20, "PublicTest": 6}), tmp_path_factory.mktemp("data") / "fer2013.csv"
+    )
+
+
+def epochs_reported(trial_dir: Path) -> int:
+    path = trial_dir / "result.json"
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+def test_sigkill_then_resume_keeps_finished_trials_and_continues_interrupted_ones(
+    tmp_path: Path, data_csv: Path, fer_tune
+) -> None:
+    folder = tmp_path / "results" / "kill"
+    sp = space(tmp_path, "kill", {"num_samples": 4, "scheduler": "none", "seed": 1}, {"epochs": EPOCHS})
+    args = ["--space", str(sp), "--data", str(data_csv), "--gpus", "0", "--cpus", "2"]
+    proc = fer_tune(*args, "--results", str(folder.parent), "--name", "kill")
+    finished: dict[str, str] = {}
+    interrupted: list[str] = []
+    deadline = time.time() + 150
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        try:
+            trials, _ = load_results(folder)
+        except DataError:
+            continue  # no state snapshot yet
+        done = trials[trials["status"] == "TERMINATED"]
+        running = [
+            t
+            for t in trials[trials["status"] != "TERMINATED"]["trial_id"]
+            if 3 <= epochs_reported(folder / f"trial_{t}") < EPOCHS
+        ]
+        if len(done) and running:
+            finished = {t: (folder / f"trial_{t}" / "result.json").read_text() for t in done["trial_id"]}
+            interrupted = running
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=30)
+    assert finished and interrupted, "the search ended before it could be killed mid-way"
+    assert proc.returncode == -signal.SIGKILL
+
+    resume = fer_tune("--resume", str(folder))
+    assert resume.wait(timeout=200) == 0
+    trials, history = load_results(folder)
+    assert len(trials) == 4 and (trials["stop_reason"] == "completed").all()
+    assert (trials["epochs"] == EPOCHS).all()
+    for t, before in finished.items():  # finished before the kill: not run again
+        assert (folder / f"trial_{t}" / "result.json").read_text() == before
+    for t in interrupted:  # running at the kill: continued from a checkpoint, not restarted at epoch 1
+        assert t in set(trials["trial_id"])
+        lines = (folder / f"trial_{t}" / "result.json").read_text().splitlines()
+        assert sum('"epoch": 1,' in line for line in lines) == 1
+        assert sorted(history[history["trial_id"] == t]["epoch"]) == list(range(1, EPOCHS + 1))
+    # Resuming again says it is finished and changes nothing.
+    before = (folder / "trials.csv").read_text()
+    again = fer_tune("resume", str(folder))
+    assert again.wait(timeout=60) == 0
+    assert (folder / "trials.csv").read_text() == before
+
+
+def test_a_raising_trial_and_a_nan_trial_do_not_stop_the_search(
+    tmp_path: Path, data_csv: Path, fer_tune
+) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FAULT_HOOK)
+    pythonpath = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
+    folder = tmp_path / "results" / "faults"
+    sp = space(
+        tmp_path,
+        "faults",
+        {"algorithm": "grid", "num_samples": 1, "scheduler": "none"},
+        {"epochs": 2, "lr": {"grid": [0.05, 0.0123, 1.0e7]}},
+    )
+    args = ["--space", str(sp), "--data", str(data_csv), "--gpus", "0", "--cpus", "2", "--max-failures", "1"]
+    proc = fer_tune(
+        *args, "--results", str(folder.parent), "--name", "faults", env={"PYTHONPATH": pythonpath}
+    )
+    assert proc.wait(timeout=200) == 0  # not every trial failed
+    trials, _ = load_results(folder)
+    reasons = dict(zip(trials["config/train/lr"], trials["stop_reason"], strict=True))
+    assert reasons[0.05] == "completed"
+    assert reasons[0.0123] == "error: RuntimeError: injected fault"
+    assert reasons[1.0e7].startswith("error: FloatingPointError: non-finite loss")
+    # --max-failures 1: the raising trial was run twice before it was given up.
+    t = trials[trials["config/train/lr"] == 0.0123]["trial_id"].iloc[0]
+    assert "Failure # 2" in (folder / f"trial_{t}" / "error.txt").read_text()

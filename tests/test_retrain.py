@@ -1,0 +1,118 @@
+"""`fer-tune retrain`: seeds, splits, honesty notes and the export -> retrain round trip, on tiny data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import make_fer
+from test_report import tiny_search_fixture  # noqa: F401  (the tiny search both files use)
+
+from fer_tune.cli import main
+from fer_tune.config import RunConfig
+from fer_tune.data import save_csv
+from fer_tune.retrain import retrain
+from fer_tune.train import load_model
+
+TINY = {
+    "model": {"arch": "cnn", "kernels": [8, 16], "head_width": 0, "dropout": 0.0},
+    "train": {"epochs": 2, "batch_size": 32, "lr": 0.05, "warmup_epochs": 0.0},
+    "augment": {"rotation": 0.0},
+    "seed": 3,
+}
+PROVENANCE = {"search": "results/tiny", "trial_id": "abc_00001", "rank": 1, "best_val_acc": 0.5}
+
+
+@pytest.fixture(scope="module")
+def full_data():
+    """All three Usage splits, as in a user's fer2013.csv."""
+    return make_fer({"Training": 12, "PublicTest": 4, "PrivateTest": 4}, seed=1)
+
+
+def _write(path, config, provenance=None):
+    d = RunConfig.from_dict(config).to_dict() | ({"provenance": provenance} if provenance else {})
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    return path
+
+
+def test_two_seeds_on_every_split(tmp_path, full_data, capsys):
+    best = _write(tmp_path / "best.yaml", TINY, PROVENANCE)
+    out = tmp_path / "final"
+    m = retrain(best, data=full_data, out_dir=out, seeds=2, device="cpu")
+    assert "PrivateTest is absent" not in capsys.readouterr().out
+
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["splits"] == ["Training", "PublicTest", "PrivateTest"] and saved["private_test"]
+    assert saved["seeds"] == [3, 4] and set(saved["per_seed"]) == {"seed_3", "seed_4"}
+    assert saved["provenance"] == PROVENANCE and saved["notes"] == []
+    for split in ("PublicTest", "PrivateTest"):
+        for key in ("accuracy", "macro_f1"):
+            s = saved["summary"][split][key]
+            assert len(s["values"]) == 2 and 0 <= s["mean"] <= 1 and s["std"] >= 0
+            assert s["values"] == [saved["per_seed"][f"seed_{k}"][split][key] for k in (3, 4)]
+    assert m["summary"] == saved["summary"]
+    for split in saved["splits"]:
+        assert (out / f"confusion_{split}.png").read_bytes()[:4] == b"\x89PNG"
+
+    # each seed folder is a complete model folder (fer-tune evaluate reads it) trained on its own seed
+    for seed in (3, 4):
+        _, meta = load_model(out / f"seed_{seed}")
+        assert meta["config"] == RunConfig.from_dict({**TINY, "seed": seed}).to_dict()
+        assert meta["epoch"] == 2  # the last epoch: no split chose it
+        assert (out / f"seed_{seed}" / "confusion_PrivateTest.png").exists()
+
+    written = yaml.safe_load((out / "config.yaml").read_text())
+    assert written.pop("provenance") == PROVENANCE
+    assert written == RunConfig.from_dict(TINY).to_dict()
+
+
+def test_without_private_test_and_trained_on_public_test_says_so(tmp_path, tiny_data, capsys):
+    best = _write(tmp_path / "best.yaml", TINY)
+    out = tmp_path / "final"
+    with pytest.warns(UserWarning, match="not held out"):  # fer_tune.train says it too
+        m = retrain(best, data=tiny_data, out_dir=out, epochs=1, train_on="Training+PublicTest", device="cpu")
+    stdout = capsys.readouterr().out
+    assert "PrivateTest is absent" in stdout and "not held out" in stdout
+    assert m["splits"] == ["Training", "PublicTest"] and not m["private_test"]
+    assert not m["public_test_held_out"] and len(m["notes"]) == 2
+    assert "std" not in m["summary"]["PublicTest"]["accuracy"]  # one seed: no spread to report
+    assert m["config"]["train"]["epochs"] == 1 and m["config"]["train"]["train_on"] == "Training+PublicTest"
+    assert "provenance" not in yaml.safe_load((out / "config.yaml").read_text())
+
+
+def test_cli_retrain_reads_a_csv_and_bad_config_is_one_line(tmp_path, tiny_data, capsys):
+    csv = save_csv(tiny_data, tmp_path / "fer2013.csv")
+    best = _write(tmp_path / "best.yaml", TINY)
+    assert (
+        main(["retrain", str(best), "--data", str(csv), "--out", str(tmp_path / "o"), "--epochs", "1"]) == 0
+    )
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["seeds"] == [3]
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**TINY, "train": {**TINY["train"], "lrr": 0.1}}))
+    capsys.readouterr()
+    assert main(["retrain", str(bad), "--data", str(csv), "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bad.yaml" in err and "train.lrr" in err and "\n" not in err
+    assert (
+        main(["retrain", str(best), "--data", str(csv), "--out", str(tmp_path / "o3"), "--seeds", "0"]) == 2
+    )
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_export_then_retrain_round_trip(tiny_search, tmp_path, full_data):
+    from fer_tune.results import export_config
+
+    best = export_config(tiny_search, rank=1, out=tmp_path / "best.yaml")
+    exported = yaml.safe_load(best.read_text())
+    provenance = exported.pop("provenance")
+    m = retrain(best, data=full_data, out_dir=tmp_path / "final", device="cpu")
+    assert m["provenance"] == provenance and m["config"] == exported
+    assert m["splits"] == ["Training", "PublicTest", "PrivateTest"]
+    assert set(m["per_seed"][f"seed_{exported['seed']}"]) == {"Training", "PublicTest", "PrivateTest"}
+    _, meta = load_model(tmp_path / "final" / f"seed_{exported['seed']}")
+    assert meta["config"] == exported
+    written = yaml.safe_load((tmp_path / "final" / "config.yaml").read_text())
+    assert written.pop("provenance") == provenance and written == exported
