@@ -1,0 +1,197 @@
+"""Evaluate a trained model on each Usage split present: accuracy, macro-F1, per-class recall, confusion.
+
+Test-time augmentation (`tta`) averages the logits of several views of each image:
+- `none`: the evaluation transform of training (the center crop for crop-trained models).
+- `flip`: the image and its mirror.
+- `tencrop`: five crops and their mirrors. A model trained on c x c crops (c < 48) sees the four corner
+  crops and the center crop. A 48-px model sees the image shifted diagonally by d px towards each corner
+  (reflect padding) and the image itself, with d = half the training shift (`augment.crop` 1..16) or 2 px
+  when it was trained without shifts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fer_tune.augment import center_crop, crop_at, normalize
+from fer_tune.data import EMOTIONS, FER2013
+from fer_tune.errors import DataError
+from fer_tune.train import channels_last, load_model, resolve_device, to_device
+
+TTA = ("none", "flip", "tencrop")
+
+
+def tta_views(x: torch.Tensor, input_size: int, tta: str, shift: int = 2) -> list[torch.Tensor]:
+    """The views of a normalised (B, 1, 48, 48) batch that `tta` averages over, each (B, 1, S, S)."""
+    if tta not in TTA:
+        raise ValueError(f"tta must be one of {TTA}, got {tta!r}")
+    center = center_crop(x, input_size)
+    if tta == "none":
+        return [center]
+    if tta == "flip":
+        return [center, center.flip(-1)]
+    if input_size < x.shape[-1]:
+        src, size, far = x, input_size, x.shape[-1] - input_size
+    else:  # 48-px model: shift instead of crop
+        src, size, far = F.pad(x, (shift,) * 4, mode="reflect"), x.shape[-1], 2 * shift
+    b = x.shape[0]
+    views = [center]
+    for top, left in ((0, 0), (0, far), (far, 0), (far, far)):
+        offsets = torch.full((b,), top, device=x.device), torch.full((b,), left, device=x.device)
+        views.append(crop_at(src, *offsets, size))
+    return views + [v.flip(-1) for v in views]
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, meta: Mapping[str, Any], images: torch.Tensor, tta: str = "none", batch_size: int = 256
+) -> torch.Tensor:
+    """Logits (N, 7) float32 for uint8 images (N, 48, 48) on the model's device, averaged over TTA views."""
+    crop = meta["config"]["augment"]["crop"]
+    shift = max(1, crop // 2) if 1 <= crop <= 16 else 2
+    dev = images.device
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = normalize(images[i : i + batch_size], meta["mean"], meta["std"])
+        views = tta_views(x, meta["input_size"], tta, shift)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            logits = torch.stack([model(channels_last(v)).float() for v in views]).mean(0)
+        out.append(logits.float())
+    return torch.cat(out) if out else torch.zeros(0, len(EMOTIONS), device=dev)
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    """n, accuracy, macro-F1 (over classes present in truth or prediction), per-class recall, confusion."""
+    k = len(EMOTIONS)
+    cm = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)  # rows: true, cols: predicted
+    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = tp / support
+        precision = tp / predicted
+        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
+    present = (support + predicted) > 0
+    n = int(cm.sum())
+    return {
+        "n": n,
+        "accuracy": float(tp.sum() / n) if n else math.nan,
+        "macro_f1": float(f1[present].mean()) if present.any() else math.nan,
+        "recall": {name: float(r) for name, r in zip(EMOTIONS, recall, strict=True)},
+        "confusion": cm.tolist(),
+    }
+
+
+def evaluate_model(
+    model: nn.Module,
+    meta: Mapping[str, Any],
+    data: FER2013,
+    *,
+    tta: str = "none",
+    device: str | torch.device | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Metrics for each Usage split present in `data`: {split: {n, accuracy, macro_f1, recall, confusion}}."""
+    if len(data) and (data.labels.min() < 0 or data.labels.max() >= len(EMOTIONS)):
+        raise DataError(f"{data.source or 'dataset'}: images without labels (0..6) cannot be evaluated")
+    dev = resolve_device(device)
+    model = model.to(dev)
+    results = {}
+    for split in data.splits:
+        part = data.split(split)
+        logits = predict_logits(model, meta, to_device(part.images, dev), tta)
+        results[split] = classification_metrics(part.labels, logits.argmax(1).cpu().numpy())
+    return results
+
+
+def save_confusion_png(cm: Any, path: str | Path, title: str) -> None:
+    """Write a confusion matrix (rows true, columns predicted) with its counts and class names as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cm = np.asarray(cm)
+    fig = Figure(figsize=(6.4, 5.6), layout="constrained")
+    FigureCanvasAgg(fig)  # Agg explicitly: no display, no pyplot state
+    ax = fig.add_subplot()
+    im = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    ticks = range(len(EMOTIONS))
+    ax.set_xticks(ticks, EMOTIONS, rotation=45, ha="right")
+    ax.set_yticks(ticks, EMOTIONS)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    threshold = cm.max() / 2 if cm.size else 0
+    for (i, j), count in np.ndenumerate(cm):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > threshold else "black")
+    fig.savefig(path, dpi=120)
+
+
+def _json_safe(x: Any) -> Any:
+    """NaN -> null (strict JSON has no NaN), recursively."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, Mapping):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def evaluate_dir(
+    model_path: str | Path,
+    data: FER2013,
+    *,
+    tta: str = "none",
+    out_dir: str | Path | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Evaluate `model.pt` (or its folder) on every split of `data`; writes metrics.json and confusion PNGs.
+
+    Returns {"model", "arch", "epoch", "tta", "data", "splits": {split: metrics}}, which is metrics.json.
+    Files go to `out_dir` (default: the model's folder).
+    """
+    model_path = Path(model_path)
+    model, meta = load_model(model_path, device=device)
+    splits = evaluate_model(model, meta, data, tta=tta, device=device)
+    out = Path(out_dir) if out_dir is not None else (model_path if model_path.is_dir() else model_path.parent)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "model": str(model_path),
+        "arch": meta["arch"],
+        "epoch": meta["epoch"],
+        "tta": tta,
+        "data": data.source,
+        "splits": splits,
+    }
+    (out / "metrics.json").write_text(json.dumps(_json_safe(result), indent=2) + "\n")
+    for split, m in splits.items():
+        title = f"{split} ({m['n']} images): accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}"
+        save_confusion_png(m["confusion"], out / f"confusion_{split}.png", title)
+    return result
+
+
+def format_metrics(metrics: Mapping[str, Any]) -> str:
+    """A table (one row per split) of evaluate_dir's result or evaluate_model's {split: metrics}."""
+    splits = metrics.get("splits", metrics)
+    rows = [
+        {"split": s, "n": m["n"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], **m["recall"]}
+        for s, m in splits.items()
+    ]
+    table = (
+        pd.DataFrame(rows)
+        .set_index("split")
+        .to_string(float_format="{:.3f}".format, na_rep="-", index_names=False)
+    )
+    head = ""
+    if "model" in metrics:
+        head = f"{metrics['model']} ({metrics['arch']}, epoch {metrics['epoch']}), tta={metrics['tta']}\n"
+    return head + "columns after macro_f1: recall per class\n" + table

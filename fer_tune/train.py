@@ -1,0 +1,512 @@
+"""The trainable: one `train(config, data)` for `fer-tune train`, Ray Tune trials and final retrains.
+
+Each split lives on the device as one uint8 tensor; batches are randperm slices, augmented whole on the
+device (`fer_tune.augment`). Every epoch reports the same metrics, writes a self-describing checkpoint (model,
+optimizer, schedulers, RNG states, history, config, normalisation) and can be resumed bit-for-bit on CPU.
+
+Choices (documented in the README):
+- Validation is PublicTest. When it is also trained on (`train.train_on: Training+PublicTest`), `val_*` is
+  still computed on it but is not held out: the result says `val_held_out: False`. Without PublicTest in
+  the data, `val_loss`/`val_acc` are NaN and the plateau schedule steps on `train_loss`.
+- `model.pt` holds the last epoch's weights (no selection on the validation split); it records the best
+  epoch and its `val_acc` beside them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim import lr_scheduler
+
+from fer_tune.augment import augment_batch, eval_batch, normalize
+from fer_tune.config import RunConfig, TrainConfig, as_run_config
+from fer_tune.data import FER2013
+from fer_tune.errors import ConfigError, DataError
+from fer_tune.models import build_model
+
+ReportFn = Callable[[dict[str, Any], Path], None]
+METRIC_KEYS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "clean_train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "epoch_seconds",
+    "images_per_second",
+)
+CUDA_CHECK_EVERY = 25  # steps between non-finite-loss checks on CUDA (a check is a host-device sync)
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The given device, else cuda when available, else cpu."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """numpy -> tensor on device with no host copy; read-only arrays (Ray's object store) are accepted.
+
+    The tensors made here are only ever read, so sharing a non-writable buffer is safe; torch's warning
+    about it is silenced rather than paid for with a copy of the whole split.
+    """
+    a = np.ascontiguousarray(a)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a).to(device)
+
+
+def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of n rows with each class in proportion (at least one each), reproducible by seed."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * n / len(labels)
+    quota = np.maximum(1, np.floor(exact)).astype(int)
+    for i in np.argsort(-(exact - np.floor(exact)))[: max(0, n - quota.sum())]:  # largest remainders first
+        quota[i] += 1
+    while quota.sum() > n:  # the one-per-class floor overshot: take from the largest classes
+        quota[np.argmax(quota)] -= 1
+    rng = np.random.default_rng(seed)
+    picks = [
+        rng.choice(np.flatnonzero(labels == c), q, replace=False) for c, q in zip(classes, quota, strict=True)
+    ]
+    return np.sort(np.concatenate(picks))
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """sgd | adam | adamw; norm weights and biases (1-D parameters) get no weight decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if cfg.optimizer == "sgd":
+        nesterov = cfg.nesterov and cfg.momentum > 0
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+
+
+def build_schedulers(
+    opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> tuple[lr_scheduler.LRScheduler | None, lr_scheduler.ReduceLROnPlateau | None]:
+    """(stepped every batch, stepped every epoch on val_loss); linear warm-up from lr/10 but for onecycle."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle":
+        # cycle_momentum=False: `train.momentum` means what it says for every schedule.
+        return lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, cycle_momentum=False), None
+    warm = round(cfg.warmup_epochs * steps_per_epoch)
+    warmup = lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=warm) if warm else None
+    if cfg.schedule == "plateau":
+        plateau = lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.gamma, patience=cfg.patience)
+        return warmup, plateau
+    if cfg.schedule == "cosine":
+        main = lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total - warm))
+    elif cfg.schedule == "step":
+        main = lr_scheduler.StepLR(opt, step_size=cfg.step_size * steps_per_epoch, gamma=cfg.gamma)
+    else:  # constant
+        main = lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    if warmup is None:
+        return main, None
+    return lr_scheduler.SequentialLR(opt, [warmup, main], milestones=[warm]), None
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """NHWC batches: faster convolutions on CUDA, and measured 2-4x faster on this project's CPUs (oneDNN)."""
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: lr_scheduler.LRScheduler | None,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: RunConfig,
+    norm: tuple[float, float],
+    epoch: int,
+    bar: Any = None,
+) -> dict[str, float]:
+    """One pass over the training images in randperm batches (the last partial batch is dropped)."""
+    model.train()
+    dev, n = images.device, len(labels)
+    bs = min(cfg.train.batch_size, n)
+    steps, check_every = n // bs, (1 if dev.type == "cpu" else CUDA_CHECK_EVERY)
+    perm = torch.randperm(n, device=dev)
+    loss_sum = torch.zeros((), device=dev)
+    correct = torch.zeros((), device=dev, dtype=torch.long)
+    first_bad = torch.full((), -1, device=dev, dtype=torch.long)  # first step with a non-finite loss
+    ls, lr = cfg.train.label_smoothing, opt.param_groups[0]["lr"]
+    for step in range(1, steps + 1):
+        idx = perm[(step - 1) * bs : step * bs]
+        x, y_a, y_b, lam = augment_batch(normalize(images[idx], *norm), labels[idx], cfg.augment)
+        with _autocast(dev):
+            out = model(channels_last(x))
+            loss = F.cross_entropy(out, y_a, label_smoothing=ls)
+            if lam < 1:
+                loss = lam * loss + (1 - lam) * F.cross_entropy(out, y_b, label_smoothing=ls)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.train.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        opt.step()
+        lr = opt.param_groups[0]["lr"]  # the rate this step used
+        if sched is not None:
+            sched.step()
+        loss = loss.detach().float()
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
+        loss_sum += loss * bs
+        correct += (out.argmax(1) == (y_a if lam >= 0.5 else y_b)).sum()  # against the dominant label
+        if step % check_every == 0 or step == steps:
+            if (bad := int(first_bad)) >= 0:
+                raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {bad}")
+            if bar is not None:
+                bar.update(step - bar.n)
+                bar.set_postfix(loss=f"{float(loss_sum) / (step * bs):.3f}", refresh=False)
+    seen = steps * bs
+    return {"train_loss": float(loss_sum) / seen, "train_acc": int(correct) / seen, "lr": lr, "images": seen}
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: tuple[float, float], input_size: int
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) in eval mode, no augmentation (center crop for crop-trained models)."""
+    if len(labels) == 0:
+        return math.nan, math.nan
+    model.eval()
+    loss_sum = torch.zeros((), device=images.device)
+    correct = torch.zeros((), device=images.device, dtype=torch.long)
+    for i in range(0, len(labels), 512):
+        x, y = eval_batch(images[i : i + 512], *norm, input_size), labels[i : i + 512]
+        with _autocast(images.device):
+            out = model(channels_last(x)).float()
+        loss_sum += F.cross_entropy(out, y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+    return float(loss_sum) / len(labels), int(correct) / len(labels)
+
+
+@dataclass
+class DeviceData:
+    """Training and validation splits on the device, the clean-accuracy sample, what the model records."""
+
+    x_train: torch.Tensor  # (N, 48, 48) uint8
+    y_train: torch.Tensor  # (N,) int64
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    clean: torch.Tensor  # indices of the fixed training sample scored without augmentation
+    state: dict[str, Any]  # mean, std, input_size, val_held_out, data: saved with checkpoints and model.pt
+
+    @property
+    def norm(self) -> tuple[float, float]:
+        return self.state["mean"], self.state["std"]
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return len(self.y_train) // min(batch_size, len(self.y_train))
+
+
+def prepare_data(cfg: RunConfig, data: FER2013, dev: torch.device) -> DeviceData:
+    """The training split (or its stratified subset) and PublicTest, on the device as uint8."""
+    usages = cfg.train.train_usages
+    missing = [u for u in usages if u not in data.splits]
+    if missing:
+        raise DataError(f"{data.source or 'dataset'}: no {'/'.join(missing)} images to train on")
+    tr = data.split(*usages)
+    if cfg.train.subset is not None:
+        keep = stratified_subset(tr.labels, cfg.train.subset, cfg.seed)
+        tr = FER2013(tr.images[keep], tr.labels[keep], tr.usage[keep], tr.source)
+    va = data.split("PublicTest")
+    val_held_out = len(va) > 0 and "PublicTest" not in usages
+    if len(va) and not val_held_out:
+        warnings.warn("PublicTest is trained on: val_* metrics are not held out", stacklevel=3)
+    # Normalisation from the training split (0..255 scale); saved with the model.
+    mean, std = float(tr.images.mean()), float(tr.images.std()) or 1.0
+    n_clean = len(va) if len(va) else min(len(tr), 2048)
+    clean = torch.randperm(len(tr), generator=torch.Generator().manual_seed(cfg.seed))[:n_clean]
+    info = {"source": data.source, "train_usages": list(usages), "n_train": len(tr), "n_val": len(va)}
+    return DeviceData(
+        to_device(tr.images, dev),
+        to_device(tr.labels, dev),
+        to_device(va.images, dev),
+        to_device(va.labels, dev),
+        clean.to(dev),
+        {
+            "mean": mean,
+            "std": std,
+            "input_size": cfg.augment.input_size,
+            "val_held_out": val_held_out,
+            "data": info,
+        },
+    )
+
+
+def run_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: lr_scheduler.LRScheduler | None,
+    plateau: lr_scheduler.ReduceLROnPlateau | None,
+    d: DeviceData,
+    cfg: RunConfig,
+    epoch: int,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train one epoch, score PublicTest and the clean training sample, step plateau; the metrics."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=d.steps_per_epoch(cfg.train.batch_size),
+            desc=f"epoch {epoch}/{cfg.train.epochs}",
+            leave=False,
+        )
+    t0 = time.perf_counter()
+    try:
+        stats = train_one_epoch(model, opt, sched, d.x_train, d.y_train, cfg, d.norm, epoch, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    if d.x_train.is_cuda:
+        torch.cuda.synchronize(d.x_train.device)
+    train_seconds = time.perf_counter() - t0
+    size = cfg.augment.input_size
+    val_loss, val_acc = evaluate_split(model, d.x_val, d.y_val, d.norm, size)
+    _, clean_acc = evaluate_split(model, d.x_train[d.clean], d.y_train[d.clean], d.norm, size)
+    if plateau is not None:
+        plateau.step(val_loss if len(d.y_val) else stats["train_loss"])
+    metrics = {
+        "epoch": epoch,
+        "train_loss": stats["train_loss"],
+        "train_acc": stats["train_acc"],
+        "clean_train_acc": clean_acc,
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+        "lr": stats["lr"],
+        "epoch_seconds": time.perf_counter() - t0,
+        "images_per_second": stats["images"] / train_seconds,
+    }
+    if progress:
+        from tqdm import tqdm
+
+        tqdm.write(
+            " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+        )
+    return metrics
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return {"torch": torch.get_rng_state(), "cuda": cuda}
+
+
+def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def _first_difference(a: Any, b: Any, key: str = "") -> str | None:
+    """Dotted path of the first key where two nested config dicts differ."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        for k in [*a, *(k for k in b if k not in a)]:
+            diff = _first_difference(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
+            if diff:
+                return diff
+        return None
+    return None if a == b else key
+
+
+def _load_checkpoint(resume: str | Path, cfg: RunConfig, device: torch.device) -> dict[str, Any]:
+    path = Path(resume)
+    path = path / "checkpoint.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise DataError(f"{path}: no such checkpoint")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    diff = _first_difference(cfg.to_dict(), ckpt["config"])
+    if diff:
+        raise ConfigError(f"{diff}: differs from the config of the checkpoint being resumed ({path})")
+    return ckpt
+
+
+def _model_meta(cfg: RunConfig, history: list[dict], state: dict[str, Any]) -> dict[str, Any]:
+    best = max((h for h in history if not math.isnan(h["val_acc"])), key=lambda h: h["val_acc"], default=None)
+    return {
+        "arch": cfg.model.arch,
+        "config": cfg.to_dict(),
+        "epoch": len(history),
+        "metrics": history[-1] if history else {},
+        "history": history,
+        "best_val_acc": best["val_acc"] if best else math.nan,
+        "best_epoch": best["epoch"] if best else None,
+        **state,
+    }
+
+
+def train(
+    config: RunConfig | Mapping[str, Any],
+    data: FER2013,
+    *,
+    device: str | torch.device | None = None,
+    threads: int | None = None,
+    report: ReportFn | None = None,
+    resume: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = False,
+    gpu_fraction: float | None = None,
+) -> dict[str, Any]:
+    """Train one run config on `data`; standalone and as the body of a Ray Tune trial.
+
+    Args:
+        config: a RunConfig or a (sampled) nested mapping.
+        data: FER2013 holding the `train.train_usages` splits and, for validation, PublicTest.
+        device: cpu, cuda, cuda:1 (default: cuda when available).
+        threads: torch CPU threads (default: leave torch's setting alone).
+        report: called `report(metrics, checkpoint_dir)` each epoch after `checkpoint.pt` was written there.
+        resume: a folder holding `checkpoint.pt`, or the file, to continue from.
+        out_dir: where to write config.yaml, metrics.csv, checkpoint.pt and model.pt (each epoch).
+        progress: show a tqdm bar per epoch.
+        gpu_fraction: cap this process's share of the GPU's memory (packed trials).
+
+    Returns:
+        `best_val_acc`, `best_epoch`, `history` (one metrics dict per epoch), `val_held_out`, `params`.
+    """
+    cfg = as_run_config(config)
+    dev = resolve_device(device)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        if gpu_fraction is not None:
+            torch.cuda.set_per_process_memory_fraction(gpu_fraction, dev)
+    torch.manual_seed(cfg.seed)
+
+    d = prepare_data(cfg, data, dev)
+    model = build_model(cfg.model).to(dev, memory_format=torch.channels_last)
+    opt = build_optimizer(model, cfg.train)
+    sched, plateau = build_schedulers(opt, cfg.train, d.steps_per_epoch(cfg.train.batch_size))
+    history: list[dict[str, Any]] = []
+    if resume is not None:
+        ckpt = _load_checkpoint(resume, cfg, dev)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        for s, key in ((sched, "scheduler"), (plateau, "plateau")):
+            if s is not None:
+                s.load_state_dict(ckpt[key])
+        history = list(ckpt["history"])
+        _set_rng_state(ckpt["rng"], dev)
+
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.to_yaml(out / "config.yaml", header="resolved run config (fer-tune train)")
+    for epoch in range(len(history) + 1, cfg.train.epochs + 1):
+        metrics = run_epoch(model, opt, sched, plateau, d, cfg, epoch, progress)
+        history.append(metrics)
+        _save_epoch(model, opt, sched, plateau, cfg, history, d.state, dev, out, report)
+
+    meta = _model_meta(cfg, history, d.state)
+    return {
+        "best_val_acc": meta["best_val_acc"],
+        "best_epoch": meta["best_epoch"],
+        "history": history,
+        "val_held_out": d.state["val_held_out"],
+        "params": sum(p.numel() for p in model.parameters()),
+        "out_dir": str(out) if out is not None else None,
+    }
+
+
+def _save_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: lr_scheduler.LRScheduler | None,
+    plateau: lr_scheduler.ReduceLROnPlateau | None,
+    cfg: RunConfig,
+    history: list[dict[str, Any]],
+    state: dict[str, Any],
+    dev: torch.device,
+    out: Path | None,
+    report: ReportFn | None,
+) -> None:
+    """Write checkpoint.pt (and metrics.csv, model.pt) to out, and hand a checkpoint folder to report."""
+    if out is None and report is None:
+        return
+    ckpt = {
+        "epoch": len(history),
+        "config": cfg.to_dict(),
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict() if sched is not None else None,
+        "plateau": plateau.state_dict() if plateau is not None else None,
+        "rng": _rng_state(dev),
+        "history": history,
+        **state,
+    }
+    if out is not None:
+        _atomic_save(ckpt, out / "checkpoint.pt")
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        _atomic_save({"state_dict": weights, **_model_meta(cfg, history, state)}, out / "model.pt")
+        tmp = out / f".metrics.csv.{os.getpid()}.tmp"
+        pd.DataFrame(history, columns=list(METRIC_KEYS)).to_csv(tmp, index=False)
+        os.replace(tmp, out / "metrics.csv")
+    if report is not None:
+        folder = Path(tempfile.mkdtemp(prefix="fer-tune-ckpt-"))
+        try:
+            if out is not None:
+                shutil.copy2(out / "checkpoint.pt", folder / "checkpoint.pt")
+            else:
+                torch.save(ckpt, folder / "checkpoint.pt")
+            report(dict(history[-1]), folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)  # Ray has copied it into the trial's storage
+
+
+def load_model(
+    path: str | Path, device: str | torch.device | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained model from `model.pt` (or its folder); returns (model in eval mode, meta).
+
+    meta holds `config` (the run config dict), `arch`, `metrics` (last epoch), `history`, `epoch`,
+    `best_val_acc`, `best_epoch`, `mean`, `std`, `input_size`, `val_held_out` and `data`.
+    """
+    path = Path(path)
+    file = path / "model.pt" if path.is_dir() else path
+    if not file.is_file():
+        raise DataError(f"{file}: no such model file")
+    try:
+        obj = torch.load(file, map_location="cpu", weights_only=True)
+        weights = obj.pop("state_dict")
+    except (RuntimeError, KeyError, AttributeError, EOFError) as e:
+        raise DataError(f"{file}: not a fer-tune model.pt ({type(e).__name__}: {e})") from None
+    model = build_model(obj["config"]["model"])
+    model.load_state_dict(weights)
+    return model.to(resolve_device(device), memory_format=torch.channels_last).eval(), obj

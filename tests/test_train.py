@@ -1,0 +1,284 @@
+"""The trainable: files and metrics, exact resume, augmentations, schedules, optimizers, failures, CLI."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import make_fer
+
+from fer_tune import augment
+from fer_tune.cli import main
+from fer_tune.config import AugmentConfig, RunConfig, TrainConfig
+from fer_tune.data import EMOTIONS, FER2013, load_fer2013
+from fer_tune.errors import ConfigError, DataError
+from fer_tune.train import (
+    METRIC_KEYS,
+    build_optimizer,
+    build_schedulers,
+    load_model,
+    stratified_subset,
+    train,
+)
+
+TINY_MODEL = {"arch": "cnn", "kernels": [8, 16], "head_width": 0}
+ALL_AUG = {
+    "hflip": True,
+    "rotation": 15,
+    "crop": 4,
+    "scale": 0.1,
+    "erasing": 0.5,
+    "mixup": 0.2,
+    "cutmix": 1.0,
+}
+NO_AUG = {"hflip": False, "rotation": 0, "crop": 0, "scale": 0, "erasing": 0, "mixup": 0, "cutmix": 0}
+TIMING = ("epoch_seconds", "images_per_second")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread; two threads on busy shared cores were 10x slower (OMP waits)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(epochs: int = 1, train: dict | None = None, aug: dict | None = None) -> dict:
+    return {
+        "model": TINY_MODEL,
+        "train": {"epochs": epochs, "batch_size": 32, "warmup_epochs": 0, **(train or {})},
+        "augment": aug if aug is not None else ALL_AUG,
+        "seed": 1,
+    }
+
+
+@pytest.fixture(scope="module")
+def real_slice(shared_fer: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 real images per class of Training and PublicTest, copied into a fresh image folder."""
+    root = tmp_path_factory.mktemp("fer-slice")
+    for split in ("train", "test"):
+        for cls in EMOTIONS:
+            (root / split / cls).mkdir(parents=True)
+            for png in sorted((shared_fer / split / cls).glob("*.png"))[:6]:
+                shutil.copy(png, root / split / cls / png.name)
+    return root
+
+
+def test_one_epoch_on_real_data_writes_everything(real_slice: Path, tmp_path: Path) -> None:
+    data = load_fer2013(real_slice)
+    result = train(tiny(1, aug={**ALL_AUG, "crop": 40}), data, out_dir=tmp_path)
+    assert [h["epoch"] for h in result["history"]] == [1]
+    metrics = result["history"][0]
+    assert set(METRIC_KEYS) <= set(metrics)
+    assert all(math.isfinite(metrics[k]) for k in METRIC_KEYS)
+    assert result["val_held_out"] and result["best_epoch"] == 1
+    for name in ("config.yaml", "metrics.csv", "model.pt", "checkpoint.pt"):
+        assert (tmp_path / name).is_file(), name
+    assert RunConfig.from_yaml(tmp_path / "config.yaml").augment.crop == 40
+    csv = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(csv.columns) == list(METRIC_KEYS) and len(csv) == 1
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and {"model", "optimizer", "scheduler", "rng", "history", "mean", "std"} <= set(
+        ckpt
+    )
+    model, meta = load_model(tmp_path)  # weights_only=True inside
+    assert meta["input_size"] == 40 and meta["arch"] == "cnn" and meta["epoch"] == 1
+    assert meta["mean"] == pytest.approx(float(data.split("Training").images.mean()))
+    assert model(torch.zeros(2, 1, 40, 40)).shape == (2, 7)
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "plateau", "onecycle"])
+def test_resume_equals_uninterrupted_run(tiny_data: FER2013, tmp_path: Path, schedule: str) -> None:
+    cfg = tiny(2, train={"schedule": schedule, "warmup_epochs": 0.5, "batch_size": 16})
+    straight = train(cfg, tiny_data)["history"]
+
+    def report_then_die(metrics: dict, folder: Path) -> None:
+        shutil.copytree(folder, tmp_path / f"ray_checkpoint_{metrics['epoch']}")  # as Ray would
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, tiny_data, report=report_then_die)
+    reports = []
+    resumed = train(
+        cfg, tiny_data, resume=tmp_path / "ray_checkpoint_1", report=lambda m, d: reports.append(m)
+    )
+    assert [m["epoch"] for m in reports] == [2]
+    history = resumed["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    for a, b in zip(straight, history, strict=True):
+        assert {k: v for k, v in a.items() if k not in TIMING} == {
+            k: v for k, v in b.items() if k not in TIMING
+        }
+
+
+def test_resume_with_another_config_names_the_key(tiny_data: FER2013, tmp_path: Path) -> None:
+    train(tiny(1), tiny_data, out_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"^train\.lr: differs"):
+        train(tiny(1, train={"lr": 0.01}), tiny_data, resume=tmp_path)
+
+
+def batch(n: int = 16) -> torch.Tensor:
+    return augment.normalize(torch.from_numpy(make_fer({"Training": 3}).images[:n]), 100.0, 60.0)
+
+
+ONE_ON = {
+    "hflip": {"hflip": True},
+    "rotation": {"rotation": 20.0},
+    "scale": {"scale": 0.2},
+    "shift": {"crop": 4},
+    "crop": {"crop": 40},
+    "erasing": {"erasing": 1.0},
+    "mixup": {"mixup": 1.0},
+    "cutmix": {"cutmix": 1.0},
+}
+
+
+@pytest.mark.parametrize("name", list(ONE_ON))
+def test_each_augmentation_changes_images_and_keeps_the_batch(name: str) -> None:
+    torch.manual_seed(0)
+    x, y = batch(), torch.arange(16) % 7
+    cfg = AugmentConfig(**{**NO_AUG, **ONE_ON[name]})
+    out, y_a, y_b, lam = augment.augment_batch(x, y, cfg)
+    side = cfg.input_size
+    assert out.shape == (16, 1, side, side) and out.dtype == x.dtype and out.device == x.device
+    assert torch.isfinite(out).all()
+    changed = (out != augment.center_crop(x, side)).flatten(1).any(1)
+    assert changed.sum() >= 4, f"{name} changed only {int(changed.sum())} of 16 images"
+    assert torch.equal(y_a, y)
+    if name in ("mixup", "cutmix"):
+        assert 0 <= lam <= 1 and sorted(y_b.tolist()) == sorted(y.tolist())
+    else:
+        assert lam == 1.0 and torch.equal(y_b, y)
+
+
+def test_augmentations_off_are_identity_and_shifts_are_reflect_padded() -> None:
+    x, y = batch(), torch.arange(16) % 7
+    out, y_a, y_b, lam = augment.augment_batch(x, y, AugmentConfig(**NO_AUG))
+    assert out is x and lam == 1.0
+    assert augment.random_affine(x, 0, 0) is x and augment.random_erasing(x, 0) is x
+    assert torch.equal(augment.random_crop(x, 48), x)
+    # A shifted image is a window of the reflect-padded one.
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="reflect")
+    shifted = augment.random_crop(x, 48, pad=4)
+    windows = padded.unfold(2, 48, 1).unfold(3, 48, 1)  # (B, 1, 9, 9, 48, 48)
+    hits = (windows == shifted[:, :, None, None]).flatten(-2).all(-1)
+    assert hits.flatten(1).any(1).all()
+
+
+def test_read_only_arrays_train_without_warnings(tiny_data: FER2013) -> None:
+    arrays = [a.copy() for a in (tiny_data.images, tiny_data.labels, tiny_data.usage)]
+    for a in arrays:
+        a.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = train(tiny(1), FER2013(*arrays, "read-only"))
+    assert result["history"][0]["epoch"] == 1
+
+
+def test_lr_schedules_follow_their_definitions() -> None:
+    model = torch.nn.Linear(2, 2)
+
+    def trace(**kw) -> list[float]:
+        cfg = TrainConfig(
+            **{"epochs": 4, "lr": 1.0, "warmup_epochs": 1.0, "step_size": 2, "gamma": 0.5, **kw}
+        )
+        opt = build_optimizer(model, cfg)
+        sched, plateau = build_schedulers(opt, cfg, steps_per_epoch=10)
+        lrs = []
+        for _ in range(40):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            if sched is not None:
+                sched.step()
+        return lrs
+
+    for schedule in ("constant", "cosine", "step", "plateau"):  # linear warm-up from lr/10 over 10 steps
+        lrs = trace(schedule=schedule)
+        assert lrs[0] == pytest.approx(0.1) and lrs[10] == pytest.approx(1.0), schedule
+        assert all(a < b for a, b in zip(lrs[:10], lrs[1:11], strict=True)), schedule
+    assert trace(schedule="constant")[10:] == pytest.approx([1.0] * 30)
+    assert trace(schedule="plateau")[10:] == pytest.approx([1.0] * 30)  # it decays per epoch, on val_loss
+    step = trace(schedule="step")  # step_size epochs counted after the warm-up
+    assert step[29] == pytest.approx(1.0) and step[30] == pytest.approx(0.5)
+    cosine = trace(schedule="cosine")
+    assert cosine[25] == pytest.approx(0.5, abs=0.01) and cosine[-1] < 0.01
+    onecycle = trace(schedule="onecycle")
+    assert max(onecycle) == pytest.approx(1.0) and onecycle[0] < 0.1 and onecycle[-1] < 1e-3
+
+
+@pytest.mark.parametrize(
+    "train_cfg",
+    [
+        {"optimizer": "sgd", "schedule": "step", "step_size": 1, "grad_clip": 1.0},
+        {"optimizer": "adam", "lr": 1e-3, "schedule": "plateau", "patience": 0, "label_smoothing": 0.1},
+        {"optimizer": "adamw", "lr": 1e-3, "schedule": "onecycle", "subset": 70},
+        {"optimizer": "sgd", "schedule": "constant", "nesterov": False, "momentum": 0.0},
+    ],
+)
+def test_optimizers_and_schedules_train(tiny_data: FER2013, train_cfg: dict) -> None:
+    history = train(tiny(2, train=train_cfg), tiny_data)["history"]
+    assert len(history) == 2 and all(math.isfinite(h["train_loss"]) and h["lr"] > 0 for h in history)
+
+
+def test_stratified_subset_keeps_class_proportions() -> None:
+    labels = np.repeat(np.arange(7), [400, 40, 400, 700, 480, 320, 500])
+    keep = stratified_subset(labels, 284, seed=0)
+    assert len(keep) == 284 and len(set(keep.tolist())) == 284
+    counts = np.bincount(labels[keep], minlength=7)
+    assert counts.tolist() == [40, 4, 40, 70, 48, 32, 50]
+    assert (np.bincount(labels[stratified_subset(labels, 7, seed=0)]) == 1).all()
+
+
+def test_training_on_public_test_is_flagged_and_missing_val_is_nan(tiny_data: FER2013) -> None:
+    with pytest.warns(UserWarning, match="not held out"):
+        result = train(tiny(1, train={"train_on": "Training+PublicTest"}), tiny_data)
+    assert result["val_held_out"] is False and math.isfinite(result["history"][0]["val_acc"])
+    result = train(tiny(1, train={"schedule": "plateau"}), tiny_data.split("Training"))
+    assert math.isnan(result["history"][0]["val_acc"]) and result["best_epoch"] is None
+
+
+def test_data_without_the_training_split_is_a_data_error() -> None:
+    with pytest.raises(DataError, match="no Training images to train on"):
+        train(tiny(1), make_fer({"PrivateTest": 2}))
+
+
+def test_non_finite_loss_raises_promptly(tiny_data: FER2013) -> None:
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at epoch 1, step \d"):
+        train(tiny(3, train={"lr": 1e30, "batch_size": 16}, aug=NO_AUG), tiny_data)
+
+
+def test_cli_train_bad_config_is_one_line_naming_the_key(
+    tiny_data: FER2013, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"model": TINY_MODEL, "train": {"optimizer": "rmsprop"}}))
+    assert main(["train", str(path), "--data", str(tmp_path / "absent"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.optimizer" in err and str(path) in err
+
+
+def test_cli_train_writes_a_model(tiny_data: FER2013, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from fer_tune.data import save_image_folder
+
+    data_dir = save_image_folder(tiny_data, tmp_path / "data")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(tiny(3)))
+    assert (
+        main(["train", str(cfg), "--data", str(data_dir), "--out", str(tmp_path / "run"), "--epochs", "2"])
+        == 0
+    )
+    _, meta = load_model(tmp_path / "run" / "model.pt")
+    assert meta["epoch"] == 2 and meta["config"]["train"]["epochs"] == 2
+    assert "val_acc=" in capsys.readouterr().out  # the per-epoch summary (the bar goes to stderr)
