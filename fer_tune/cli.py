@@ -27,7 +27,9 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = RunConfig.from_yaml(args.config)
     if args.epochs is not None:
-        cfg = RunConfig.from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "epochs": args.epochs}})
+        cfg = RunConfig.from_dict(
+            {**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "epochs": args.epochs}}
+        )
     train(cfg, load_fer2013(args.data), out_dir=args.out, device=args.device, progress=True)
     return 0
 
@@ -36,7 +38,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from fer_tune.data import load_fer2013
     from fer_tune.evaluate import evaluate_dir, format_metrics
 
-    metrics = evaluate_dir(args.model, load_fer2013(args.data), tta=args.tta, out_dir=args.out, device=args.device)
+    metrics = evaluate_dir(
+        args.model, load_fer2013(args.data), tta=args.tta, out_dir=args.out, device=args.device
+    )
     print(format_metrics(metrics))
     return 0
 
@@ -93,9 +97,13 @@ def _report(args: argparse.Namespace) -> int:
 
 def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", help="search space: a bundled name (resnet, resnet.yaml) or a YAML path")
-    p.add_argument("--data", help="FER2013 CSV or image folder (default: $FER_TUNE_DATA, the space's data:, ./)")
+    p.add_argument(
+        "--data", help="FER2013 CSV or image folder (default: $FER_TUNE_DATA, the space's data:, ./)"
+    )
     p.add_argument("--gpus", type=float, help="GPUs to use (0: CPU only; default: all visible)")
-    p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 packs 4 trials per GPU")
+    p.add_argument(
+        "--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 packs 4 trials per GPU"
+    )
     p.add_argument("--cpus", type=int, help="CPUs to use (default: all)")
     p.add_argument("--cpus-per-trial", type=int, help="CPUs (and torch threads) per trial")
     p.add_argument("--num-samples", type=int, help="trials to run")
@@ -133,8 +141,12 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     evaluate = parser("evaluate", "Evaluate a trained model on every Usage split present in the data.")
     evaluate.add_argument("model", help="a model folder (with model.pt) or a model.pt file")
     evaluate.add_argument("--data", required=True, help="FER2013 CSV or image folder")
-    evaluate.add_argument("--tta", choices=["none", "flip", "tencrop"], default="none", help="test-time augmentation")
-    evaluate.add_argument("--out", help="where to write metrics.json and confusion PNGs (default: the model folder)")
+    evaluate.add_argument(
+        "--tta", choices=["none", "flip", "tencrop"], default="none", help="test-time augmentation"
+    )
+    evaluate.add_argument(
+        "--out", help="where to write metrics.json and confusion PNGs (default: the model folder)"
+    )
     evaluate.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
 
     resume = parser("resume", "Continue an interrupted search.")
@@ -153,8 +165,12 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     retrain.add_argument("--out", required=True, help="output folder")
     retrain.add_argument("--epochs", type=int, help="override train.epochs")
     retrain.add_argument("--seeds", type=int, default=1, help="independent runs with seeds seed..seed+N-1")
-    retrain.add_argument("--train-on", choices=["Training", "Training+PublicTest"], help="override train.train_on")
-    retrain.add_argument("--tta", choices=["none", "flip", "tencrop"], default="none", help="test-time augmentation")
+    retrain.add_argument(
+        "--train-on", choices=["Training", "Training+PublicTest"], help="override train.train_on"
+    )
+    retrain.add_argument(
+        "--tta", choices=["none", "flip", "tencrop"], default="none", help="test-time augmentation"
+    )
     retrain.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
 
     report = parser("report", "Write report.md and figures for one or more searches.")

@@ -8,7 +8,6 @@ message, and is written back resolved (every default filled in) beside the outpu
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from fer_tune.errors import ConfigError
-from fer_tune.models import model_config
+from fer_tune.errors import ConfigError, check
+from fer_tune.models import coerce, model_config
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle", "plateau", "step")
@@ -25,42 +24,20 @@ TRAIN_ON = ("Training", "Training+PublicTest")
 IGNORED_KEYS = ("provenance",)  # written by `fer-tune export`, read by people, ignored by training
 
 
-def _check(ok: bool, key: str, msg: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {msg}")
-
-
-def _coerce(key: str, value: Any, kind: type) -> Any:
-    """Coerce YAML/numpy scalars to the declared field type, or fail naming the key."""
-    if kind is bool:
-        if isinstance(value, bool) or (isinstance(value, numbers.Integral) and value in (0, 1)):
-            return bool(value)
-    elif kind is int:
-        if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
-            return int(value)
-    elif kind is float:
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            return float(value)
-    elif kind is str:
-        if isinstance(value, str):
-            return value
-    raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
-
-
 def _group_from_dict(cls: type, prefix: str, values: Any) -> Any:
     """Build a config group dataclass from a mapping, naming `prefix.key` for unknown keys and bad types."""
     if values is None:
         values = {}
-    _check(isinstance(values, Mapping), prefix, f"expected a mapping, got {type(values).__name__}")
+    check(isinstance(values, Mapping), prefix, f"expected a mapping, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
-        _check(key in fields, f"{prefix}.{key}", f"unknown key; known keys: {', '.join(fields)}")
+        check(key in fields, f"{prefix}.{key}", f"unknown key; known keys: {', '.join(fields)}")
         kind = fields[key].metadata["type"]
         if value is None and fields[key].metadata.get("optional"):
             kwargs[key] = None
         else:
-            kwargs[key] = _coerce(f"{prefix}.{key}", value, kind)
+            kwargs[key] = coerce(f"{prefix}.{key}", value, kind)
     return cls(**kwargs)
 
 
@@ -91,25 +68,39 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         p = "train"
-        _check(self.epochs >= 1, f"{p}.epochs", f"must be >= 1, got {self.epochs}")
-        _check(self.batch_size >= 1, f"{p}.batch_size", f"must be >= 1, got {self.batch_size}")
-        _check(self.optimizer in OPTIMIZERS, f"{p}.optimizer", f"must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        _check(self.lr > 0, f"{p}.lr", f"must be > 0, got {self.lr}")
-        _check(self.weight_decay >= 0, f"{p}.weight_decay", f"must be >= 0, got {self.weight_decay}")
-        _check(0 <= self.momentum < 1, f"{p}.momentum", f"must be in [0, 1), got {self.momentum}")
-        _check(self.schedule in SCHEDULES, f"{p}.schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
-        _check(
+        check(self.epochs >= 1, f"{p}.epochs", f"must be >= 1, got {self.epochs}")
+        check(self.batch_size >= 1, f"{p}.batch_size", f"must be >= 1, got {self.batch_size}")
+        check(
+            self.optimizer in OPTIMIZERS,
+            f"{p}.optimizer",
+            f"must be one of {OPTIMIZERS}, got {self.optimizer!r}",
+        )
+        check(self.lr > 0, f"{p}.lr", f"must be > 0, got {self.lr}")
+        check(self.weight_decay >= 0, f"{p}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check(0 <= self.momentum < 1, f"{p}.momentum", f"must be in [0, 1), got {self.momentum}")
+        check(
+            self.schedule in SCHEDULES, f"{p}.schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}"
+        )
+        check(
             0 <= self.warmup_epochs < self.epochs,
             f"{p}.warmup_epochs",
             f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}",
         )
-        _check(self.step_size >= 1, f"{p}.step_size", f"must be >= 1, got {self.step_size}")
-        _check(0 < self.gamma < 1, f"{p}.gamma", f"must be in (0, 1), got {self.gamma}")
-        _check(self.patience >= 0, f"{p}.patience", f"must be >= 0, got {self.patience}")
-        _check(0 <= self.label_smoothing < 1, f"{p}.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
-        _check(self.grad_clip >= 0, f"{p}.grad_clip", f"must be >= 0, got {self.grad_clip}")
-        _check(self.subset is None or self.subset >= 7, f"{p}.subset", f"must be >= 7 (one per class), got {self.subset}")
-        _check(self.train_on in TRAIN_ON, f"{p}.train_on", f"must be one of {TRAIN_ON}, got {self.train_on!r}")
+        check(self.step_size >= 1, f"{p}.step_size", f"must be >= 1, got {self.step_size}")
+        check(0 < self.gamma < 1, f"{p}.gamma", f"must be in (0, 1), got {self.gamma}")
+        check(self.patience >= 0, f"{p}.patience", f"must be >= 0, got {self.patience}")
+        check(
+            0 <= self.label_smoothing < 1,
+            f"{p}.label_smoothing",
+            f"must be in [0, 1), got {self.label_smoothing}",
+        )
+        check(self.grad_clip >= 0, f"{p}.grad_clip", f"must be >= 0, got {self.grad_clip}")
+        check(
+            self.subset is None or self.subset >= 7,
+            f"{p}.subset",
+            f"must be >= 7 (one per class), got {self.subset}",
+        )
+        check(self.train_on in TRAIN_ON, f"{p}.train_on", f"must be one of {TRAIN_ON}, got {self.train_on!r}")
 
     @property
     def train_usages(self) -> tuple[str, ...]:
@@ -122,7 +113,9 @@ class AugmentConfig:
 
     hflip: bool = _field(True, bool, "random horizontal flip")
     rotation: float = _field(10.0, float, "max rotation, degrees")
-    crop: int = _field(4, int, "0 off; 1..16: random shift up to N px (reflect-padded); 32..48: random crop size")
+    crop: int = _field(
+        4, int, "0 off; 1..16: random shift up to N px (reflect-padded); 32..48: random crop size"
+    )
     scale: float = _field(0.0, float, "random zoom by up to this fraction (0.1: 0.9x..1.1x)")
     erasing: float = _field(0.0, float, "random-erasing probability per image")
     mixup: float = _field(0.0, float, "mixup Beta(alpha, alpha); 0 = off")
@@ -130,16 +123,16 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         p = "augment"
-        _check(0 <= self.rotation <= 180, f"{p}.rotation", f"must be in [0, 180] degrees, got {self.rotation}")
-        _check(
+        check(0 <= self.rotation <= 180, f"{p}.rotation", f"must be in [0, 180] degrees, got {self.rotation}")
+        check(
             self.crop == 0 or 1 <= self.crop <= 16 or 32 <= self.crop <= 48,
             f"{p}.crop",
             f"must be 0, a shift of 1..16 px, or a crop size of 32..48 px, got {self.crop}",
         )
-        _check(0 <= self.scale <= 0.5, f"{p}.scale", f"must be in [0, 0.5], got {self.scale}")
-        _check(0 <= self.erasing <= 1, f"{p}.erasing", f"must be in [0, 1], got {self.erasing}")
-        _check(self.mixup >= 0, f"{p}.mixup", f"must be >= 0, got {self.mixup}")
-        _check(self.cutmix >= 0, f"{p}.cutmix", f"must be >= 0, got {self.cutmix}")
+        check(0 <= self.scale <= 0.5, f"{p}.scale", f"must be in [0, 0.5], got {self.scale}")
+        check(0 <= self.erasing <= 1, f"{p}.erasing", f"must be in [0, 1], got {self.erasing}")
+        check(self.mixup >= 0, f"{p}.mixup", f"must be >= 0, got {self.mixup}")
+        check(self.cutmix >= 0, f"{p}.cutmix", f"must be >= 0, got {self.cutmix}")
 
     @property
     def input_size(self) -> int:
@@ -159,17 +152,17 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
         """Validate a (possibly sampled) mapping; raises ConfigError naming the first bad key."""
-        _check(isinstance(d, Mapping), "config", f"expected a mapping, got {type(d).__name__}")
+        check(isinstance(d, Mapping), "config", f"expected a mapping, got {type(d).__name__}")
         known = ("model", "train", "augment", "seed", *IGNORED_KEYS)
         for key in d:
-            _check(key in known, str(key), f"unknown key; known keys: {', '.join(known[:4])}")
-        _check("model" in d, "model", "missing; a run config needs at least `model: {arch: NAME}`")
-        _check(isinstance(d["model"], Mapping), "model", f"expected a mapping, got {d['model']!r}")
+            check(key in known, str(key), f"unknown key; known keys: {', '.join(known[:4])}")
+        check("model" in d, "model", "missing; a run config needs at least `model: {arch: NAME}`")
+        check(isinstance(d["model"], Mapping), "model", f"expected a mapping, got {d['model']!r}")
         return cls(
             model=model_config(d["model"]),
             train=_group_from_dict(TrainConfig, "train", d.get("train")),
             augment=_group_from_dict(AugmentConfig, "augment", d.get("augment")),
-            seed=_coerce("seed", d.get("seed", 0), int),
+            seed=coerce("seed", d.get("seed", 0), int),
         )
 
     def to_dict(self) -> dict[str, Any]:

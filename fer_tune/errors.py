@@ -10,4 +10,10 @@ class DataError(FerTuneError):
 
 
 class ConfigError(FerTuneError):
-    """Invalid run config or search space: the message starts with the dotted key path, e.g. `model.kernels`."""
+    """Invalid run config or search space: the message starts with the dotted key path (`model.kernels`)."""
+
+
+def check(ok: bool, key: str, msg: str) -> None:
+    """Raise `ConfigError("<key>: <msg>")` unless `ok`: the one way configs and spaces report a bad value."""
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")

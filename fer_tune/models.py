@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fer_tune.errors import ConfigError
+from fer_tune.errors import ConfigError, check
 
 NUM_CLASSES = 7
 INPUT_SIZES = (32, 64)  # smallest and largest supported image side, px
@@ -38,19 +38,14 @@ _REGISTRY: dict[str, tuple[type[ModelConfig], Callable[[Any], nn.Module]]] = {}
 # ---------------------------------------------------------------------------------------------- configs
 
 
-def _check(ok: bool, key: str, msg: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {msg}")
-
-
-def _coerce(key: str, value: Any, kind: type) -> Any:
+def coerce(key: str, value: Any, kind: type) -> Any:
     """Coerce sampler output (numpy scalars, 64.0, tuples) to the declared type, or fail naming the key."""
     if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
         value = value.tolist()  # numpy/torch scalars and arrays -> Python values
     if kind is list:  # a list of ints (channel widths)
         if isinstance(value, (list, tuple)):
             try:
-                return [_coerce(key, v, int) for v in value]
+                return [coerce(key, v, int) for v in value]
             except ConfigError:
                 pass
         raise ConfigError(f"{key}: expected a list of ints, got {value!r}")
@@ -91,23 +86,21 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _coerce(f"model.{f.name}", getattr(self, f.name), f.metadata["type"]))
+            setattr(self, f.name, coerce(f"model.{f.name}", getattr(self, f.name), f.metadata["type"]))
         arch = type(self).__dataclass_fields__["arch"].default
-        _check(
-            self.arch == arch, "model.arch", f"{type(self).__name__} is family {arch!r}, got {self.arch!r}"
-        )
+        check(self.arch == arch, "model.arch", f"{type(self).__name__} is family {arch!r}, got {self.arch!r}")
         lo, hi = self.DEPTH
-        _check(
+        check(
             lo <= len(self.kernels) <= hi,
             "model.kernels",
             f"{arch} takes {lo} to {hi} widths, got {len(self.kernels)}: {self.kernels}",
         )
-        _check(
+        check(
             all(1 <= w <= MAX_WIDTH for w in self.kernels),
             "model.kernels",
             f"widths must be in 1..{MAX_WIDTH}, got {self.kernels}",
         )
-        _check(0 <= self.dropout < 1, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+        check(0 <= self.dropout < 1, "model.dropout", f"must be in [0, 1), got {self.dropout}")
         self._validate()
 
     def _validate(self) -> None:
@@ -115,7 +108,7 @@ class ModelConfig:
 
     def _in_range(self, key: str, lo: int, hi: int) -> None:
         value = getattr(self, key)
-        _check(lo <= value <= hi, f"model.{key}", f"must be in {lo}..{hi}, got {value}")
+        check(lo <= value <= hi, f"model.{key}", f"must be in {lo}..{hi}, got {value}")
 
 
 @dataclass
@@ -194,13 +187,13 @@ class AttentionConfig(ModelConfig):
 
     def _validate(self) -> None:
         width = self.kernels[-1]
-        _check(
+        check(
             self.heads >= 1 and width % self.heads == 0,
             "model.heads",
             f"must be >= 1 and divide the token width kernels[-1]={width}, got {self.heads}",
         )
         self._in_range("attn_layers", 1, 12)
-        _check(self.pool in ("mean", "cls"), "model.pool", f"must be 'mean' or 'cls', got {self.pool!r}")
+        check(self.pool in ("mean", "cls"), "model.pool", f"must be 'mean' or 'cls', got {self.pool!r}")
 
 
 @dataclass
@@ -248,17 +241,17 @@ def model_config(mapping: Mapping[str, Any] | ModelConfig) -> ModelConfig:
     """Validate a model mapping (e.g. a sampled config) into its family's dataclass, defaults filled in."""
     if isinstance(mapping, ModelConfig):
         mapping = dataclasses.asdict(mapping)
-    _check(isinstance(mapping, Mapping), "model", f"expected a mapping with an `arch` key, got {mapping!r}")
+    check(isinstance(mapping, Mapping), "model", f"expected a mapping with an `arch` key, got {mapping!r}")
     known = ", ".join(list_models())
-    _check("arch" in mapping, "model.arch", f"missing; known: {known}")
+    check("arch" in mapping, "model.arch", f"missing; known: {known}")
     arch = mapping["arch"]
-    _check(
+    check(
         isinstance(arch, str) and arch in _REGISTRY, "model.arch", f"unknown family {arch!r}; known: {known}"
     )
     cls = _REGISTRY[arch][0]
     keys = [f.name for f in dataclasses.fields(cls)]
     for key in mapping:
-        _check(key in keys, f"model.{key}", f"unknown key for {arch}; known keys: {', '.join(keys)}")
+        check(key in keys, f"model.{key}", f"unknown key for {arch}; known keys: {', '.join(keys)}")
     return cls(**mapping)
 
 
@@ -281,7 +274,7 @@ def model_stats(cfg: Mapping[str, Any] | ModelConfig, input_size: int = 48) -> d
     """Parameters and multiply-adds of one forward pass of one `input_size` image (cached per config)."""
     cfg = model_config(cfg)
     lo, hi = INPUT_SIZES
-    _check(lo <= input_size <= hi, "input_size", f"must be in {lo}..{hi}, got {input_size}")
+    check(lo <= input_size <= hi, "input_size", f"must be in {lo}..{hi}, got {input_size}")
     key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in dataclasses.asdict(cfg).items())
     return dict(_stats(key, input_size))
 

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from fer_tune.config import RunConfig
-from fer_tune.errors import ConfigError, FerTuneError
+from fer_tune.errors import ConfigError, FerTuneError, check
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform", "qloguniform")
 GROUPS = ("model", "train", "augment", "seed")
@@ -278,10 +278,10 @@ def load_space(name: str | Path, **overrides: Any) -> Space:
 
 def parse_space(raw: Any, *, name: str = "space", source: str = "", **overrides: Any) -> Space:
     """Parse and check a space mapping (see `load_space`); errors start with the key path."""
-    _check(isinstance(raw, Mapping), "space", f"expected a mapping of {', '.join(TOP_KEYS)}, got {raw!r}")
+    check(isinstance(raw, Mapping), "space", f"expected a mapping of {', '.join(TOP_KEYS)}, got {raw!r}")
     for key in raw:
-        _check(key in TOP_KEYS, str(key), f"unknown key; known keys: {', '.join(TOP_KEYS)}")
-    _check("model" in raw, "model", "missing; a space needs at least `model: {arch: NAME}`")
+        check(key in TOP_KEYS, str(key), f"unknown key; known keys: {', '.join(TOP_KEYS)}")
+    check("model" in raw, "model", "missing; a space needs at least `model: {arch: NAME}`")
     groups: dict[str, Any] = {}
     for g in GROUPS:
         if g not in raw:
@@ -289,12 +289,12 @@ def parse_space(raw: Any, *, name: str = "space", source: str = "", **overrides:
         if g == "seed":
             groups[g] = _parse_value(raw[g], "seed")
             continue
-        _check(isinstance(raw[g], Mapping), g, f"expected a mapping, got {raw[g]!r}")
+        check(isinstance(raw[g], Mapping), g, f"expected a mapping, got {raw[g]!r}")
         groups[g] = {str(k): _parse_value(v, f"{g}.{k}") for k, v in raw[g].items() if k != "families"}
     _parse_families(raw["model"], groups["model"])
     search, resources = _parse_search(raw.get("search")), _parse_resources(raw.get("resources"))
     data = raw.get("data")
-    _check(data is None or isinstance(data, str), "data", f"expected a path, got {data!r}")
+    check(data is None or isinstance(data, str), "data", f"expected a path, got {data!r}")
     for key, value in overrides.items():
         if value is None:
             continue
@@ -318,17 +318,12 @@ def parse_duration(value: Any, key: str = "search.time_budget") -> float | None:
     if isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0:
         return float(value)
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*", str(value))
-    _check(
+    check(
         m is not None and float(m.group(1)) > 0,
         key,
         f"expected a duration like 90m, 2h, 3600s; got {value!r}",
     )
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-
-
-def _check(ok: bool, key: str, msg: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {msg}")
 
 
 def _is_number(x: Any) -> bool:
@@ -341,33 +336,31 @@ def _parse_value(value: Any, path: str) -> Any:
         return [_parse_value(v, f"{path}.{i}") for i, v in enumerate(value)]
     if not isinstance(value, Mapping):
         return value
-    _check(
+    check(
         len(value) == 1 and next(iter(value)) in DISTRIBUTIONS,
         path,
         f"expected a value or one distribution ({', '.join(DISTRIBUTIONS)}), got {dict(value)!r}",
     )
     kind, args = next(iter(value.items()))
-    _check(isinstance(args, list), path, f"{kind}: expected a list, got {args!r}")
+    check(isinstance(args, list), path, f"{kind}: expected a list, got {args!r}")
     if kind in ("choice", "grid"):
-        _check(len(args) > 0, path, f"{kind}: needs at least one value")
+        check(len(args) > 0, path, f"{kind}: needs at least one value")
         for v in args:
-            _check(not isinstance(v, Mapping), path, f"{kind}: values must be fixed, got {v!r}")
+            check(not isinstance(v, Mapping), path, f"{kind}: values must be fixed, got {v!r}")
         return Dist(kind, tuple(args), path)
     n = 3 if kind.startswith("q") else 2
     form = "[low, high, q]" if n == 3 else "[low, high]"
-    _check(
-        len(args) == n and all(_is_number(a) for a in args), path, f"{kind}: expected {form}, got {args!r}"
-    )
+    check(len(args) == n and all(_is_number(a) for a in args), path, f"{kind}: expected {form}, got {args!r}")
     lo, hi = args[0], args[1]
     if kind == "randint":
-        _check(all(isinstance(a, int) for a in args), path, f"randint: expected integers, got {args!r}")
-        _check(lo <= hi, path, f"randint: low {lo} > high {hi}")
+        check(all(isinstance(a, int) for a in args), path, f"randint: expected integers, got {args!r}")
+        check(lo <= hi, path, f"randint: low {lo} > high {hi}")
     else:
-        _check(lo < hi, path, f"{kind}: low {lo} must be < high {hi}")
+        check(lo < hi, path, f"{kind}: low {lo} must be < high {hi}")
     if "log" in kind:
-        _check(lo > 0, path, f"{kind}: low must be > 0, got {lo}")
+        check(lo > 0, path, f"{kind}: low must be > 0, got {lo}")
     if n == 3:
-        _check(args[2] > 0, path, f"{kind}: q must be > 0, got {args[2]}")
+        check(args[2] > 0, path, f"{kind}: q must be > 0, got {args[2]}")
     return Dist(kind, tuple(args), path)
 
 
@@ -375,11 +368,11 @@ def _parse_families(raw_model: Mapping, model: dict[str, Any]) -> None:
     families = raw_model.get("families")
     if families is None:
         return
-    _check(
+    check(
         isinstance(families, Mapping) and families, "model.families", "expected a mapping arch -> sub-space"
     )
     arch = model.get("arch")
-    _check(
+    check(
         isinstance(arch, Dist),
         "model.families",
         "needs model.arch to be a choice or grid of architectures",
@@ -390,11 +383,11 @@ def _parse_families(raw_model: Mapping, model: dict[str, Any]) -> None:
     parsed = {}
     for fam, sub in families.items():
         key = f"model.families.{fam}"
-        _check(fam in known, key, f"unknown model family; registered: {', '.join(known)}")
-        _check(fam in arch.args, key, f"not among the model.arch values {list(arch.args)}")
+        check(fam in known, key, f"unknown model family; registered: {', '.join(known)}")
+        check(fam in arch.args, key, f"not among the model.arch values {list(arch.args)}")
         sub = sub or {}
-        _check(isinstance(sub, Mapping), key, f"expected a mapping of model keys, got {sub!r}")
-        _check("arch" not in sub, f"{key}.arch", "set by the family; remove it")
+        check(isinstance(sub, Mapping), key, f"expected a mapping of model keys, got {sub!r}")
+        check("arch" not in sub, f"{key}.arch", "set by the family; remove it")
         parsed[fam] = {str(k): _parse_value(v, f"{key}.{k}") for k, v in sub.items()}
     model["families"] = parsed
 
@@ -403,7 +396,7 @@ def _parse_search(raw: Any) -> SearchSettings:
     s = SearchSettings(num_samples=20)
     if raw is None:
         return s
-    _check(isinstance(raw, Mapping), "search", f"expected a mapping, got {raw!r}")
+    check(isinstance(raw, Mapping), "search", f"expected a mapping, got {raw!r}")
     simple = {"algorithm": str, "num_samples": int, "metric": str, "mode": str, "seed": int}
     simple |= {"max_concurrent": int, "max_failures": int}
     for key, value in raw.items():
@@ -412,7 +405,7 @@ def _parse_search(raw: Any) -> SearchSettings:
             kind = simple[key]
             ok = isinstance(value, kind) and not isinstance(value, bool)
             ok = ok or (key == "max_concurrent" and value is None)
-            _check(ok, k, f"expected {kind.__name__}, got {value!r}")
+            check(ok, k, f"expected {kind.__name__}, got {value!r}")
             setattr(s, key, value)
         elif key == "time_budget":
             s.time_budget_s = parse_duration(value, k)
@@ -421,24 +414,24 @@ def _parse_search(raw: Any) -> SearchSettings:
         else:
             known = [*simple, "time_budget", "scheduler"]
             raise ConfigError(f"{k}: unknown key; known keys: {', '.join(known)}")
-    _check(s.algorithm in ALGORITHMS, "search.algorithm", f"must be one of {ALGORITHMS}, got {s.algorithm!r}")
+    check(s.algorithm in ALGORITHMS, "search.algorithm", f"must be one of {ALGORITHMS}, got {s.algorithm!r}")
     if "num_samples" not in raw:
         s.num_samples = 1 if s.algorithm == "grid" else 20
-    _check(s.mode in ("min", "max"), "search.mode", f"must be min or max, got {s.mode!r}")
-    _check(s.num_samples >= 1, "search.num_samples", f"must be >= 1, got {s.num_samples}")
-    _check(s.max_failures >= 0, "search.max_failures", f"must be >= 0, got {s.max_failures}")
-    _check(s.max_concurrent is None or s.max_concurrent >= 1, "search.max_concurrent", "must be >= 1")
+    check(s.mode in ("min", "max"), "search.mode", f"must be min or max, got {s.mode!r}")
+    check(s.num_samples >= 1, "search.num_samples", f"must be >= 1, got {s.num_samples}")
+    check(s.max_failures >= 0, "search.max_failures", f"must be >= 0, got {s.max_failures}")
+    check(s.max_concurrent is None or s.max_concurrent >= 1, "search.max_concurrent", "must be >= 1")
     return s
 
 
 def _parse_scheduler(value: Any, s: SearchSettings) -> None:
     if value is None or isinstance(value, str):
         value = {"type": value or "none"}
-    _check(isinstance(value, Mapping), "search.scheduler", f"expected asha, none or a mapping, got {value!r}")
+    check(isinstance(value, Mapping), "search.scheduler", f"expected asha, none or a mapping, got {value!r}")
     for key, v in value.items():
         k = f"search.scheduler.{key}"
         if key == "type":
-            _check(v in SCHEDULERS, k, f"must be one of {SCHEDULERS}, got {v!r}")
+            check(v in SCHEDULERS, k, f"must be one of {SCHEDULERS}, got {v!r}")
             s.scheduler = v
         elif key in ("max_t", "grace_period", "reduction_factor"):
             ok = (
@@ -446,7 +439,7 @@ def _parse_scheduler(value: Any, s: SearchSettings) -> None:
                 and not isinstance(v, bool)
                 and v >= (2 if key == "reduction_factor" else 1)
             )
-            _check(ok or (key == "max_t" and v is None), k, f"expected a positive integer, got {v!r}")
+            check(ok or (key == "max_t" and v is None), k, f"expected a positive integer, got {v!r}")
             setattr(s, key, v)
         else:
             raise ConfigError(f"{k}: unknown key; known keys: type, max_t, grace_period, reduction_factor")
@@ -456,15 +449,15 @@ def _parse_resources(raw: Any) -> Resources:
     r = Resources()
     if raw is None:
         return r
-    _check(isinstance(raw, Mapping), "resources", f"expected a mapping, got {raw!r}")
+    check(isinstance(raw, Mapping), "resources", f"expected a mapping, got {raw!r}")
     for key, value in raw.items():
         k = f"resources.{key}"
-        _check(
+        check(
             key in ("cpus_per_trial", "gpus_per_trial"),
             k,
             "unknown key; known: cpus_per_trial, gpus_per_trial",
         )
-        _check(
+        check(
             value is None or (_is_number(value) and value >= 0), k, f"expected a number >= 0, got {value!r}"
         )
         setattr(r, key, None if value is None else float(value))
@@ -475,21 +468,19 @@ def _check_space(space: Space) -> None:
     s, r = space.search, space.resources
     if s.algorithm != "grid":
         for d in space.dists():
-            _check(
+            check(
                 d.kind != "grid",
                 d.path,
                 f"grid values need search.algorithm: grid (this is {s.algorithm}); use choice",
             )
-    _check(r.cpus_per_trial >= 0, "resources.cpus_per_trial", "must be >= 0")
+    check(r.cpus_per_trial >= 0, "resources.cpus_per_trial", "must be >= 0")
     g = r.gpus_per_trial
     if g is not None and g > 0:
         ok = float(g).is_integer() if g >= 1 else abs(1 / g - round(1 / g)) < 1e-6
-        _check(
-            ok, "resources.gpus_per_trial", f"must be a whole number or divide 1 (0.5, 0.25, ...), got {g}"
-        )
-    _check(r.cpus_per_trial > 0 or (g or 0) > 0, "resources.cpus_per_trial", "a trial needs some CPU or GPU")
+        check(ok, "resources.gpus_per_trial", f"must be a whole number or divide 1 (0.5, 0.25, ...), got {g}")
+    check(r.cpus_per_trial > 0 or (g or 0) > 0, "resources.cpus_per_trial", "a trial needs some CPU or GPU")
     if s.max_t is not None and s.scheduler == "asha":
-        _check(s.grace_period <= s.max_t, "search.scheduler.grace_period", f"must be <= max_t={s.max_t}")
+        check(s.grace_period <= s.max_t, "search.scheduler.grace_period", f"must be <= max_t={s.max_t}")
     # Sampled configs must be valid run configs: every family, every distribution at both ends.
     families = space.families
     for config in space.sample(n=3, seed=s.seed):

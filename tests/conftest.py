@@ -1,4 +1,4 @@
-"""Shared fixtures: a private parse cache, small synthetic FER2013 data, the real data when present, one Ray."""
+"""Shared fixtures: a private parse cache, small synthetic FER2013, the real data when present, one Ray."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fer_tune.data import USAGES, FER2013
+from fer_tune.data import FER2013, USAGES
 
 SHARED_FER = (Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "fer2013").resolve()
 
