@@ -19,18 +19,8 @@ import yaml
 
 from fer_tune.config import RunConfig
 from fer_tune.errors import DataError, FerTuneError
+from fer_tune.train import METRIC_KEYS as METRICS
 
-METRICS = (
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "clean_train_acc",
-    "val_loss",
-    "val_acc",
-    "lr",
-    "epoch_seconds",
-    "images_per_second",
-)
 LEADERBOARD_COLUMNS = (
     "trial_id",
     "arch",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fer_tune.data import FER2013, USAGES
 
@@ -38,6 +39,15 @@ def make_fer(n_per_class: dict[str, int], seed: int = 0) -> FER2013:
             labels.append(np.full(n, c, dtype=np.int64))
             usage.append(np.full(n, u))
     return FER2013(np.concatenate(images), np.concatenate(labels), np.concatenate(usage), "synthetic")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; two threads on busy shared cores were 10x slower (OMP waits)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

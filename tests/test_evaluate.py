@@ -28,13 +28,7 @@ from fer_tune.train import load_model, train
 TINY_MODEL = {"arch": "cnn", "kernels": [8, 16], "head_width": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; two threads on busy shared cores were 10x slower (OMP waits)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=[40, 4], ids=["crop40", "shift4"])

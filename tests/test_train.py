@@ -42,13 +42,7 @@ NO_AUG = {"hflip": False, "rotation": 0, "crop": 0, "scale": 0, "erasing": 0, "m
 TIMING = ("epoch_seconds", "images_per_second")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; two threads on busy shared cores were 10x slower (OMP waits)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(epochs: int = 1, train: dict | None = None, aug: dict | None = None) -> dict:
