@@ -24,6 +24,7 @@ from fer_tune.train import (
     build_optimizer,
     build_schedulers,
     load_model,
+    pixel_stats,
     stratified_subset,
     train,
 )
@@ -276,3 +277,11 @@ def test_cli_train_writes_a_model(tiny_data: FER2013, tmp_path: Path, capsys: py
     _, meta = load_model(tmp_path / "run" / "model.pt")
     assert meta["epoch"] == 2 and meta["config"]["train"]["epochs"] == 2
     assert "val_acc=" in capsys.readouterr().out  # the per-epoch summary (the bar goes to stderr)
+
+
+def test_pixel_stats_match_numpy():
+    x = np.random.default_rng(0).integers(0, 256, size=(50, 48, 48), dtype=np.uint8)
+    mean, std = pixel_stats(x)
+    assert mean == pytest.approx(float(x.mean()), rel=1e-12)
+    assert std == pytest.approx(float(x.std()), rel=1e-9)
+    assert pixel_stats(np.full((2, 48, 48), 7, np.uint8)) == (7.0, 1.0)  # flat images: no division by zero
