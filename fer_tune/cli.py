@@ -13,6 +13,14 @@ from collections.abc import Callable, Sequence
 from fer_tune.errors import FerTuneError
 
 
+def _check_device(device: str | None) -> None:
+    """`--device cuda` on a machine without CUDA: one line before any data is parsed."""
+    if device is not None:
+        from fer_tune.device import resolve_device
+
+        resolve_device(device)
+
+
 def _data(args: argparse.Namespace) -> int:
     from fer_tune.data import describe, load_fer2013
 
@@ -26,6 +34,7 @@ def _train(args: argparse.Namespace) -> int:
     from fer_tune.train import train
 
     cfg = RunConfig.from_yaml(args.config)
+    _check_device(args.device)
     if args.epochs is not None:
         cfg = RunConfig.from_dict(
             {**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "epochs": args.epochs}}
@@ -38,6 +47,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from fer_tune.data import load_fer2013
     from fer_tune.evaluate import evaluate_dir, format_metrics
 
+    _check_device(args.device)
     metrics = evaluate_dir(
         args.model, load_fer2013(args.data), tta=args.tta, out_dir=args.out, device=args.device
     )
@@ -74,12 +84,14 @@ def _export(args: argparse.Namespace) -> int:
 def _retrain(args: argparse.Namespace) -> int:
     from fer_tune.retrain import retrain
 
+    _check_device(args.device)
     retrain(
         args.config,
         data=args.data,
         out_dir=args.out,
         epochs=args.epochs,
         seeds=args.seeds,
+        jobs=args.jobs,
         train_on=args.train_on,
         tta=args.tta,
         device=args.device,
@@ -95,6 +107,15 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gpu_share(value: str) -> float | str:
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {value!r}") from None
+
+
 def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", help="search space: a bundled name (resnet, resnet.yaml) or a YAML path")
     p.add_argument(
@@ -102,7 +123,10 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--gpus", type=float, help="GPUs to use (0: CPU only; default: all visible)")
     p.add_argument(
-        "--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 packs 4 trials per GPU"
+        "--gpus-per-trial",
+        type=_gpu_share,
+        help="GPU share per trial, e.g. 0.25 packs 4 trials per GPU; auto: measure, per model family, how "
+        "many trials packed on one GPU still raise its throughput",
     )
     p.add_argument("--cpus", type=int, help="CPUs to use (default: all)")
     p.add_argument("--cpus-per-trial", type=int, help="CPUs (and torch threads) per trial")
@@ -165,6 +189,9 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     retrain.add_argument("--out", required=True, help="output folder")
     retrain.add_argument("--epochs", type=int, help="override train.epochs")
     retrain.add_argument("--seeds", type=int, default=1, help="independent runs with seeds seed..seed+N-1")
+    retrain.add_argument(
+        "--jobs", type=int, default=1, help="seeds trained at once in separate processes (a GPU fits several)"
+    )
     retrain.add_argument(
         "--train-on", choices=["Training", "Training+PublicTest"], help="override train.train_on"
     )

@@ -21,6 +21,7 @@ from fer_tune.models import coerce, model_config
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle", "plateau", "step")
 TRAIN_ON = ("Training", "Training+PublicTest")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 IGNORED_KEYS = ("provenance",)  # written by `fer-tune export`, read by people, ignored by training
 
 
@@ -65,6 +66,10 @@ class TrainConfig:
     grad_clip: float = _field(0.0, float, "max gradient L2 norm; 0 = off")
     subset: int | None = _field(None, int, "train on a stratified subset of this many images", optional=True)
     train_on: str = _field("Training", str, "Training | Training+PublicTest (final retrain only)")
+    precision: str = _field(
+        "auto", str, "auto | bf16 | fp16 | fp32; auto: bf16 on GPUs of compute capability >= 8, fp16 with a "
+        "gradient scaler on older ones, fp32 on CPU"
+    )
 
     def __post_init__(self) -> None:
         p = "train"
@@ -101,6 +106,11 @@ class TrainConfig:
             f"must be >= 7 (one per class), got {self.subset}",
         )
         check(self.train_on in TRAIN_ON, f"{p}.train_on", f"must be one of {TRAIN_ON}, got {self.train_on!r}")
+        check(
+            self.precision in PRECISIONS,
+            f"{p}.precision",
+            f"must be one of {PRECISIONS}, got {self.precision!r}",
+        )
 
     @property
     def train_usages(self) -> tuple[str, ...]:

@@ -13,6 +13,10 @@ class ConfigError(FerTuneError):
     """Invalid run config or search space: the message starts with the dotted key path (`model.kernels`)."""
 
 
+class DeviceError(FerTuneError):
+    """The device asked for cannot be used: no CUDA, fewer GPUs than asked for, an unsupported precision."""
+
+
 def check(ok: bool, key: str, msg: str) -> None:
     """Raise `ConfigError("<key>: <msg>")` unless `ok`: the one way configs and spaces report a bad value."""
     if not ok:

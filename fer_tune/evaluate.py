@@ -25,8 +25,9 @@ from torch import nn
 
 from fer_tune.augment import center_crop, crop_at, normalize
 from fer_tune.data import EMOTIONS, FER2013
+from fer_tune.device import Precision, resolve_device
 from fer_tune.errors import DataError
-from fer_tune.train import channels_last, load_model, resolve_device, to_device
+from fer_tune.train import channels_last, load_model, to_device
 
 TTA = ("none", "flip", "tencrop")
 
@@ -60,12 +61,13 @@ def predict_logits(
     crop = meta["config"]["augment"]["crop"]
     shift = max(1, crop // 2) if 1 <= crop <= 16 else 2
     dev = images.device
+    amp = Precision.select("auto", dev)  # this device's best, whatever the model was trained in
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
         x = normalize(images[i : i + batch_size], meta["mean"], meta["std"])
         views = tta_views(x, meta["input_size"], tta, shift)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        with amp.autocast():
             logits = torch.stack([model(channels_last(v)).float() for v in views]).mean(0)
         out.append(logits.float())
     return torch.cat(out) if out else torch.zeros(0, len(EMOTIONS), device=dev)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -112,8 +113,12 @@ def retrain(
     train_on: str | None = None,
     tta: str = "none",
     device: str | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Train `config_path` with seeds seed..seed+seeds-1 into `out_dir/seed_<s>` and evaluate every split.
+
+    `jobs` > 1 trains that many seeds at once in separate processes (small models share one GPU better than
+    they use it alone: see `fer_tune.packing`); the data must then be a path, which each process loads.
 
     Writes `out_dir/config.yaml` (the resolved config, with the file's provenance), `out_dir/metrics.json`
     (per split and seed, and mean/std over seeds) and `out_dir/confusion_<split>.png`. Returns the metrics.
@@ -121,6 +126,8 @@ def retrain(
     config_path, out = Path(config_path), Path(out_dir)
     if seeds < 1:
         raise ConfigError(f"seeds: must be >= 1, got {seeds}")
+    if jobs < 1:
+        raise ConfigError(f"jobs: must be >= 1, got {jobs}")
     cfg = _with(RunConfig.from_yaml(config_path), epochs=epochs, train_on=train_on)
     provenance = _provenance(config_path)
     ds = data if isinstance(data, FER2013) else load_fer2013(data)
@@ -140,13 +147,15 @@ def retrain(
 
     per_seed: dict[str, dict[str, Any]] = {}
     runs: dict[str, dict[str, Any]] = {}
-    for seed in range(cfg.seed, cfg.seed + seeds):
-        run_dir = out / f"seed_{seed}"
+    seed_list = list(range(cfg.seed, cfg.seed + seeds))
+    for seed in seed_list:
         print(
             f"seed {seed}: training {cfg.model.arch} for {cfg.train.epochs} epochs "
-            f"on {cfg.train.train_on} -> {run_dir}"
+            f"on {cfg.train.train_on} -> {out / f'seed_{seed}'}"
         )
-        result = train(_with(cfg, seed=seed), ds, out_dir=run_dir, device=device, progress=True)
+    results = _train_seeds(cfg, seed_list, ds, data, out, device, jobs)
+    for seed, result in zip(seed_list, results, strict=True):
+        run_dir = out / f"seed_{seed}"
         metrics = evaluate_dir(run_dir / "model.pt", ds, tta=tta, out_dir=run_dir, device=device)
         print(format_metrics(metrics))
         per_seed[f"seed_{seed}"] = metrics["splits"]
@@ -184,6 +193,43 @@ def retrain(
         print(f"note: {note}")
     print(f"wrote {out / 'metrics.json'}")
     return report
+
+
+def _train_seeds(
+    cfg: RunConfig,
+    seeds: list[int],
+    ds: FER2013,
+    data: str | Path | FER2013,
+    out: Path,
+    device: str | None,
+    jobs: int,
+) -> list[dict[str, Any]]:
+    """Train every seed: one after the other, or `jobs` at a time in spawned processes."""
+    if jobs == 1 or len(seeds) == 1:
+        return [
+            train(_with(cfg, seed=s), ds, out_dir=out / f"seed_{s}", device=device, progress=True)
+            for s in seeds
+        ]
+    if isinstance(data, FER2013):
+        raise ConfigError("jobs: training seeds in parallel needs the data as a path, not a loaded dataset")
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    n = min(jobs, len(seeds))
+    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as pool:
+        args = [(_with(cfg, seed=s).to_dict(), str(data), str(out / f"seed_{s}"), device, n) for s in seeds]
+        futures = [pool.submit(_train_one, *a) for a in args]
+        return [f.result() for f in futures]
+
+
+def _train_one(
+    config: dict[str, Any], data: str, out_dir: str, device: str | None, jobs: int
+) -> dict[str, Any]:
+    """One seed in a worker process (loads the data from its parse cache)."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)  # the CPU's cores split between the jobs
+    result = train(config, load_fer2013(data), out_dir=out_dir, device=device, threads=threads)
+    print(f"{out_dir}: done, last val_acc {result['history'][-1]['val_acc']:.4f}", flush=True)
+    return result
 
 
 def _last(result: Mapping[str, Any], key: str) -> float | None:

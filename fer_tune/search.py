@@ -55,26 +55,38 @@ def find_data(flag: str | None, space_data: str | None) -> Path:
     )
 
 
-def fer_trial(config: dict[str, Any], data: FER2013, cpus_per_trial: float, gpus_per_trial: float) -> None:
-    """The Ray Tune trainable: train the sampled run config, reporting and checkpointing every epoch."""
-    import ray.tune
-    import torch
+def fer_trial(
+    config: dict[str, Any],
+    data: FER2013,
+    cpus_per_trial: float,
+    gpus_per_trial: float,
+    gpu_shares: dict[str, float] | None = None,
+) -> None:
+    """The Ray Tune trainable: train the sampled run config, reporting and checkpointing every epoch.
 
+    `gpu_shares` (model family -> GPU share) overrides `gpus_per_trial` for the families it names, as the
+    trial's resource request did (`TrialResources`).
+    """
+    import ray.tune
+
+    from fer_tune.device import trial_device
     from fer_tune.train import train
 
-    # Ray sets CUDA_VISIBLE_DEVICES for trials with GPUs; it may be set on a machine without CUDA (tests).
-    device = "cuda" if gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
+    arch = (config.get("model") or {}).get("arch")
+    gpus_per_trial = (gpu_shares or {}).get(arch, gpus_per_trial)
+    # A trial given a GPU trains on it or fails with one line; it never falls back to the CPU silently.
+    device = trial_device(gpus_per_trial)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
 
     def report(metrics: dict[str, Any], folder: Path) -> None:
-        metrics = {**metrics, "cuda_visible_devices": visible, "device": device}
+        metrics = {**metrics, "cuda_visible_devices": visible, "device": str(device)}
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(folder)))
 
     kwargs = dict(
         device=device,
         threads=max(1, round(cpus_per_trial)),
         report=report,
-        gpu_fraction=gpus_per_trial if device == "cuda" and gpus_per_trial < 1 else None,
+        gpu_fraction=gpus_per_trial if gpus_per_trial < 1 else None,
     )
     checkpoint = ray.tune.get_checkpoint()
     if checkpoint is None:
@@ -96,8 +108,15 @@ def run_search(args: argparse.Namespace) -> int:
     )
     if args.gpus == 0:
         if args.gpus_per_trial:
-            raise ConfigError(f"--gpus-per-trial: {args.gpus_per_trial:g} with --gpus 0 (CPU only)")
-        space.resources.gpus_per_trial = 0.0
+            raise ConfigError(f"--gpus-per-trial: {args.gpus_per_trial} with --gpus 0 (CPU only)")
+        space.resources.gpus_per_trial, space.resources.gpu_shares = 0.0, None
+    if args.gpus and args.address is None:
+        import ray
+
+        if not ray.is_initialized():  # fer-tune will start Ray: it must not promise GPUs torch cannot use
+            from fer_tune.device import check_gpu_count
+
+            check_gpu_count(args.gpus)
     data_path = find_data(args.data, space.data)
     name = args.name or f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}"
     folder = Path(args.results).expanduser().resolve() / name
@@ -188,15 +207,17 @@ def _ray(address: str | None, cpus: int | None, gpus: float | None) -> Iterator[
             ray.shutdown()
 
 
-def _fill_resources(space: Space, cluster: dict[str, float], gpus_flag: float | None = None) -> None:
-    """Default to one GPU per trial when the cluster has GPUs; fail now on a request it cannot meet."""
+def _fill_resources(space: Space, cluster: dict[str, float], gpus_flag: float | str | None = None) -> None:
+    """Default to one GPU per trial when the cluster has GPUs, measure `auto`; fail now on what cannot run."""
     r, gpus = space.resources, cluster.get("GPU", 0)
     if r.gpus_per_trial is None:
         r.gpus_per_trial = 1.0 if gpus > 0 else 0.0
-    if gpus == 0 and r.gpus_per_trial > 0 and not gpus_flag:
+    if gpus == 0 and (r.gpus_per_trial == "auto" or r.gpus_per_trial > 0) and gpus_flag in (None, "auto"):
         # The space's GPU share is for GPU machines: without one, the same space runs on CPU.
         print(f"fer-tune: no GPU in the Ray cluster; trials run on CPU ({space.source} asks for GPUs)")
-        r.gpus_per_trial = 0.0
+        r.gpus_per_trial, r.gpu_shares = 0.0, None
+    if r.gpus_per_trial == "auto":
+        _measure_shares(space)
     if r.gpus_per_trial > gpus:
         raise ConfigError(
             f"resources.gpus_per_trial: {r.gpus_per_trial:g} but the Ray cluster has {gpus:g} GPUs "
@@ -208,11 +229,29 @@ def _fill_resources(space: Space, cluster: dict[str, float], gpus_flag: float | 
         )
 
 
+def _measure_shares(space: Space) -> None:
+    """`gpus_per_trial: auto`: probe each family's heaviest sampled config on this machine's GPU."""
+    import torch
+
+    from fer_tune.errors import DeviceError
+    from fer_tune.packing import auto_shares
+
+    if not torch.cuda.is_available():
+        raise DeviceError(
+            "--gpus-per-trial auto: the packing probe runs on this machine's GPU, and torch sees none here; "
+            "give a share (--gpus-per-trial 0.25)"
+        )
+    r = space.resources
+    r.gpu_shares = {**auto_shares(space.sample(n=4, seed=space.search.seed)), **(r.gpu_shares or {})}
+    r.gpus_per_trial = max(r.gpu_shares.values())  # for families the probe did not see (none, normally)
+
+
 def _slots(space: Space, cluster: dict[str, float]) -> int:
     """Trials that fit on the cluster at once: how far ahead the search algorithm may propose."""
     r = space.resources
+    share = min([r.gpus_per_trial, *(r.gpu_shares or {}).values()])  # the most trials a GPU can hold
     cpu = math.floor(cluster.get("CPU", 0) / r.cpus_per_trial + 1e-9) if r.cpus_per_trial else math.inf
-    gpu = math.floor(cluster.get("GPU", 0) / r.gpus_per_trial + 1e-9) if r.gpus_per_trial else math.inf
+    gpu = math.floor(cluster.get("GPU", 0) / share + 1e-9) if share else math.inf
     return max(1, int(min(cpu, gpu, space.total_trials())))
 
 
@@ -221,9 +260,26 @@ def _trainable(space: Space, data: FER2013) -> Any:
 
     r = space.resources
     fn = tune.with_parameters(
-        fer_trial, data=data, cpus_per_trial=r.cpus_per_trial, gpus_per_trial=r.gpus_per_trial
+        fer_trial,
+        data=data,
+        cpus_per_trial=r.cpus_per_trial,
+        gpus_per_trial=r.gpus_per_trial,
+        gpu_shares=r.gpu_shares,
     )
-    return tune.with_resources(fn, {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
+    return tune.with_resources(fn, TrialResources(r.cpus_per_trial, r.gpus_per_trial, r.gpu_shares))
+
+
+class TrialResources:
+    """A trial's resource request from its config: the GPU share of its model family (picklable for Ray)."""
+
+    def __init__(self, cpus: float, gpus: float, shares: dict[str, float] | None) -> None:
+        self.cpus, self.gpus, self.shares = cpus, gpus, dict(shares or {})
+
+    def __call__(self, config: dict[str, Any]) -> Any:
+        from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+        arch = (config.get("model") or {}).get("arch")
+        return resource_dict_to_pg_factory({"cpu": self.cpus, "gpu": self.shares.get(arch, self.gpus)})
 
 
 def _trial_dirname(trial: Any) -> str:

@@ -74,7 +74,14 @@ class Resources:
     """The `resources` block: what each trial reserves."""
 
     cpus_per_trial: float = 1.0  # also the torch threads of the trial (at least 1)
-    gpus_per_trial: float | None = None  # None: 1 when the search uses GPUs, else 0
+    # None: 1 when the search uses GPUs, else 0; "auto": measured per family (fer_tune.packing)
+    gpus_per_trial: float | str | None = None
+    gpu_shares: dict[str, float] | None = None  # per family, over gpus_per_trial ("auto" fills it)
+
+    def share(self, arch: str) -> float:
+        """The GPU share of a trial of family `arch`."""
+        shares = self.gpu_shares or {}
+        return float(shares.get(arch, self.gpus_per_trial or 0.0))
 
 
 @dataclass
@@ -147,7 +154,7 @@ class Space:
             "time_budget": search.pop("time_budget_s"),
             **search,
         }
-        out["resources"] = dataclasses.asdict(self.resources)
+        out["resources"] = {k: v for k, v in dataclasses.asdict(self.resources).items() if v is not None}
         if self.data:
             out["data"] = self.data
         return out
@@ -453,15 +460,32 @@ def _parse_resources(raw: Any) -> Resources:
     for key, value in raw.items():
         k = f"resources.{key}"
         check(
-            key in ("cpus_per_trial", "gpus_per_trial"),
+            key in ("cpus_per_trial", "gpus_per_trial", "gpu_shares"),
             k,
-            "unknown key; known: cpus_per_trial, gpus_per_trial",
+            "unknown key; known: cpus_per_trial, gpus_per_trial, gpu_shares",
         )
+        if key == "gpu_shares":
+            check(isinstance(value, Mapping), k, f"expected a mapping family -> GPU share, got {value!r}")
+            for arch, v in value.items():
+                check(_is_number(v) and v > 0, f"{k}.{arch}", f"expected a number > 0, got {v!r}")
+            r.gpu_shares = {str(a): float(v) for a, v in value.items()}
+            continue
+        if key == "gpus_per_trial" and value == "auto":
+            r.gpus_per_trial = "auto"
+            continue
         check(
             value is None or (_is_number(value) and value >= 0), k, f"expected a number >= 0, got {value!r}"
         )
         setattr(r, key, None if value is None else float(value))
     return r
+
+
+def _check_gpu_share(g: float, key: str) -> None:
+    # A trial trains on one GPU (no multi-GPU trials yet); shares that do not divide 1 strand a remainder of
+    # every GPU (ray#5902).
+    check(g <= 1, key, f"a trial trains on one GPU: must be <= 1, got {g:g}")
+    divides = g == 1 or abs(1 / g - round(1 / g)) < 1e-6
+    check(divides, key, f"must be 1 or divide 1 (0.5, 0.25, ...), got {g:g}")
 
 
 def _check_space(space: Space) -> None:
@@ -475,10 +499,14 @@ def _check_space(space: Space) -> None:
             )
     check(r.cpus_per_trial >= 0, "resources.cpus_per_trial", "must be >= 0")
     g = r.gpus_per_trial
-    if g is not None and g > 0:
-        ok = float(g).is_integer() if g >= 1 else abs(1 / g - round(1 / g)) < 1e-6
-        check(ok, "resources.gpus_per_trial", f"must be a whole number or divide 1 (0.5, 0.25, ...), got {g}")
-    check(r.cpus_per_trial > 0 or (g or 0) > 0, "resources.cpus_per_trial", "a trial needs some CPU or GPU")
+    if isinstance(g, str):
+        check(g == "auto", "resources.gpus_per_trial", f"expected a number >= 0 or auto, got {g!r}")
+    elif g is not None and g > 0:
+        _check_gpu_share(g, "resources.gpus_per_trial")
+    for arch, share in (r.gpu_shares or {}).items():
+        _check_gpu_share(share, f"resources.gpu_shares.{arch}")
+    gpu = g == "auto" or (g or 0) > 0
+    check(r.cpus_per_trial > 0 or gpu, "resources.cpus_per_trial", "a trial needs some CPU or GPU")
     if s.max_t is not None and s.scheduler == "asha":
         check(s.grace_period <= s.max_t, "search.scheduler.grace_period", f"must be <= max_t={s.max_t}")
     # Sampled configs must be valid run configs: every family, every distribution at both ends.

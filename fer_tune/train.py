@@ -36,6 +36,7 @@ from torch.optim import lr_scheduler
 from fer_tune.augment import augment_batch, eval_batch, normalize
 from fer_tune.config import RunConfig, TrainConfig, as_run_config
 from fer_tune.data import FER2013
+from fer_tune.device import Precision, resolve_device, setup_device
 from fer_tune.errors import ConfigError, DataError
 from fer_tune.models import build_model
 
@@ -52,13 +53,6 @@ METRIC_KEYS = (
     "images_per_second",
 )
 CUDA_CHECK_EVERY = 25  # steps between non-finite-loss checks on CUDA (a check is a host-device sync)
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """The given device, else cuda when available, else cpu."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -144,10 +138,6 @@ def build_schedulers(
     return lr_scheduler.SequentialLR(opt, [warmup, main], milestones=[warm]), None
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-
 def channels_last(x: torch.Tensor) -> torch.Tensor:
     """NHWC batches: faster convolutions on CUDA, and measured 2-4x faster on this project's CPUs (oneDNN)."""
     return x.contiguous(memory_format=torch.channels_last)
@@ -162,9 +152,14 @@ def train_one_epoch(
     cfg: RunConfig,
     norm: tuple[float, float],
     epoch: int,
+    amp: Precision,
+    scaler: torch.amp.GradScaler | None = None,
     bar: Any = None,
 ) -> dict[str, float]:
-    """One pass over the training images in randperm batches (the last partial batch is dropped)."""
+    """One pass over the training images in randperm batches (the last partial batch is dropped).
+
+    With fp16 `scaler` scales the loss (and skips steps whose gradients overflowed, as GradScaler does).
+    """
     model.train()
     dev, n = images.device, len(labels)
     bs = min(cfg.train.batch_size, n)
@@ -177,16 +172,24 @@ def train_one_epoch(
     for step in range(1, steps + 1):
         idx = perm[(step - 1) * bs : step * bs]
         x, y_a, y_b, lam = augment_batch(normalize(images[idx], *norm), labels[idx], cfg.augment)
-        with _autocast(dev):
+        with amp.autocast():
             out = model(channels_last(x))
             loss = F.cross_entropy(out, y_a, label_smoothing=ls)
             if lam < 1:
                 loss = lam * loss + (1 - lam) * F.cross_entropy(out, y_b, label_smoothing=ls)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if scaler is None:
+            loss.backward()
+        else:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)  # clip (and step) on true gradients
         if cfg.train.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        opt.step()
+        if scaler is None:
+            opt.step()
+        else:
+            scaler.step(opt)
+            scaler.update()
         lr = opt.param_groups[0]["lr"]  # the rate this step used
         if sched is not None:
             sched.step()
@@ -206,7 +209,12 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate_split(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: tuple[float, float], input_size: int
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    norm: tuple[float, float],
+    input_size: int,
+    amp: Precision | None = None,
 ) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) in eval mode, no augmentation (center crop for crop-trained models)."""
     if len(labels) == 0:
@@ -216,7 +224,7 @@ def evaluate_split(
     correct = torch.zeros((), device=images.device, dtype=torch.long)
     for i in range(0, len(labels), 512):
         x, y = eval_batch(images[i : i + 512], *norm, input_size), labels[i : i + 512]
-        with _autocast(images.device):
+        with amp.autocast() if amp is not None else contextlib.nullcontext():
             out = model(channels_last(x)).float()
         loss_sum += F.cross_entropy(out, y, reduction="sum")
         correct += (out.argmax(1) == y).sum()
@@ -285,6 +293,8 @@ def run_epoch(
     d: DeviceData,
     cfg: RunConfig,
     epoch: int,
+    amp: Precision,
+    scaler: torch.amp.GradScaler | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Train one epoch, score PublicTest and the clean training sample, step plateau; the metrics."""
@@ -299,7 +309,9 @@ def run_epoch(
         )
     t0 = time.perf_counter()
     try:
-        stats = train_one_epoch(model, opt, sched, d.x_train, d.y_train, cfg, d.norm, epoch, bar)
+        stats = train_one_epoch(
+            model, opt, sched, d.x_train, d.y_train, cfg, d.norm, epoch, amp, scaler, bar
+        )
     finally:
         if bar is not None:
             bar.close()
@@ -307,8 +319,8 @@ def run_epoch(
         torch.cuda.synchronize(d.x_train.device)
     train_seconds = time.perf_counter() - t0
     size = cfg.augment.input_size
-    val_loss, val_acc = evaluate_split(model, d.x_val, d.y_val, d.norm, size)
-    _, clean_acc = evaluate_split(model, d.x_train[d.clean], d.y_train[d.clean], d.norm, size)
+    val_loss, val_acc = evaluate_split(model, d.x_val, d.y_val, d.norm, size, amp)
+    _, clean_acc = evaluate_split(model, d.x_train[d.clean], d.y_train[d.clean], d.norm, size, amp)
     if plateau is not None:
         plateau.step(val_loss if len(d.y_val) else stats["train_loss"])
     metrics = {
@@ -403,38 +415,36 @@ def train(
     Args:
         config: a RunConfig or a (sampled) nested mapping.
         data: FER2013 holding the `train.train_usages` splits and, for validation, PublicTest.
-        device: cpu, cuda, cuda:1 (default: cuda when available).
+        device: cpu, cuda, cuda:1 (default: cuda when available); cuda without CUDA is a DeviceError.
         threads: torch CPU threads (default: leave torch's setting alone).
         report: called `report(metrics, checkpoint_dir)` each epoch after `checkpoint.pt` was written there.
         resume: a folder holding `checkpoint.pt`, or the file, to continue from.
         out_dir: where to write config.yaml, metrics.csv, checkpoint.pt and model.pt (each epoch).
         progress: show a tqdm bar per epoch.
-        gpu_fraction: cap this process's share of the GPU's memory (packed trials).
+        gpu_fraction: this process's share of its GPU (a packed trial, < 1): caps its memory at
+            `fer_tune.device.memory_cap(gpu_fraction)`.
 
     Returns:
         `best_val_acc`, `best_epoch`, `history` (one metrics dict per epoch), `val_held_out`, `params`.
     """
     cfg = as_run_config(config)
-    dev = resolve_device(device)
     if threads is not None:
         torch.set_num_threads(threads)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        if gpu_fraction is not None:
-            torch.cuda.set_per_process_memory_fraction(gpu_fraction, dev)
+    dev, amp = setup_device(device, cfg.train.precision, gpu_fraction)
     torch.manual_seed(cfg.seed)
 
     d = prepare_data(cfg, data, dev)
     model = build_model(cfg.model).to(dev, memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg.train)
     sched, plateau = build_schedulers(opt, cfg.train, d.steps_per_epoch(cfg.train.batch_size))
+    scaler = amp.scaler()
     history: list[dict[str, Any]] = []
     if resume is not None:
         ckpt = _load_checkpoint(resume, cfg, dev)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        for s, key in ((sched, "scheduler"), (plateau, "plateau")):
-            if s is not None:
+        for s, key in ((sched, "scheduler"), (plateau, "plateau"), (scaler, "scaler")):
+            if s is not None and ckpt.get(key) is not None:
                 s.load_state_dict(ckpt[key])
         history = list(ckpt["history"])
         _set_rng_state(ckpt["rng"], dev)
@@ -444,9 +454,9 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         cfg.to_yaml(out / "config.yaml", header="resolved run config (fer-tune train)")
     for epoch in range(len(history) + 1, cfg.train.epochs + 1):
-        metrics = run_epoch(model, opt, sched, plateau, d, cfg, epoch, progress)
+        metrics = run_epoch(model, opt, sched, plateau, d, cfg, epoch, amp, scaler, progress)
         history.append(metrics)
-        _save_epoch(model, opt, sched, plateau, cfg, history, d.state, dev, out, report)
+        _save_epoch(model, opt, (sched, plateau, scaler), cfg, history, d.state, dev, out, report)
 
     meta = _model_meta(cfg, history, d.state)
     return {
@@ -462,8 +472,7 @@ def train(
 def _save_epoch(
     model: nn.Module,
     opt: torch.optim.Optimizer,
-    sched: lr_scheduler.LRScheduler | None,
-    plateau: lr_scheduler.ReduceLROnPlateau | None,
+    stateful: tuple[Any, Any, Any],
     cfg: RunConfig,
     history: list[dict[str, Any]],
     state: dict[str, Any],
@@ -474,6 +483,7 @@ def _save_epoch(
     """Write checkpoint.pt (and metrics.csv, model.pt) to out, and hand a checkpoint folder to report."""
     if out is None and report is None:
         return
+    sched, plateau, scaler = stateful  # per-batch schedule, plateau schedule, fp16 gradient scaler
     ckpt = {
         "epoch": len(history),
         "config": cfg.to_dict(),
@@ -481,6 +491,7 @@ def _save_epoch(
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict() if sched is not None else None,
         "plateau": plateau.state_dict() if plateau is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": _rng_state(dev),
         "history": history,
         **state,

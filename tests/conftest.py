@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fer_tune.data import FER2013, USAGES
+from fer_tune.device import TRIAL_DEVICE_ENV
 
 SHARED_FER = (Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "fer2013").resolve()
 
@@ -64,13 +65,26 @@ def shared_fer() -> Path:
     return SHARED_FER
 
 
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch):
+    """Install a strict fake `torch.cuda` (tests/fake_cuda.py): `fake_cuda(count=2, capability=(7, 5))`."""
+    from fake_cuda import FakeCuda
+
+    return lambda **kwargs: FakeCuda(**kwargs).install(monkeypatch)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray for the whole test session: 2 CPUs and 2 logical GPUs (GPU scheduling without a GPU)."""
+    """One local Ray for the whole test session: 2 CPUs and 2 logical GPUs (GPU scheduling without a GPU).
+
+    Trials given a logical GPU train on the CPU because the cluster says so explicitly
+    (`FER_TUNE_TRIAL_DEVICE=cpu`); without it they would fail, as on a real machine whose CUDA is broken.
+    """
     ray = pytest.importorskip("ray")
     ray.init(
         num_cpus=2,
         num_gpus=2,
+        runtime_env={"env_vars": {TRIAL_DEVICE_ENV: "cpu"}},
         include_dashboard=False,
         object_store_memory=200 * 1024**2,
         log_to_driver=False,

@@ -116,3 +116,15 @@ def test_export_then_retrain_round_trip(tiny_search, tmp_path, full_data):
     assert meta["config"] == exported
     written = yaml.safe_load((tmp_path / "final" / "config.yaml").read_text())
     assert written.pop("provenance") == provenance and written == exported
+
+
+@pytest.mark.slow
+def test_parallel_seeds_train_what_sequential_seeds_train(tmp_path, full_data):
+    """--jobs 2: two seeds in two processes give the models one process gives, one after the other."""
+    csv = save_csv(full_data, tmp_path / "fer2013.csv")
+    best = _write(tmp_path / "best.yaml", TINY)
+    assert main(["retrain", str(best), "--data", str(csv), "--seeds", "2", "--out", str(tmp_path / "a")]) == 0
+    argv = ["retrain", str(best), "--data", str(csv), "--seeds", "2", "--jobs", "2"]
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("a", "b"))
+    assert a["per_seed"] == b["per_seed"] and set(b["per_seed"]) == {"seed_3", "seed_4"}
