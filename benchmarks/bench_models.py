@@ -4,7 +4,8 @@
 
 Times forward + backward (cross-entropy on random labels, no optimizer step) of batches of random 48x48
 images and prints a markdown table: parameters, multiply-adds per image (`model_stats`), images/s and the
-ratio to the baseline. On CUDA it runs as training would: channels_last, bf16 autocast, synchronised timing.
+ratio to the baseline. On CUDA it runs as training would: channels_last, the GPU's autocast precision
+(`train.precision: auto`: bf16 on compute capability >= 8, else fp16), synchronised timing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from fer_tune.device import Precision
 from fer_tune.models import NUM_CLASSES, build_model, list_models, model_stats
 
 # The "2-layer CNN that overfits": no batch-norm, a flattened 6x6 map into a wide FC layer.
@@ -33,6 +35,7 @@ def images_per_second(
 ) -> float:
     """Forward + backward images/s of a freshly built model in train mode."""
     cuda = device.type == "cuda"
+    amp = Precision.select("auto", device)
     model = build_model(cfg).to(device).train()
     x = torch.randn(batch, 1, size, size, device=device)
     y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
@@ -41,7 +44,7 @@ def images_per_second(
         x = x.to(memory_format=torch.channels_last)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        with amp.autocast():
             loss = F.cross_entropy(model(x), y)
         loss.backward()
         model.zero_grad(set_to_none=True)
@@ -78,7 +81,8 @@ def main() -> None:
         (f"{arch} (default)", {"arch": arch}) for arch in list_models()
     ]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
-    precision = "bf16 autocast, channels_last" if device.type == "cuda" else "fp32"
+    amp = Precision.select("auto", device)
+    precision = f"{amp.name} autocast, channels_last" if device.type == "cuda" else "fp32"
     size = f"{args.size}x{args.size}"
     print(f"forward+backward, batch {args.batch}, {size}, {where}, {precision}, {args.steps} timed steps\n")
     print("| model | params (M) | MACs/image (M) | images/s | vs baseline |")
