@@ -16,7 +16,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from fer_tune.device import Precision
+from fer_tune.device import Precision, resolve_device
+from fer_tune.errors import FerTuneError
 from fer_tune.models import NUM_CLASSES, build_model, list_models, model_stats
 
 # The "2-layer CNN that overfits": no batch-norm, a flattened 6x6 map into a wide FC layer.
@@ -71,7 +72,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="timed steps (default: cpu 5, cuda 50)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except FerTuneError as e:
+        raise SystemExit(f"bench_models: {e}") from None
     args.warmup = args.warmup if args.warmup is not None else (10 if device.type == "cuda" else 2)
     args.steps = args.steps if args.steps is not None else (50 if device.type == "cuda" else 5)
     if device.type == "cuda":

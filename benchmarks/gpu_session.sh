@@ -15,7 +15,7 @@ set -u
 OUT=${OUT:-/tmp/fer-tune-out}
 DEADLINE=${DEADLINE:-540}        # seconds from the start; stages that would end later are cut or skipped
 SEARCH_BUDGET=${SEARCH_BUDGET:-150}
-mkdir -p "$OUT"
+mkdir -p "$OUT" /tmp/results
 exec > >(tee -a "$OUT/session.log") 2>&1
 T0=$(date +%s)
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 PYTHONPATH=/tmp/site:$PWD

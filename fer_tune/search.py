@@ -23,7 +23,7 @@ from typing import Any
 
 from fer_tune.data import FER2013
 from fer_tune.errors import ConfigError, DataError
-from fer_tune.spaces import Space, load_space, parse_duration, parse_space
+from fer_tune.spaces import Dist, Space, load_space, parse_duration, parse_space
 
 STATE_FILE = "fer_tune.json"
 KAGGLE = (
@@ -282,6 +282,22 @@ class TrialResources:
         return resource_dict_to_pg_factory({"cpu": self.cpus, "gpu": self.shares.get(arch, self.gpus)})
 
 
+def progress_columns(space: Space, limit: int = 8) -> list[str]:
+    """Varied keys every trial's config has: Ray's reporter raises KeyError on a key a trial lacks (a key
+    of one model family in a trial of another)."""
+    model = space.groups.get("model", {})
+    arch = model.get("arch")
+    archs = list(arch.args) if isinstance(arch, Dist) else []
+
+    def in_every_trial(key: str) -> bool:
+        parts = key.split("/")
+        if parts[0] != "model" or not space.families or parts[1] in model:
+            return True
+        return all(parts[1] in space.families.get(a, {}) for a in archs)
+
+    return [k for k in space.varied_keys() if in_every_trial(k)][:limit]
+
+
 def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -329,7 +345,7 @@ def _tuner(
         )
     reporter = tune.CLIReporter(
         metric_columns=METRIC_COLUMNS,
-        parameter_columns={k: k.split("/")[-1] for k in space.varied_keys()[:8]},
+        parameter_columns={k: k.split("/")[-1] for k in progress_columns(space)},
         max_report_frequency=30,
         sort_by_metric=True,  # by TuneConfig's metric and mode
     )

@@ -183,3 +183,15 @@ def test_dist_names_are_key_paths() -> None:
     with pytest.raises(ConfigError, match="^model: missing"):
         parse_space({"train": {}})
     assert yaml.safe_load(yaml.safe_dump(space.to_dict()))["seed"] == {"choice": [0, 1]}
+
+
+def test_progress_columns_hold_only_keys_every_trial_has() -> None:
+    """Ray's CLIReporter raises KeyError on a column a trial's config lacks (seen: all-families spaces)."""
+    from fer_tune.search import progress_columns
+
+    space = load_space("reference")
+    columns = progress_columns(space, limit=50)
+    assert "model/arch" in columns and "train/lr" in columns and "model/dropout" in columns
+    assert "model/blocks_per_stage" not in columns and "model/head_layers" not in columns
+    assert "model/kernels" in columns  # both families sample their widths
+    assert "model/blocks_per_stage" in space.varied_keys()
