@@ -105,12 +105,31 @@ def pixel_stats(images: np.ndarray) -> tuple[float, float]:
     return float(mean), float(np.sqrt(var)) or 1.0
 
 
+def no_weight_decay(model: nn.Module) -> set[str]:
+    """Dotted names of the parameters that get no weight decay.
+
+    1-D parameters (norm weights, biases) and whatever a submodule lists in its `no_weight_decay()` (timm's
+    convention: position embeddings, class tokens). Decay would pull those towards 0, which for an embedding
+    means "no position", not a simpler model; the rule holds for any future family that declares its own.
+    """
+    params = dict(model.named_parameters())
+    names = {n for n, p in params.items() if p.ndim <= 1}
+    for prefix, module in model.named_modules():
+        if callable(hook := getattr(module, "no_weight_decay", None)):
+            listed = {f"{prefix}.{n}" if prefix else n for n in hook()}
+            if unknown := sorted(listed - params.keys()):  # a typo would silently decay the embedding
+                raise ValueError(f"{type(module).__name__}.no_weight_decay() names no parameter: {unknown}")
+            names |= listed
+    return names
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """sgd | adam | adamw; norm weights and biases (1-D parameters) get no weight decay."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """sgd | adam | adamw; no weight decay on the parameters `no_weight_decay(model)` names."""
+    skip = no_weight_decay(model)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
-        {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        {"params": [p for n, p in params if n not in skip], "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in params if n in skip], "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "sgd":

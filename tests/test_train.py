@@ -19,6 +19,7 @@ from fer_tune.cli import main
 from fer_tune.config import AugmentConfig, RunConfig, TrainConfig
 from fer_tune.data import EMOTIONS, FER2013, load_fer2013
 from fer_tune.errors import ConfigError, DataError
+from fer_tune.models import build_model, list_models
 from fer_tune.train import (
     METRIC_KEYS,
     build_optimizer,
@@ -285,3 +286,31 @@ def test_pixel_stats_match_numpy():
     assert mean == pytest.approx(float(x.mean()), rel=1e-12)
     assert std == pytest.approx(float(x.std()), rel=1e-9)
     assert pixel_stats(np.full((2, 48, 48), 7, np.uint8)) == (7.0, 1.0)  # flat images: no division by zero
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_every_parameter_is_in_exactly_one_weight_decay_group(arch: str) -> None:
+    model = build_model({"arch": arch, **({"pool": "cls"} if arch == "attention" else {})})
+    opt = build_optimizer(model, TrainConfig(weight_decay=0.1))
+    grouped = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert len(grouped) == len(set(grouped))
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())
+    no_decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    for name, p in model.named_parameters():
+        # Norm weights and biases (1-D) never decay; conv and linear weights do.
+        assert (id(p) in no_decay) == (p.ndim <= 1 or name in {"pos", "cls"}), name
+    if arch == "attention":  # the position embedding (4-D) and the class token (3-D) are not shrunk to 0
+        assert id(model.pos) in no_decay and id(model.cls) in no_decay
+
+
+def test_no_weight_decay_naming_a_missing_parameter_fails() -> None:
+    class Tokens(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pos = torch.nn.Parameter(torch.zeros(1, 4, 3, 3))
+
+        def no_weight_decay(self) -> set[str]:
+            return {"pos", "postion"}
+
+    with pytest.raises(ValueError, match="postion"):
+        build_optimizer(torch.nn.Sequential(Tokens()), TrainConfig())
