@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import pickle
+import re
 import shutil
 import tempfile
 import time
@@ -51,6 +53,7 @@ METRIC_KEYS = (
     "epoch_seconds",
     "images_per_second",
 )
+CHECKPOINT_KEYS = ("config", "model", "optimizer", "scheduler", "plateau", "rng", "history")
 CUDA_CHECK_EVERY = 25  # steps between non-finite-loss checks on CUDA (a check is a host-device sync)
 
 
@@ -379,16 +382,64 @@ def _first_difference(a: Any, b: Any, key: str = "") -> str | None:
     return None if a == b else key
 
 
-def _load_checkpoint(resume: str | Path, cfg: RunConfig, device: torch.device) -> dict[str, Any]:
+def _one_line(e: BaseException) -> str:
+    """`Type: first line` of an exception: torch's messages run to paragraphs of advice."""
+    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def read_torch_file(path: Path, what: str, keys: tuple[str, ...], device: Any = "cpu") -> dict[str, Any]:
+    """`torch.load(weights_only=True)` of a dict fer-tune wrote, with `keys`; else DataError naming it."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        obj = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses arbitrary classes (running their code is what a malicious file would do).
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        held = f"a pickled {found.group(1)}" if found else "pickled Python objects"
+        raise DataError(f"{path}: not a {what}: it holds {held}, which fer-tune does not unpickle") from None
+    except Exception as e:  # RuntimeError, EOFError, OSError(EINVAL), KeyError... for a cut or foreign file
+        raise DataError(f"{path}: not a {what}, truncated or corrupt ({_one_line(e)})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: not a {what}: it holds a {type(obj).__name__}, not fer-tune's dict")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        hint = " (a bare state_dict?)" if all(isinstance(v, torch.Tensor) for v in obj.values()) else ""
+        raise DataError(f"{path}: not a {what}: no `{'`, `'.join(missing)}`{hint}")
+    return obj
+
+
+def _resume(
+    resume: str | Path,
+    cfg: RunConfig,
+    device: torch.device,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    schedulers: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Restore model, optimizer, schedulers and RNG from a checkpoint of the same config; its history."""
     path = Path(resume)
     path = path / "checkpoint.pt" if path.is_dir() else path
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    ckpt = read_torch_file(path, "fer-tune checkpoint", CHECKPOINT_KEYS, device)
     diff = _first_difference(cfg.to_dict(), ckpt["config"])
     if diff:
         raise ConfigError(f"{diff}: differs from the config of the checkpoint being resumed ({path})")
-    return ckpt
+    try:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        for key, s in schedulers.items():
+            if s is not None:
+                s.load_state_dict(ckpt[key])
+        _set_rng_state(ckpt["rng"], device)
+        return list(ckpt["history"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:  # edited or from another fer-tune version
+        raise DataError(f"{path}: does not fit its config ({_one_line(e)})") from None
 
 
 def _model_meta(cfg: RunConfig, history: list[dict], state: dict[str, Any]) -> dict[str, Any]:
@@ -449,14 +500,7 @@ def train(
     sched, plateau = build_schedulers(opt, cfg.train, d.steps_per_epoch(cfg.train.batch_size))
     history: list[dict[str, Any]] = []
     if resume is not None:
-        ckpt = _load_checkpoint(resume, cfg, dev)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        for s, key in ((sched, "scheduler"), (plateau, "plateau")):
-            if s is not None:
-                s.load_state_dict(ckpt[key])
-        history = list(ckpt["history"])
-        _set_rng_state(ckpt["rng"], dev)
+        history = _resume(resume, cfg, dev, model, opt, {"scheduler": sched, "plateau": plateau})
 
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -535,11 +579,17 @@ def load_model(
     file = path / "model.pt" if path.is_dir() else path
     if not file.is_file():
         raise DataError(f"{file}: no such model file")
+    obj = read_torch_file(file, "fer-tune model.pt", ("state_dict", "config"))
+    weights = obj.pop("state_dict")
     try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
-        weights = obj.pop("state_dict")
-    except (RuntimeError, KeyError, AttributeError, EOFError) as e:
-        raise DataError(f"{file}: not a fer-tune model.pt ({type(e).__name__}: {e})") from None
-    model = build_model(obj["config"]["model"])
-    model.load_state_dict(weights)
+        model = build_model(obj["config"]["model"])
+    except (ConfigError, KeyError, TypeError) as e:
+        raise DataError(f"{file}: its config does not describe a model ({_one_line(e)})") from None
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        # "Error(s) in loading state_dict for X:" then one line per mismatch: the first says what is wrong.
+        lines = [ln.strip().rstrip(".") for ln in str(e).splitlines()[1:] if ln.strip()] or [_one_line(e)]
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        raise DataError(f"{file}: weights do not fit its config: {lines[0]}{more}") from None
     return model.to(resolve_device(device), memory_format=torch.channels_last).eval(), obj

@@ -314,3 +314,25 @@ def test_no_weight_decay_naming_a_missing_parameter_fails() -> None:
 
     with pytest.raises(ValueError, match="postion"):
         build_optimizer(torch.nn.Sequential(Tokens()), TrainConfig())
+
+
+@pytest.mark.parametrize("cut", [0, 0.5])
+def test_resume_from_a_truncated_checkpoint_names_the_file(
+    tiny_data: FER2013, tmp_path: Path, cut: float
+) -> None:
+    cfg = tiny(2, aug=NO_AUG)
+    train(tiny(1, aug=NO_AUG), tiny_data, out_dir=tmp_path)
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: int(cut * ckpt.stat().st_size)])
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'checkpoint.pt'}: .*truncated or corrupt"):
+        train(cfg, tiny_data, resume=tmp_path)
+
+
+def test_resume_from_a_checkpoint_without_its_config_names_the_file(
+    tiny_data: FER2013, tmp_path: Path
+) -> None:
+    train(tiny(1, aug=NO_AUG), tiny_data, out_dir=tmp_path)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    torch.save(ckpt["model"], tmp_path / "bare.pt")  # a bare state_dict
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'bare.pt'}: not a fer-tune checkpoint: no `config`"):
+        train(tiny(2, aug=NO_AUG), tiny_data, resume=tmp_path / "bare.pt")
