@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fer_tune.data import FER2013
-from fer_tune.errors import ConfigError, DataError
+from fer_tune.errors import ConfigError, DataError, check_writable
 from fer_tune.spaces import Space, load_space, parse_duration, parse_space
 
 STATE_FILE = "fer_tune.json"
@@ -98,9 +98,10 @@ def run_search(args: argparse.Namespace) -> int:
         if args.gpus_per_trial:
             raise ConfigError(f"--gpus-per-trial: {args.gpus_per_trial:g} with --gpus 0 (CPU only)")
         space.resources.gpus_per_trial = 0.0
+    results = check_writable(Path(args.results).expanduser().resolve(), "--results")  # before data and Ray
     data_path = find_data(args.data, space.data)
     name = args.name or f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    folder = Path(args.results).expanduser().resolve() / name
+    folder = results / name
     if (folder / STATE_FILE).exists():
         raise ConfigError(
             f"--name: {folder} holds a search already; continue it with fer-tune --resume {folder}"
@@ -148,6 +149,7 @@ def resume_search(path: str | Path, *, retry_errored: bool = False, address: str
     space = _read_space(folder)
     if not tune.Tuner.can_restore(str(folder)):
         raise DataError(f"{folder}: no saved Ray Tune state (experiment_state-*.json) to resume from")
+    check_writable(folder, "search folder")  # Ray writes its state and the trials there
 
     from fer_tune.data import load_fer2013
 
