@@ -9,6 +9,7 @@ the resources, whether the search finished) and the results files written by `fe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -30,6 +31,7 @@ KAGGLE = (
     "https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge"
 )
 DATA_CANDIDATES = ("fer2013.csv", "icml_face_data.csv", "fer2013")
+DIVERGED_NOTE = "diverged.txt"  # in a trial's working folder: its non-finite-loss error, not to be retried
 METRIC_COLUMNS = {"epoch": "epoch", "train_loss": "train_loss", "val_loss": "val_loss", "val_acc": "val_acc"}
 
 
@@ -76,12 +78,23 @@ def fer_trial(config: dict[str, Any], data: FER2013, cpus_per_trial: float, gpus
         report=report,
         gpu_fraction=gpus_per_trial if device == "cuda" and gpus_per_trial < 1 else None,
     )
+    # A non-finite loss recurs from the same checkpoint (seeded, RNG state restored), and Ray retries every
+    # failure alike (--max-failures): the first one leaves a note in the trial's working folder, and a retry
+    # that finds it fails at once with the same error instead of re-running the epochs up to it.
+    diverged = Path(ray.tune.get_context().get_trial_dir()) / DIVERGED_NOTE
+    if diverged.is_file():
+        raise FloatingPointError(diverged.read_text())
     checkpoint = ray.tune.get_checkpoint()
-    if checkpoint is None:
-        train(config, data, **kwargs)
-    else:
-        with checkpoint.as_directory() as folder:
-            train(config, data, resume=folder, **kwargs)
+    try:
+        if checkpoint is None:
+            train(config, data, **kwargs)
+        else:
+            with checkpoint.as_directory() as folder:
+                train(config, data, resume=folder, **kwargs)
+    except FloatingPointError as e:
+        with contextlib.suppress(OSError):  # without the note a retry only repeats the epoch
+            diverged.write_text(str(e))
+        raise
 
 
 def run_search(args: argparse.Namespace) -> int:

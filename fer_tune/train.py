@@ -383,8 +383,8 @@ def _first_difference(a: Any, b: Any, key: str = "") -> str | None:
 
 
 def _one_line(e: BaseException) -> str:
-    """`Type: first line` of an exception: torch's messages run to paragraphs of advice."""
-    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+    """`Type: first sentence` of an exception: torch's messages run to paragraphs of advice."""
+    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "").split(". ")[0].rstrip(".")
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
