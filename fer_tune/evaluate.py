@@ -163,7 +163,7 @@ def evaluate_dir(
     model_path = Path(model_path)
     model, meta = load_model(model_path, device=device)
     out = Path(out_dir) if out_dir is not None else (model_path if model_path.is_dir() else model_path.parent)
-    check_writable(out, "--out")
+    check_writable(out, "--out" if out_dir is not None else "model folder")
     data = data if isinstance(data, FER2013) else load_fer2013(data)
     splits = evaluate_model(model, meta, data, tta=tta, device=device)
     result = {

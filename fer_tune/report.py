@@ -493,7 +493,7 @@ def write_report(search_dirs: Sequence[str | Path], out_dir: str | Path | None =
         if out_dir
         else (Path(search_dirs[0]) / "report" if len(search_dirs) == 1 else Path("report"))
     )
-    check_writable(out, "--out")  # after reading: the default <search>/report must not create <search>
+    check_writable(out, "--out" if out_dir else "report folder")  # after reading: no <search> is created
     parts = ["# fer-tune report", "", "Searches: " + ", ".join(f"`{d}`" for d in search_dirs) + ".", ""]
     parts += ["Validation accuracy (val_acc) is on PublicTest; PrivateTest is never read.", ""]
     if len(results) > 1:

@@ -38,7 +38,7 @@ from torch.optim import lr_scheduler
 from fer_tune.augment import augment_batch, eval_batch, normalize
 from fer_tune.config import RunConfig, TrainConfig, as_run_config
 from fer_tune.data import FER2013
-from fer_tune.errors import ConfigError, DataError
+from fer_tune.errors import ConfigError, DataError, OutputError
 from fer_tune.models import build_model
 
 ReportFn = Callable[[dict[str, Any], Path], None]
@@ -353,11 +353,24 @@ def run_epoch(
     return metrics
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: readers never see half a file."""
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """`write(f)` to a temporary file in the same folder, then rename: readers never see half a file.
+
+    A full or read-only disk ends the run with one OutputError; the previous epoch's file stays whole.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:  # a Python file: ENOSPC comes as OSError, not torch's "unexpected pos"
+            write(f)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write: {e.strerror or e} (the last whole one is kept)") from None
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    _atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -552,9 +565,8 @@ def _save_epoch(
         _atomic_save(ckpt, out / "checkpoint.pt")
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         _atomic_save({"state_dict": weights, **_model_meta(cfg, history, state)}, out / "model.pt")
-        tmp = out / f".metrics.csv.{os.getpid()}.tmp"
-        pd.DataFrame(history, columns=list(METRIC_KEYS)).to_csv(tmp, index=False)
-        os.replace(tmp, out / "metrics.csv")
+        csv = pd.DataFrame(history, columns=list(METRIC_KEYS)).to_csv(index=False).encode()
+        _atomic_write(out / "metrics.csv", lambda f: f.write(csv))
     if report is not None:
         folder = Path(tempfile.mkdtemp(prefix="fer-tune-ckpt-"))
         try:

@@ -18,7 +18,7 @@ from fer_tune import augment
 from fer_tune.cli import main
 from fer_tune.config import AugmentConfig, RunConfig, TrainConfig
 from fer_tune.data import EMOTIONS, FER2013, load_fer2013
-from fer_tune.errors import ConfigError, DataError
+from fer_tune.errors import ConfigError, DataError, OutputError
 from fer_tune.models import build_model, list_models
 from fer_tune.train import (
     METRIC_KEYS,
@@ -336,3 +336,23 @@ def test_resume_from_a_checkpoint_without_its_config_names_the_file(
     torch.save(ckpt["model"], tmp_path / "bare.pt")  # a bare state_dict
     with pytest.raises(DataError, match=rf"^{tmp_path / 'bare.pt'}: not a fer-tune checkpoint: no `config`"):
         train(tiny(2, aug=NO_AUG), tiny_data, resume=tmp_path / "bare.pt")
+
+
+def test_disk_full_mid_run_is_one_error_and_keeps_the_last_checkpoint(
+    tiny_data: FER2013, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    save, calls = torch.save, []
+
+    def save_until_full(obj: object, f: object) -> None:
+        calls.append(f)
+        if len(calls) == 3:  # epoch 2's checkpoint.pt
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save(obj, f)
+
+    monkeypatch.setattr(torch, "save", save_until_full)
+    with pytest.raises(OutputError, match=rf"^{tmp_path / 'checkpoint.pt'}: cannot write: No space left"):
+        train(tiny(2, aug=NO_AUG), tiny_data, out_dir=tmp_path)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1  # epoch 1's, whole
+    assert not list(tmp_path.glob(".*.tmp"))
