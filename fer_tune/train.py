@@ -54,6 +54,8 @@ METRIC_KEYS = (
     "images_per_second",
 )
 CHECKPOINT_KEYS = ("config", "model", "optimizer", "scheduler", "plateau", "rng", "history")
+# What torch.load raises for a cut file (RuntimeError, EOFError, OSError EINVAL) or a foreign one (KeyError).
+LOAD_ERRORS = (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError, TypeError)
 CUDA_CHECK_EVERY = 25  # steps between non-finite-loss checks on CUDA (a check is a host-device sync)
 
 
@@ -415,7 +417,7 @@ def read_torch_file(path: Path, what: str, keys: tuple[str, ...], device: Any = 
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         held = f"a pickled {found.group(1)}" if found else "pickled Python objects"
         raise DataError(f"{path}: not a {what}: it holds {held}, which fer-tune does not unpickle") from None
-    except Exception as e:  # RuntimeError, EOFError, OSError(EINVAL), KeyError... for a cut or foreign file
+    except LOAD_ERRORS as e:
         raise DataError(f"{path}: not a {what}, truncated or corrupt ({_one_line(e)})") from None
     if not isinstance(obj, dict):
         raise DataError(f"{path}: not a {what}: it holds a {type(obj).__name__}, not fer-tune's dict")
