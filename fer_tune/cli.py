@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from fer_tune.errors import FerTuneError
+from fer_tune.errors import FerTuneError, check_writable
 
 
 def _check_device(device: str | None) -> None:
@@ -39,18 +39,16 @@ def _train(args: argparse.Namespace) -> int:
         cfg = RunConfig.from_dict(
             {**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "epochs": args.epochs}}
         )
+    check_writable(args.out, "--out")  # before the data is parsed: a bad --out costs nothing
     train(cfg, load_fer2013(args.data), out_dir=args.out, device=args.device, progress=True)
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from fer_tune.data import load_fer2013
     from fer_tune.evaluate import evaluate_dir, format_metrics
 
     _check_device(args.device)
-    metrics = evaluate_dir(
-        args.model, load_fer2013(args.data), tta=args.tta, out_dir=args.out, device=args.device
-    )
+    metrics = evaluate_dir(args.model, args.data, tta=args.tta, out_dir=args.out, device=args.device)
     print(format_metrics(metrics))
     return 0
 

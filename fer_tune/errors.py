@@ -1,5 +1,11 @@
 """User-facing errors: the CLI prints them as one line on stderr and exits with status 2."""
 
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
 
 class FerTuneError(Exception):
     """Base of every error caused by the user's input (a file, a config, a flag), not by a bug."""
@@ -17,7 +23,35 @@ class DeviceError(FerTuneError):
     """The device asked for cannot be used: no CUDA, fewer GPUs than asked for, an unsupported precision."""
 
 
+class OutputError(FerTuneError):
+    """An output folder or file that cannot be written: the message names it and the OS's reason."""
+
+
 def check(ok: bool, key: str, msg: str) -> None:
     """Raise `ConfigError("<key>: <msg>")` unless `ok`: the one way configs and spaces report a bad value."""
     if not ok:
         raise ConfigError(f"{key}: {msg}")
+
+
+def check_writable(folder: str | Path, flag: str) -> Path:
+    """Create `folder` if needed, then create, write, fsync and delete a small file in it; else OutputError.
+
+    Commands call this before parsing data or starting Ray, so a read-only, misspelt or full output folder
+    fails in a second, not after the work. Only a real write tells: `os.access` passes for root and knows
+    nothing of full disks or read-only mounts, and a full disk may only refuse at fsync.
+    """
+    path = Path(folder).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{flag} {path}: cannot write there: a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".fer-tune-write-test-", dir=path)
+        try:
+            os.write(fd, b"\0" * 4096)  # one block: a full disk refuses it here or at fsync
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"{flag} {path}: cannot write there: {e.strerror or e}") from None
+    return path

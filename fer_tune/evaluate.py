@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fer_tune.augment import center_crop, crop_at, normalize
-from fer_tune.data import EMOTIONS, FER2013
+from fer_tune.data import EMOTIONS, FER2013, load_fer2013
 from fer_tune.device import Precision, resolve_device
-from fer_tune.errors import DataError
+from fer_tune.errors import DataError, check_writable
 from fer_tune.train import channels_last, load_model, to_device
 
 TTA = ("none", "flip", "tencrop")
@@ -150,7 +150,7 @@ def _json_safe(x: Any) -> Any:
 
 def evaluate_dir(
     model_path: str | Path,
-    data: FER2013,
+    data: str | Path | FER2013,
     *,
     tta: str = "none",
     out_dir: str | Path | None = None,
@@ -159,13 +159,15 @@ def evaluate_dir(
     """Evaluate `model.pt` (or its folder) on every split of `data`; writes metrics.json and confusion PNGs.
 
     Returns {"model", "arch", "epoch", "tta", "data", "splits": {split: metrics}}, which is metrics.json.
-    Files go to `out_dir` (default: the model's folder).
+    Files go to `out_dir` (default: the model's folder). `data` may be a path: it is parsed after the model
+    was read and the output folder test-written, so neither error waits for the parse.
     """
     model_path = Path(model_path)
     model, meta = load_model(model_path, device=device)
-    splits = evaluate_model(model, meta, data, tta=tta, device=device)
     out = Path(out_dir) if out_dir is not None else (model_path if model_path.is_dir() else model_path.parent)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, "--out" if out_dir is not None else "model folder")
+    data = data if isinstance(data, FER2013) else load_fer2013(data)
+    splits = evaluate_model(model, meta, data, tta=tta, device=device)
     result = {
         "model": str(model_path),
         "arch": meta["arch"],

@@ -450,6 +450,10 @@ class ConvAttention(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(width, NUM_CLASSES))
 
+    def no_weight_decay(self) -> set[str]:
+        """The position embedding and class token: `build_optimizer` exempts them from weight decay."""
+        return {"pos"} | ({"cls"} if self.cls is not None else set())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)  # (B, C, H, W)
         pos = self.pos

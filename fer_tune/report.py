@@ -22,7 +22,7 @@ import optuna
 import pandas as pd
 from matplotlib.figure import Figure  # object API: no pyplot, no global backend, headless
 
-from fer_tune.errors import DataError
+from fer_tune.errors import DataError, check_writable
 from fer_tune.results import load_results
 
 TOP_TRIALS = 4  # trials whose curves and diagnosis are shown
@@ -493,7 +493,7 @@ def write_report(search_dirs: Sequence[str | Path], out_dir: str | Path | None =
         if out_dir
         else (Path(search_dirs[0]) / "report" if len(search_dirs) == 1 else Path("report"))
     )
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, "--out" if out_dir else "report folder")  # after reading: no <search> is created
     parts = ["# fer-tune report", "", "Searches: " + ", ".join(f"`{d}`" for d in search_dirs) + ".", ""]
     parts += ["Validation accuracy (val_acc) is on PublicTest; PrivateTest is never read.", ""]
     if len(results) > 1:

@@ -20,7 +20,7 @@ import yaml
 
 from fer_tune.config import RunConfig
 from fer_tune.data import FER2013, USAGES, load_fer2013
-from fer_tune.errors import ConfigError, DataError
+from fer_tune.errors import ConfigError, DataError, check_writable
 from fer_tune.evaluate import evaluate_dir, format_metrics, save_confusion_png
 from fer_tune.train import train
 
@@ -130,6 +130,7 @@ def retrain(
         raise ConfigError(f"jobs: must be >= 1, got {jobs}")
     cfg = _with(RunConfig.from_yaml(config_path), epochs=epochs, train_on=train_on)
     provenance = _provenance(config_path)
+    check_writable(out, "--out")  # before the data is parsed and anything trained
     ds = data if isinstance(data, FER2013) else load_fer2013(data)
     missing = [u for u in cfg.train.train_usages if u not in ds.splits]
     if missing:

@@ -9,6 +9,7 @@ the resources, whether the search finished) and the results files written by `fe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fer_tune.data import FER2013
-from fer_tune.errors import ConfigError, DataError
+from fer_tune.errors import ConfigError, DataError, check_writable
 from fer_tune.spaces import Dist, Space, load_space, parse_duration, parse_space
 
 STATE_FILE = "fer_tune.json"
@@ -30,6 +31,7 @@ KAGGLE = (
     "https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge"
 )
 DATA_CANDIDATES = ("fer2013.csv", "icml_face_data.csv", "fer2013")
+DIVERGED_NOTE = "diverged.txt"  # in a trial's working folder: its non-finite-loss error, not to be retried
 METRIC_COLUMNS = {"epoch": "epoch", "train_loss": "train_loss", "val_loss": "val_loss", "val_acc": "val_acc"}
 
 
@@ -88,12 +90,23 @@ def fer_trial(
         report=report,
         gpu_fraction=gpus_per_trial if gpus_per_trial < 1 else None,
     )
+    # A non-finite loss recurs from the same checkpoint (seeded, RNG state restored), and Ray retries every
+    # failure alike (--max-failures): the first one leaves a note in the trial's working folder, and a retry
+    # that finds it fails at once with the same error instead of re-running the epochs up to it.
+    diverged = Path(ray.tune.get_context().get_trial_dir()) / DIVERGED_NOTE
+    if diverged.is_file():
+        raise FloatingPointError(diverged.read_text())
     checkpoint = ray.tune.get_checkpoint()
-    if checkpoint is None:
-        train(config, data, **kwargs)
-    else:
-        with checkpoint.as_directory() as folder:
-            train(config, data, resume=folder, **kwargs)
+    try:
+        if checkpoint is None:
+            train(config, data, **kwargs)
+        else:
+            with checkpoint.as_directory() as folder:
+                train(config, data, resume=folder, **kwargs)
+    except FloatingPointError as e:
+        with contextlib.suppress(OSError):  # without the note a retry only repeats the epoch
+            diverged.write_text(str(e))
+        raise
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -117,9 +130,10 @@ def run_search(args: argparse.Namespace) -> int:
             from fer_tune.device import check_gpu_count
 
             check_gpu_count(args.gpus)
+    results = check_writable(Path(args.results).expanduser().resolve(), "--results")  # before data and Ray
     data_path = find_data(args.data, space.data)
     name = args.name or f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    folder = Path(args.results).expanduser().resolve() / name
+    folder = results / name
     if (folder / STATE_FILE).exists():
         raise ConfigError(
             f"--name: {folder} holds a search already; continue it with fer-tune --resume {folder}"
@@ -167,6 +181,7 @@ def resume_search(path: str | Path, *, retry_errored: bool = False, address: str
     space = _read_space(folder)
     if not tune.Tuner.can_restore(str(folder)):
         raise DataError(f"{folder}: no saved Ray Tune state (experiment_state-*.json) to resume from")
+    check_writable(folder, "search folder")  # Ray writes its state and the trials there
 
     from fer_tune.data import load_fer2013
 

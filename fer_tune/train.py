@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import pickle
+import re
 import shutil
 import tempfile
 import time
@@ -37,7 +39,7 @@ from fer_tune.augment import augment_batch, eval_batch, normalize
 from fer_tune.config import RunConfig, TrainConfig, as_run_config
 from fer_tune.data import FER2013
 from fer_tune.device import Precision, resolve_device, setup_device
-from fer_tune.errors import ConfigError, DataError
+from fer_tune.errors import ConfigError, DataError, OutputError
 from fer_tune.models import build_model
 
 ReportFn = Callable[[dict[str, Any], Path], None]
@@ -52,6 +54,9 @@ METRIC_KEYS = (
     "epoch_seconds",
     "images_per_second",
 )
+CHECKPOINT_KEYS = ("config", "model", "optimizer", "scheduler", "plateau", "rng", "history")
+# What torch.load raises for a cut file (RuntimeError, EOFError, OSError EINVAL) or a foreign one (KeyError).
+LOAD_ERRORS = (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError, TypeError)
 CUDA_CHECK_EVERY = 25  # steps between non-finite-loss checks on CUDA (a check is a host-device sync)
 
 
@@ -99,12 +104,31 @@ def pixel_stats(images: np.ndarray) -> tuple[float, float]:
     return float(mean), float(np.sqrt(var)) or 1.0
 
 
+def no_weight_decay(model: nn.Module) -> set[str]:
+    """Dotted names of the parameters that get no weight decay.
+
+    1-D parameters (norm weights, biases) and whatever a submodule lists in its `no_weight_decay()` (timm's
+    convention: position embeddings, class tokens). Decay would pull those towards 0, which for an embedding
+    means "no position", not a simpler model; the rule holds for any future family that declares its own.
+    """
+    params = dict(model.named_parameters())
+    names = {n for n, p in params.items() if p.ndim <= 1}
+    for prefix, module in model.named_modules():
+        if callable(hook := getattr(module, "no_weight_decay", None)):
+            listed = {f"{prefix}.{n}" if prefix else n for n in hook()}
+            if unknown := sorted(listed - params.keys()):  # a typo would silently decay the embedding
+                raise ValueError(f"{type(module).__name__}.no_weight_decay() names no parameter: {unknown}")
+            names |= listed
+    return names
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """sgd | adam | adamw; norm weights and biases (1-D parameters) get no weight decay."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """sgd | adam | adamw; no weight decay on the parameters `no_weight_decay(model)` names."""
+    skip = no_weight_decay(model)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
-        {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        {"params": [p for n, p in params if n not in skip], "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in params if n in skip], "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "sgd":
@@ -343,11 +367,24 @@ def run_epoch(
     return metrics
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: readers never see half a file."""
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """`write(f)` to a temporary file in the same folder, then rename: readers never see half a file.
+
+    A full or read-only disk ends the run with one OutputError; the previous epoch's file stays whole.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:  # a Python file: ENOSPC comes as OSError, not torch's "unexpected pos"
+            write(f)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write: {e.strerror or e} (the last whole one is kept)") from None
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    _atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -372,16 +409,64 @@ def _first_difference(a: Any, b: Any, key: str = "") -> str | None:
     return None if a == b else key
 
 
-def _load_checkpoint(resume: str | Path, cfg: RunConfig, device: torch.device) -> dict[str, Any]:
+def _one_line(e: BaseException) -> str:
+    """`Type: first sentence` of an exception: torch's messages run to paragraphs of advice."""
+    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "").split(". ")[0].rstrip(".")
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def read_torch_file(path: Path, what: str, keys: tuple[str, ...], device: Any = "cpu") -> dict[str, Any]:
+    """`torch.load(weights_only=True)` of a dict fer-tune wrote, with `keys`; else DataError naming it."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        obj = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses arbitrary classes (running their code is what a malicious file would do).
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        held = f"a pickled {found.group(1)}" if found else "pickled Python objects"
+        raise DataError(f"{path}: not a {what}: it holds {held}, which fer-tune does not unpickle") from None
+    except LOAD_ERRORS as e:
+        raise DataError(f"{path}: not a {what}, truncated or corrupt ({_one_line(e)})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: not a {what}: it holds a {type(obj).__name__}, not fer-tune's dict")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        hint = " (a bare state_dict?)" if all(isinstance(v, torch.Tensor) for v in obj.values()) else ""
+        raise DataError(f"{path}: not a {what}: no `{'`, `'.join(missing)}`{hint}")
+    return obj
+
+
+def _resume(
+    resume: str | Path,
+    cfg: RunConfig,
+    device: torch.device,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    schedulers: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Restore model, optimizer, schedulers and RNG from a checkpoint of the same config; its history."""
     path = Path(resume)
     path = path / "checkpoint.pt" if path.is_dir() else path
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    ckpt = read_torch_file(path, "fer-tune checkpoint", CHECKPOINT_KEYS, device)
     diff = _first_difference(cfg.to_dict(), ckpt["config"])
     if diff:
         raise ConfigError(f"{diff}: differs from the config of the checkpoint being resumed ({path})")
-    return ckpt
+    try:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        for key, s in schedulers.items():
+            if s is not None and ckpt.get(key) is not None:  # no scaler state: an fp32/bf16 run
+                s.load_state_dict(ckpt[key])
+        _set_rng_state(ckpt["rng"], device)
+        return list(ckpt["history"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:  # edited or from another fer-tune version
+        raise DataError(f"{path}: does not fit its config ({_one_line(e)})") from None
 
 
 def _model_meta(cfg: RunConfig, history: list[dict], state: dict[str, Any]) -> dict[str, Any]:
@@ -440,14 +525,8 @@ def train(
     scaler = amp.scaler()
     history: list[dict[str, Any]] = []
     if resume is not None:
-        ckpt = _load_checkpoint(resume, cfg, dev)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        for s, key in ((sched, "scheduler"), (plateau, "plateau"), (scaler, "scaler")):
-            if s is not None and ckpt.get(key) is not None:
-                s.load_state_dict(ckpt[key])
-        history = list(ckpt["history"])
-        _set_rng_state(ckpt["rng"], dev)
+        schedulers = {"scheduler": sched, "plateau": plateau, "scaler": scaler}
+        history = _resume(resume, cfg, dev, model, opt, schedulers)
 
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -500,9 +579,8 @@ def _save_epoch(
         _atomic_save(ckpt, out / "checkpoint.pt")
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         _atomic_save({"state_dict": weights, **_model_meta(cfg, history, state)}, out / "model.pt")
-        tmp = out / f".metrics.csv.{os.getpid()}.tmp"
-        pd.DataFrame(history, columns=list(METRIC_KEYS)).to_csv(tmp, index=False)
-        os.replace(tmp, out / "metrics.csv")
+        csv = pd.DataFrame(history, columns=list(METRIC_KEYS)).to_csv(index=False).encode()
+        _atomic_write(out / "metrics.csv", lambda f: f.write(csv))
     if report is not None:
         folder = Path(tempfile.mkdtemp(prefix="fer-tune-ckpt-"))
         try:
@@ -527,11 +605,17 @@ def load_model(
     file = path / "model.pt" if path.is_dir() else path
     if not file.is_file():
         raise DataError(f"{file}: no such model file")
+    obj = read_torch_file(file, "fer-tune model.pt", ("state_dict", "config"))
+    weights = obj.pop("state_dict")
     try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
-        weights = obj.pop("state_dict")
-    except (RuntimeError, KeyError, AttributeError, EOFError) as e:
-        raise DataError(f"{file}: not a fer-tune model.pt ({type(e).__name__}: {e})") from None
-    model = build_model(obj["config"]["model"])
-    model.load_state_dict(weights)
+        model = build_model(obj["config"]["model"])
+    except (ConfigError, KeyError, TypeError) as e:
+        raise DataError(f"{file}: its config does not describe a model ({_one_line(e)})") from None
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        # "Error(s) in loading state_dict for X:" then one line per mismatch: the first says what is wrong.
+        lines = [ln.strip().rstrip(".") for ln in str(e).splitlines()[1:] if ln.strip()] or [_one_line(e)]
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        raise DataError(f"{file}: weights do not fit its config: {lines[0]}{more}") from None
     return model.to(resolve_device(device), memory_format=torch.channels_last).eval(), obj

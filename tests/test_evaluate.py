@@ -148,3 +148,57 @@ def test_cli_evaluate_writes_metrics_beside_the_model(
     assert json.loads((out / "metrics.json").read_text())["splits"]["PrivateTest"]["n"] == 28
     assert main(["evaluate", str(tmp_path / "absent"), "--data", str(data_dir)]) == 2
     assert "no such model file" in capsys.readouterr().err
+
+
+class Foreign:
+    """A class torch.load(weights_only=True) refuses to unpickle."""
+
+
+def _bad_model(good: Path, case: str, path: Path) -> Path:
+    obj = torch.load(good / "model.pt", weights_only=True)
+    if case == "bare state_dict":
+        torch.save(obj["state_dict"], path)
+    elif case == "no config":
+        torch.save({k: v for k, v in obj.items() if k != "config"}, path)
+    elif case == "foreign class":
+        torch.save({**obj, "note": Foreign()}, path)
+    elif case == "weights do not fit":
+        obj["config"]["model"]["kernels"] = [4, 16]
+        torch.save(obj, path)
+    elif case == "truncated":
+        data = (good / "model.pt").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif case == "empty":
+        path.write_bytes(b"")
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_and_data(tiny_data: FER2013, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("evaluate-bad")
+    cfg = {"model": TINY_MODEL, "train": {"epochs": 1, "batch_size": 32, "warmup_epochs": 0}}
+    train(cfg, tiny_data, out_dir=root / "model")
+    return root / "model", save_image_folder(make_fer({"PrivateTest": 1}), root / "data")
+
+
+@pytest.mark.parametrize(
+    ("case", "says"),
+    [
+        ("bare state_dict", "no `state_dict`, `config` (a bare state_dict?)"),
+        ("no config", "no `config`"),
+        ("foreign class", "Foreign"),
+        ("weights do not fit", "size mismatch for features.0.weight"),
+        ("truncated", "truncated or corrupt"),
+        ("empty", "truncated or corrupt"),
+    ],
+)
+def test_cli_evaluate_bad_model_file_is_one_line_naming_it(
+    model_and_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture, case: str, says: str
+) -> None:
+    model_dir, data_dir = model_and_data
+    bad = _bad_model(model_dir, case, tmp_path / "model.pt")
+    assert main(["evaluate", str(bad), "--data", str(data_dir), "--out", str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"fer-tune: error: {bad}: "), err
+    assert says in err
+    assert not (tmp_path / "eval" / "metrics.json").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -94,7 +95,7 @@ def test_whole_gpu_trial_and_cpu_set_no_cap(fake_cuda) -> None:
     assert fake.fractions == {}
 
 
-def test_trial_adapter_asks_for_the_packed_share(fake_cuda, monkeypatch, tiny_data) -> None:
+def test_trial_adapter_asks_for_the_packed_share(fake_cuda, monkeypatch, tiny_data, tmp_path) -> None:
     """fer_trial (the Ray trainable) hands train() its GPU and share; train's set-up caps that GPU."""
     import ray.tune
 
@@ -104,6 +105,8 @@ def test_trial_adapter_asks_for_the_packed_share(fake_cuda, monkeypatch, tiny_da
     fake = fake_cuda(count=1)
     monkeypatch.delenv(fdev.TRIAL_DEVICE_ENV, raising=False)
     monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: None)
+    trial_dir = SimpleNamespace(get_trial_dir=lambda: str(tmp_path))
+    monkeypatch.setattr(ray.tune, "get_context", lambda: trial_dir)
     seen = {}
 
     def spy(config, data, **kwargs):

@@ -1,7 +1,7 @@
 """Fault tolerance of a search, each in a `fer-tune` subprocess with its own Ray (not the session's cluster).
 
 The driver is SIGKILLed mid-search and the search resumed; a trial that raises and one whose loss turns NaN
-end with their stop reasons while the search goes on.
+end with their stop reasons while the search goes on, and only the one that raised is retried.
 """
 
 from __future__ import annotations
@@ -26,17 +26,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 EPOCHS = 25
 
 # Loaded by every Python process of the subprocess run (via PYTHONPATH); in Ray workers it makes the trial
-# with lr 0.0123 raise, as a bug or a CUDA OOM would.
+# with lr 0.0123 raise, as a bug or a CUDA OOM would, and logs "lr epoch" for every epoch trained.
 FAULT_HOOK = """
-import sys
+import os, sys
 if sys.argv and sys.argv[0].endswith("default_worker.py"):
     import fer_tune.train as t
-    _train = t.train
+    _train, _train_one_epoch = t.train, t.train_one_epoch
     def train(config, data, **kwargs):
         if config["train"]["lr"] == 0.0123:
             raise RuntimeError("injected fault")
         return _train(config, data, **kwargs)
-    t.train = train
+    def train_one_epoch(model, opt, sched, images, labels, cfg, norm, epoch, bar=None):
+        with open(os.environ["FER_TUNE_EPOCH_LOG"], "a") as log:
+            log.write(f"{cfg.train.lr} {epoch}\\n")
+        return _train_one_epoch(model, opt, sched, images, labels, cfg, norm, epoch, bar)
+    t.train, t.train_one_epoch = train, train_one_epoch
 """
 
 
@@ -152,16 +156,19 @@ def test_a_raising_trial_and_a_nan_trial_do_not_stop_the_search(
         {"algorithm": "grid", "num_samples": 1, "scheduler": "none"},
         {"epochs": 2, "lr": {"grid": [0.05, 0.0123, 1.0e7]}},
     )
-    args = ["--space", str(sp), "--data", str(data_csv), "--gpus", "0", "--cpus", "2", "--max-failures", "1"]
-    proc = fer_tune(
-        *args, "--results", str(folder.parent), "--name", "faults", env={"PYTHONPATH": pythonpath}
-    )
+    args = ["--space", str(sp), "--data", str(data_csv), "--gpus", "0", "--cpus", "2", "--max-failures", "2"]
+    epoch_log = tmp_path / "epochs.log"
+    env = {"PYTHONPATH": pythonpath, "FER_TUNE_EPOCH_LOG": str(epoch_log)}
+    proc = fer_tune(*args, "--results", str(folder.parent), "--name", "faults", env=env)
     assert proc.wait(timeout=200) == 0  # not every trial failed
     trials, _ = load_results(folder)
     reasons = dict(zip(trials["config/train/lr"], trials["stop_reason"], strict=True))
     assert reasons[0.05] == "completed"
     assert reasons[0.0123] == "error: RuntimeError: injected fault"
     assert reasons[1.0e7].startswith("error: FloatingPointError: non-finite loss")
-    # --max-failures 1: the raising trial was run twice before it was given up.
+    # --max-failures 2: the raising trial was run three times before it was given up...
     t = trials[trials["config/train/lr"] == 0.0123]["trial_id"].iloc[0]
-    assert "Failure # 2" in (folder / f"trial_{t}" / "error.txt").read_text()
+    assert "Failure # 3" in (folder / f"trial_{t}" / "error.txt").read_text()
+    # ...but the NaN would recur from the same checkpoint: its epoch was trained once, not three times.
+    epochs = epoch_log.read_text().split("\n")
+    assert epochs.count("10000000.0 1") == 1 and epochs.count("0.05 2") == 1

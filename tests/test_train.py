@@ -18,7 +18,8 @@ from fer_tune import augment
 from fer_tune.cli import main
 from fer_tune.config import AugmentConfig, RunConfig, TrainConfig
 from fer_tune.data import EMOTIONS, FER2013, load_fer2013
-from fer_tune.errors import ConfigError, DataError
+from fer_tune.errors import ConfigError, DataError, OutputError
+from fer_tune.models import build_model, list_models
 from fer_tune.train import (
     METRIC_KEYS,
     build_optimizer,
@@ -285,3 +286,73 @@ def test_pixel_stats_match_numpy():
     assert mean == pytest.approx(float(x.mean()), rel=1e-12)
     assert std == pytest.approx(float(x.std()), rel=1e-9)
     assert pixel_stats(np.full((2, 48, 48), 7, np.uint8)) == (7.0, 1.0)  # flat images: no division by zero
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_every_parameter_is_in_exactly_one_weight_decay_group(arch: str) -> None:
+    model = build_model({"arch": arch, **({"pool": "cls"} if arch == "attention" else {})})
+    opt = build_optimizer(model, TrainConfig(weight_decay=0.1))
+    grouped = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert len(grouped) == len(set(grouped))
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())
+    no_decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    for name, p in model.named_parameters():
+        # Norm weights and biases (1-D) never decay; conv and linear weights do.
+        assert (id(p) in no_decay) == (p.ndim <= 1 or name in {"pos", "cls"}), name
+    if arch == "attention":  # the position embedding (4-D) and the class token (3-D) are not shrunk to 0
+        assert id(model.pos) in no_decay and id(model.cls) in no_decay
+
+
+def test_no_weight_decay_naming_a_missing_parameter_fails() -> None:
+    class Tokens(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pos = torch.nn.Parameter(torch.zeros(1, 4, 3, 3))
+
+        def no_weight_decay(self) -> set[str]:
+            return {"pos", "postion"}
+
+    with pytest.raises(ValueError, match="postion"):
+        build_optimizer(torch.nn.Sequential(Tokens()), TrainConfig())
+
+
+@pytest.mark.parametrize("cut", [0, 0.5])
+def test_resume_from_a_truncated_checkpoint_names_the_file(
+    tiny_data: FER2013, tmp_path: Path, cut: float
+) -> None:
+    cfg = tiny(2, aug=NO_AUG)
+    train(tiny(1, aug=NO_AUG), tiny_data, out_dir=tmp_path)
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: int(cut * ckpt.stat().st_size)])
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'checkpoint.pt'}: .*truncated or corrupt"):
+        train(cfg, tiny_data, resume=tmp_path)
+
+
+def test_resume_from_a_checkpoint_without_its_config_names_the_file(
+    tiny_data: FER2013, tmp_path: Path
+) -> None:
+    train(tiny(1, aug=NO_AUG), tiny_data, out_dir=tmp_path)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    torch.save(ckpt["model"], tmp_path / "bare.pt")  # a bare state_dict
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'bare.pt'}: not a fer-tune checkpoint: no `config`"):
+        train(tiny(2, aug=NO_AUG), tiny_data, resume=tmp_path / "bare.pt")
+
+
+def test_disk_full_mid_run_is_one_error_and_keeps_the_last_checkpoint(
+    tiny_data: FER2013, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    save, calls = torch.save, []
+
+    def save_until_full(obj: object, f: object) -> None:
+        calls.append(f)
+        if len(calls) == 3:  # epoch 2's checkpoint.pt
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save(obj, f)
+
+    monkeypatch.setattr(torch, "save", save_until_full)
+    with pytest.raises(OutputError, match=rf"^{tmp_path / 'checkpoint.pt'}: cannot write: No space left"):
+        train(tiny(2, aug=NO_AUG), tiny_data, out_dir=tmp_path)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1  # epoch 1's, whole
+    assert not list(tmp_path.glob(".*.tmp"))
