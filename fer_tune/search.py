@@ -30,6 +30,8 @@ KAGGLE = (
     "https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge"
 )
 DATA_CANDIDATES = ("fer2013.csv", "icml_face_data.csv", "fer2013")
+# What trials see: they train on Training and are selected on PublicTest. PrivateTest never reaches them.
+TRIAL_SPLITS = ("Training", "PublicTest")
 METRIC_COLUMNS = {"epoch": "epoch", "train_loss": "train_loss", "val_loss": "val_loss", "val_acc": "val_acc"}
 
 
@@ -109,6 +111,7 @@ def run_search(args: argparse.Namespace) -> int:
     from fer_tune.data import load_fer2013
 
     data = load_fer2013(data_path)
+    _check_selectable(data, data_path)
     with _ray(args.address, args.cpus, args.gpus) as cluster:
         _fill_resources(space, cluster, gpus_flag=args.gpus_per_trial)
         folder.mkdir(parents=True, exist_ok=True)
@@ -152,6 +155,7 @@ def resume_search(path: str | Path, *, retry_errored: bool = False, address: str
     from fer_tune.data import load_fer2013
 
     data = load_fer2013(state["data"])
+    _check_selectable(data, state["data"])
     with _ray(address, state.get("cpus"), state.get("gpus")):
         # The trainable must have the name it had: re-wrap the same function around freshly loaded data.
         tuner = tune.Tuner.restore(
@@ -163,6 +167,16 @@ def resume_search(path: str | Path, *, retry_errored: bool = False, address: str
         )
         print(f"fer-tune: resuming {folder}" + (" (errored trials too)" if retry_errored else ""))
         return _fit(tuner, space, folder, state)
+
+
+def _check_selectable(data: FER2013, path: str | Path) -> None:
+    """A search selects configs on PublicTest: without it (or without Training) it cannot start."""
+    missing = [u for u in TRIAL_SPLITS if u not in data.splits]
+    if missing:
+        raise DataError(
+            f"{path}: no {' or '.join(missing)} images; a search trains on Training and selects on "
+            f"PublicTest, so it needs both (this data has {', '.join(data.splits) or 'no images'})"
+        )
 
 
 # -- building the Tuner --------------------------------------------------------------------------------------
@@ -221,7 +235,10 @@ def _trainable(space: Space, data: FER2013) -> Any:
 
     r = space.resources
     fn = tune.with_parameters(
-        fer_trial, data=data, cpus_per_trial=r.cpus_per_trial, gpus_per_trial=r.gpus_per_trial
+        fer_trial,
+        data=data.split(*TRIAL_SPLITS),  # PrivateTest stays in the driver: no trial can score on it
+        cpus_per_trial=r.cpus_per_trial,
+        gpus_per_trial=r.gpus_per_trial,
     )
     return tune.with_resources(fn, {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
 
