@@ -1,14 +1,15 @@
 """Read a search folder back into tables, write its results files, export a trial's run config.
 
-Everything here reads files under `results/<name>/` only (Ray's experiment state and each trial's
-`result.json`, `params.json`, `error.txt`): no Ray cluster, and it works on a running or interrupted search.
-Trials are ranked by the `val_acc` of their best epoch.
+Everything here reads plain JSON, YAML and text files under `results/<name>/` (each trial's `params.json`,
+`result.json` and `error.txt`, Ray's experiment-state JSON for the trial list and statuses, fer-tune's
+`space.yaml`): no Ray cluster, and it works on a running or interrupted search. Nothing is unpickled: Ray's
+state files hold cloudpickled objects, and unpickling a file runs code from it, so a search folder from
+elsewhere is safe to report on and export from. Trials are ranked by the `val_acc` of their best epoch.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 from datetime import datetime
 from pathlib import Path
@@ -127,28 +128,43 @@ def summarize(trials: pd.DataFrame, search_dir: str | Path) -> str:
 
 
 def _trials(folder: Path) -> list[dict[str, Any]]:
-    """Trial id, status, config and folder of every trial in Ray's latest experiment-state snapshot."""
-    from ray.tune import ExperimentAnalysis
+    """Trial id, status, config and folder of every trial in Ray's newest experiment-state snapshot.
 
+    The snapshot is read as plain JSON: only each trial's `trial_id`, `status` and folder name, which Ray
+    writes as JSON strings. Its cloudpickled fields (`CLOUDPICKLE_FALLBACK`) are never decoded, and the
+    config comes from the trial's own `params.json`.
+    """
     if not folder.is_dir():
         raise DataError(f"{folder}: no such search folder")
-    if not list(folder.glob("experiment_state-*.json")):
+    states = sorted(folder.glob("experiment_state-*.json"))
+    if not states:
         raise DataError(f"{folder}: no experiment_state-*.json; not a Ray Tune search folder (yet)")
-    # It warns about every trial that has no result yet: normal in a search that just started.
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    path = states[-1]  # the newest: Ray names each by its session's start time, and picks the greatest name
     try:
-        analysis = ExperimentAnalysis(str(folder.resolve()))
-    except Exception as e:  # Ray raises several kinds for a truncated or foreign state file
-        raise DataError(f"{folder}: unreadable Ray Tune experiment state: {e}") from None
-    return [
-        {
-            "trial_id": t.trial_id,
-            "status": t.status,
-            "config": t.config,
-            "path": folder / t.storage.trial_dir_name,
-        }
-        for t in analysis.trials
-    ]
+        entries = [json.loads(meta) for meta, _ in json.loads(path.read_text())["trial_data"]]
+        trials = [(str(e["trial_id"]), str(e["status"]), e) for e in entries]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: unreadable Ray Tune experiment state: {e}") from None
+    out = []
+    for trial_id, status, entry in trials:
+        logdir = entry.get("relative_logdir")
+        trial_dir = folder / (Path(logdir).name if isinstance(logdir, str) else f"trial_{trial_id}")
+        out.append(
+            {"trial_id": trial_id, "status": status, "config": _config(trial_dir, entry), "path": trial_dir}
+        )
+    return out
+
+
+def _config(trial_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """The trial's config from its `params.json`; a trial not started yet has none but the snapshot's."""
+    path = trial_dir / "params.json"
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        config = entry.get("config")
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable trial config: {e}") from None
+    return config if isinstance(config, dict) else {}
 
 
 def _history(trial_dir: Path) -> pd.DataFrame:
