@@ -254,13 +254,14 @@ def _tuner(
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
+    from fer_tune.hooks import BestEpochOptunaSearch, BudgetStopper, StopLog
+
     s = space.search
     slots = s.max_concurrent or _slots(space, cluster)
     if s.algorithm == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
         search_alg = ConcurrencyLimiter(
-            OptunaSearch(space=space.define_by_run(), metric=s.metric, mode=s.mode, seed=s.seed), slots
+            BestEpochOptunaSearch(space=space.define_by_run(), metric=s.metric, mode=s.mode, seed=s.seed),
+            slots,
         )
         param_space: dict[str, Any] = {}
     else:
@@ -275,7 +276,9 @@ def _tuner(
             grace_period=min(s.grace_period, max_t),
             reduction_factor=s.reduction_factor,
         )
-    callbacks = []
+    # Ray's TimeoutStopper stops running trials too; StopLog records them as stopped by the time budget.
+    stopper = BudgetStopper(s.time_budget_s) if s.time_budget_s else None
+    callbacks: list[Any] = [StopLog(stopper)]
     if state["wandb_project"] and state["wandb_mode"] != "disabled":
         from ray.air.integrations.wandb import WandbLoggerCallback
 
@@ -292,7 +295,9 @@ def _tuner(
         metric_columns=METRIC_COLUMNS,
         parameter_columns={k: k.split("/")[-1] for k in space.varied_keys()[:8]},
         max_report_frequency=30,
-        sort_by_metric=True,  # by TuneConfig's metric and mode
+        # By TuneConfig's metric and mode; Ray's sort raises TypeError on two finished trials without the
+        # metric, which a time budget makes: ones it stops before their first epoch.
+        sort_by_metric=s.time_budget_s is None,
     )
     return tune.Tuner(
         _trainable(space, data),
@@ -303,13 +308,13 @@ def _tuner(
             search_alg=search_alg,
             scheduler=scheduler,
             num_samples=s.num_samples,
-            time_budget_s=s.time_budget_s,
             trial_dirname_creator=_trial_dirname,
             reuse_actors=True,  # a finished trial's worker (torch imported, data fetched) runs the next one
         ),
         run_config=tune.RunConfig(
             name=folder.name,
             storage_path=str(folder.parent),  # absolute: a relative one fails in pyarrow (ray#42968)
+            stop=stopper,
             callbacks=callbacks,
             progress_reporter=reporter,
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
