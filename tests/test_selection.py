@@ -164,7 +164,7 @@ def test_time_budget_stops_running_trials_and_says_so(ray_cluster, tmp_path: Pat
         "train": {**TINY["train"], "epochs": 500, "batch_size": 32, "lr": {"loguniform": [1e-3, 0.1]}},
         "augment": {"crop": 0, "rotation": 0},
         # ASHA on, but it could only stop a trial after 500 epochs: whatever stops these is the budget.
-        "search": {"num_samples": 2, "time_budget": 20, "scheduler": {"type": "asha", "grace_period": 500}},
+        "search": {"num_samples": 2, "time_budget": 30, "scheduler": {"type": "asha", "grace_period": 500}},
         "resources": {"cpus_per_trial": 1},
     }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(space))
@@ -177,4 +177,6 @@ def test_time_budget_stops_running_trials_and_says_so(ray_cluster, tmp_path: Pat
     assert (trials["stop_reason"] == "stopped by time budget").all(), trials["stop_reason"].tolist()
     assert (trials["epochs"] < 500).all() and (trials["epochs"] >= 1).any()
     text = write_report([folder], out_dir=tmp_path / "report").read_text()
-    assert "ASHA stopped trials 0 epochs early" in text and "The time budget cut 2 running trials" in text
+    ran = int((trials["epochs"] > 0).sum())  # under load a trial may not finish an epoch in the budget
+    assert "ASHA stopped trials 0 epochs early" in text
+    assert f"The time budget cut {ran} running trials" in text
