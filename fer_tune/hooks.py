@@ -8,7 +8,7 @@ stops are recorded.
 - `BudgetStopper`: Ray's `TimeoutStopper` (it stops running trials too), remembering that it fired.
 - `StopLog`: a driver-side callback that writes `stopped_by.json` in the search folder (trial id -> "time
   budget") so the results tables can tell a trial cut by the budget from one ASHA stopped. Ray stops those
-  trials without telling the searcher, so Optuna's study keeps them as RUNNING: the search is over then.
+  trials without telling the searcher either: StopLog tells it, so Optuna records them as pruned.
 
 These objects are pickled into Ray's `tuner.pkl` and searcher state: keep their names and modules.
 """
@@ -34,6 +34,7 @@ class BestEpochOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         super().on_trial_result(trial_id, result)
         self._track(trial_id, result)
+        self._state("_fer_step")[trial_id] = result.get("training_iteration")
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -42,28 +43,30 @@ class BestEpochOptunaSearch(OptunaSearch):
             # Ray withholds the result on which the scheduler stopped a trial (ASHA at a rung, or at max_t)
             # from on_trial_result: it arrives only here.
             self._track(trial_id, result)
-            best = self._best_values().pop(trial_id, None)
+            best = self._state("_fer_best").pop(trial_id, None)
             if _epoch(result) < _planned_epochs(result):
-                value = result.get(self.metric)
-                if _finite(value):
-                    self._ot_trials[trial_id].report(float(value), result.get("training_iteration", 0))
+                value, step = result.get(self.metric), result.get("training_iteration", 0)
+                if _finite(value) and step != self._state("_fer_step").get(trial_id):
+                    self._ot_trials[trial_id].report(float(value), step)
                 result = None  # OptunaSearch tells a trial without a result (and no error) as PRUNED
             elif best is not None:
                 result = {**result, self.metric: best}
-        self._best_values().pop(trial_id, None)
+        self._state("_fer_best").pop(trial_id, None)
+        self._state("_fer_step").pop(trial_id, None)
         super().on_trial_complete(trial_id, result=result, error=error)
 
     def _track(self, trial_id: str, result: dict[str, Any]) -> None:
         value = result.get(self.metric)
         if not _finite(value):
             return  # a NaN epoch is never the best one
-        best = self._best_values().get(trial_id)
+        best = self._state("_fer_best").get(trial_id)
         if best is None or (value > best if self.mode == "max" else value < best):
-            self._best_values()[trial_id] = float(value)
+            self._state("_fer_best")[trial_id] = float(value)
 
-    def _best_values(self) -> dict[str, float]:
-        # Set lazily: a searcher restored from an older state file has no such attribute.
-        return self.__dict__.setdefault("_fer_best", {})
+    def _state(self, name: str) -> dict[str, Any]:
+        """Per-trial bookkeeping (`_fer_best`: best value so far; `_fer_step`: last step told to Optuna),
+        saved with the searcher; set lazily, as a searcher restored from an older state file has none."""
+        return self.__dict__.setdefault(name, {})
 
 
 def _finite(value: Any) -> bool:
@@ -94,26 +97,35 @@ class BudgetStopper(TimeoutStopper):
 
 
 class StopLog(Callback):
-    """Records the trials the time budget stopped in `<search>/stopped_by.json` (written atomically).
+    """Records the trials the time budget stopped in `<search>/stopped_by.json` and tells the searcher.
 
     Ray stops them without `on_trial_complete` (for callbacks and searchers alike), so the trials that had
-    not ended at the start of the step in which the budget ran out are the ones it stopped.
+    not ended at the start of the step in which the budget ran out are the ones it stopped. This runs at the
+    end of that step, before Ray's final save of the searcher state.
     """
 
-    def __init__(self, stopper: BudgetStopper | None):
+    def __init__(self, stopper: BudgetStopper | None, searcher: Any = None):
         self.stopper = stopper
+        self.searcher = searcher  # told the stopped trials as OptunaSearch is told ASHA's (pruned)
         self.ended: set[str] = set()
+        self.logged = False
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if self.stopper is not None and not self.stopper.fired:
             self.ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
 
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        if self.stopper is None or not self.stopper.fired:
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.stopper is None or not self.stopper.fired or self.logged:
             return
+        self.logged = True
         cut = [t for t in trials if t.trial_id not in self.ended and t.status == "TERMINATED"]
         if not cut:
             return
+        if self.searcher is not None:
+            from ray.tune.utils import flatten_dict
+
+            for t in cut:
+                self.searcher.on_trial_complete(t.trial_id, result=flatten_dict(t.last_result or {}))
         folder = Path(cut[0].path).parent  # the search folder, wherever it was resumed from
         stopped = read_stopped_by(folder) | {t.trial_id: TIME_BUDGET for t in cut}
         path = folder / STOPPED_BY_FILE

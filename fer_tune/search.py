@@ -278,7 +278,7 @@ def _tuner(
         )
     # Ray's TimeoutStopper stops running trials too; StopLog records them as stopped by the time budget.
     stopper = BudgetStopper(s.time_budget_s) if s.time_budget_s else None
-    callbacks: list[Any] = [StopLog(stopper)]
+    callbacks: list[Any] = [StopLog(stopper, search_alg if s.algorithm == "optuna" else None)]
     if state["wandb_project"] and state["wandb_mode"] != "disabled":
         from ray.air.integrations.wandb import WandbLoggerCallback
 

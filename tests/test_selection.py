@@ -4,6 +4,7 @@ epoch; Optuna learns best values and pruned trials; the time budget stops runnin
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -180,3 +181,7 @@ def test_time_budget_stops_running_trials_and_says_so(ray_cluster, tmp_path: Pat
     ran = int((trials["epochs"] > 0).sum())  # under load a trial may not finish an epoch in the budget
     assert "ASHA stopped trials 0 epochs early" in text
     assert f"The time budget cut {ran} running trials" in text
+    # Ray stops them without telling the searcher; StopLog tells Optuna they were pruned.
+    with open(next(folder.glob("searcher-state-*.pkl")), "rb") as f:  # our own search: trusted
+        study = pickle.load(f)["_ot_study"]
+    assert [t.state for t in study.get_trials()] == [TrialState.PRUNED] * 2
