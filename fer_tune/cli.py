@@ -129,7 +129,10 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus", type=int, help="CPUs to use (default: all)")
     p.add_argument("--cpus-per-trial", type=int, help="CPUs (and torch threads) per trial")
     p.add_argument("--num-samples", type=int, help="trials to run")
-    p.add_argument("--time-budget", help="stop starting trials after this long: 90m, 2h, 3600s")
+    p.add_argument(
+        "--time-budget",
+        help="stop the search after this long (90m, 2h, 3600s): running trials are stopped when it runs out",
+    )
     p.add_argument("--max-failures", type=int, help="retries of a trial that failed (default 0)")
     p.add_argument("--name", help="experiment name (default: space name and time)")
     p.add_argument("--results", default="results", help="results directory (default: ./results)")

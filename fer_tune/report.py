@@ -23,7 +23,7 @@ import pandas as pd
 from matplotlib.figure import Figure  # object API: no pyplot, no global backend, headless
 
 from fer_tune.errors import DataError, check_writable
-from fer_tune.results import load_results
+from fer_tune.results import VAL_ACC, Selection, load_results, selection
 
 TOP_TRIALS = 4  # trials whose curves and diagnosis are shown
 TOP_PER_FAMILY = 3  # leaderboard rows per architecture family
@@ -156,20 +156,26 @@ def _varied(trials: pd.DataFrame) -> list[str]:
     return [c for c in cols if len({repr(_hashable(v)) for v in trials[c] if not _missing(v)}) > 1]
 
 
-def _ranked(trials: pd.DataFrame) -> pd.DataFrame:
-    return trials.dropna(subset=["best_val_acc"]).sort_values("best_val_acc", ascending=False)
+def _value(sel: Selection) -> Any:
+    """How the ranked metric is shown: accuracies as percentages, the rest as numbers."""
+    return _pct if sel.metric.endswith("_acc") else _fmt
 
 
-def family_leaderboards(trials: pd.DataFrame, top: int = TOP_PER_FAMILY) -> dict[str, pd.DataFrame]:
+def family_leaderboards(
+    trials: pd.DataFrame, top: int = TOP_PER_FAMILY, sel: Selection = VAL_ACC
+) -> dict[str, pd.DataFrame]:
     """Per architecture family, its `top` trials with the config values the search varied, size and cost."""
     boards = {}
-    for arch, group in _ranked(trials).groupby("arch", sort=False):
+    for arch, group in sel.rank(trials).groupby("arch", sort=False):
         varied = _varied(trials[trials["arch"] == arch])
         rows = group.head(top)
+        shown = {sel.metric: rows[sel.column].map(_value(sel))}
+        if sel.metric != "val_acc":
+            shown["best val_acc"] = rows["best_val_acc"].map(_pct)
         board = pd.DataFrame(
             {
                 "trial": rows["trial_id"],
-                "val_acc": rows["best_val_acc"].map(_pct),
+                **shown,
                 "best epoch": rows["best_epoch"],
                 "status": rows["stop_reason"],
                 **{_short(c): rows[c].map(_hashable) for c in varied},
@@ -184,9 +190,15 @@ def family_leaderboards(trials: pd.DataFrame, top: int = TOP_PER_FAMILY) -> dict
 
 
 def budget(trials: pd.DataFrame) -> dict[str, float]:
-    """Epochs spent against the epochs the same trials would have run without early stopping."""
+    """Epochs spent against the epochs the same trials would have run without early stopping.
+
+    A trial the time budget cut would have been cut without early stopping too: it counts with the epochs
+    it ran, not as a saving of ASHA.
+    """
     ran = trials[trials["epochs"].fillna(0) > 0]
-    spent, full = float(ran["epochs"].sum()), float(ran["max_epochs"].sum())
+    cut = ran["stop_reason"] == "stopped by time budget"
+    planned = ran["max_epochs"].where(~cut, ran["epochs"])
+    spent, full = float(ran["epochs"].sum()), float(planned.sum())
     asha = ran[ran["stop_reason"] == "stopped by ASHA"]
     saved = float((asha["max_epochs"] - asha["epochs"]).sum())
     per_epoch = (ran["seconds"] / ran["epochs"]).fillna(0)
@@ -196,8 +208,10 @@ def budget(trials: pd.DataFrame) -> dict[str, float]:
         "epochs_without_early_stopping": full,
         "epochs_saved_by_asha": saved,
         "fraction_saved_by_asha": saved / full if full else 0.0,
+        "trials_cut_by_time_budget": int(cut.sum()),
+        "epochs_cut_by_time_budget": float((ran["max_epochs"] - ran["epochs"])[cut].sum()),
         "seconds_spent": float(ran["seconds"].sum()),
-        "seconds_without_early_stopping": float((per_epoch * ran["max_epochs"]).sum()),
+        "seconds_without_early_stopping": float((per_epoch * planned).sum()),
     }
 
 
@@ -226,10 +240,12 @@ def _cast(v: Any, dist: optuna.distributions.BaseDistribution) -> Any:
     return _hashable(v)
 
 
-def param_importance(trials: pd.DataFrame) -> tuple[dict[str, float], dict[str, Any], str]:
-    """Importance of each varied config key for reaching the top trials' val_acc.
+def param_importance(
+    trials: pd.DataFrame, sel: Selection = VAL_ACC
+) -> tuple[dict[str, float], dict[str, Any], str]:
+    """Importance of each varied config key for reaching the top trials' value of the ranked metric.
 
-    Uses the finished trials (completed or stopped by ASHA) with the best val_acc each reached, so a trial
+    Uses the finished trials (completed or stopped by ASHA) with the best value each reached, so a trial
     ASHA stopped counts with what it reached before it was stopped. Optuna's PED-ANOVA evaluator is used
     because fANOVA needs scikit-learn (not a dependency) and PED-ANOVA handles conditional (per-family)
     parameters.
@@ -237,7 +253,7 @@ def param_importance(trials: pd.DataFrame) -> tuple[dict[str, float], dict[str, 
     Returns:
         (importances by `group.key`, the distributions used, a note for the report: "" when it worked).
     """
-    done = trials[trials["stop_reason"].isin(FINISHED)].dropna(subset=["best_val_acc"])
+    done = trials[trials["stop_reason"].isin(FINISHED)].dropna(subset=[sel.column])
     if len(done) < MIN_IMPORTANCE_TRIALS:
         return {}, {}, f"needs at least {MIN_IMPORTANCE_TRIALS} finished trials, this search has {len(done)}"
     cols = [c for c in done.columns if c.startswith("config/")]
@@ -252,13 +268,13 @@ def param_importance(trials: pd.DataFrame) -> tuple[dict[str, float], dict[str, 
             optuna.trial.create_trial(
                 params={k: _cast(v, dists[k]) for k, v in present.items()},
                 distributions={k: dists[k] for k in present},
-                value=float(row["best_val_acc"]),
+                value=float(row[sel.column]),
             )
         )
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.create_study(direction="maximize")
+        study = optuna.create_study(direction="maximize" if sel.mode == "max" else "minimize")
         study.add_trials(frozen)
         quantile = min(0.5, max(0.1, MIN_TOP_TRIALS / len(frozen)))
         evaluator = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=quantile)
@@ -268,8 +284,8 @@ def param_importance(trials: pd.DataFrame) -> tuple[dict[str, float], dict[str, 
     finally:
         optuna.logging.set_verbosity(verbosity)
     note = (
-        f"PED-ANOVA over {len(frozen)} finished trials (each with its best val_acc; ASHA-stopped ones with "
-        f"what they reached): what sets the top {quantile:.0%} apart from all"
+        f"PED-ANOVA over {len(frozen)} finished trials (each with its best {sel.metric}; ASHA-stopped ones "
+        f"with what they reached): what sets the top {quantile:.0%} apart from all"
     )
     return dict(imp), dists, note
 
@@ -319,10 +335,16 @@ def plot_importance(importances: Mapping[str, float], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_scatter(trials: pd.DataFrame, dists: Mapping[str, Any], params: Sequence[str], path: Path) -> Path:
-    """best val_acc against each parameter, completed trials filled, stopped ones hollow."""
+def plot_scatter(
+    trials: pd.DataFrame,
+    dists: Mapping[str, Any],
+    params: Sequence[str],
+    path: Path,
+    sel: Selection = VAL_ACC,
+) -> Path:
+    """The best value of the ranked metric against each parameter, completed trials filled, stopped hollow."""
     fig = Figure(figsize=(4 * len(params), 3.4), layout="constrained")
-    ranked = trials.dropna(subset=["best_val_acc"])
+    ranked = trials.dropna(subset=[sel.column])
     for i, name in enumerate(params):
         ax, dist = fig.add_subplot(1, len(params), i + 1), dists[name]
         x = ranked[f"config/{name.replace('.', '/')}"].map(lambda v: None if _missing(v) else _hashable(v))
@@ -334,12 +356,12 @@ def plot_scatter(trials: pd.DataFrame, dists: Mapping[str, Any], params: Sequenc
         elif dist.log:
             ax.set_xscale("log")
         x, done = pd.to_numeric(x, errors="coerce"), ranked["stop_reason"] == "completed"
-        ax.scatter(x[done], ranked["best_val_acc"][done], label="completed")
+        ax.scatter(x[done], ranked[sel.column][done], label="completed")
         ax.scatter(
-            x[~done], ranked["best_val_acc"][~done], facecolors="none", edgecolors="C1", label="stopped/other"
+            x[~done], ranked[sel.column][~done], facecolors="none", edgecolors="C1", label="stopped/other"
         )
         ax.set_xlabel(name)
-        ax.set_ylabel("best val_acc")
+        ax.set_ylabel(f"best {sel.metric}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, path)
@@ -383,17 +405,25 @@ def _provenance(search_dir: str | Path) -> str:
     )
 
 
-def _search_section(name: str, trials: pd.DataFrame, history: pd.DataFrame, out: Path, about: str) -> str:
+def _search_section(
+    name: str,
+    trials: pd.DataFrame,
+    history: pd.DataFrame,
+    out: Path,
+    about: str,
+    sel: Selection = VAL_ACC,
+) -> str:
     """One search's section; `name` is also the prefix of its figures' file names."""
     lines = [f"## Search `{name}`", "", *([about, ""] if about else [])]
     counts = trials["stop_reason"].fillna("unknown").map(lambda s: s.split(":")[0]).value_counts()
     lines += [f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".", ""]
-    ranked = _ranked(trials)
+    ranked = sel.rank(trials)
     if ranked.empty:
-        return "\n".join([*lines, "No trial has reported a validation accuracy yet.", ""])
+        return "\n".join([*lines, f"No trial has reported a {sel.metric} yet.", ""])
 
+    lines += [f"Trials are ranked by the best epoch's {sel.metric} ({sel.mode}).", ""]
     lines += ["### Leaderboard per architecture family", ""]
-    for arch, board in family_leaderboards(trials).items():
+    for arch, board in family_leaderboards(trials, sel=sel).items():
         lines += [f"**{arch}**", "", markdown_table(board), ""]
 
     top = ranked["trial_id"].head(TOP_TRIALS).tolist()
@@ -420,14 +450,14 @@ def _search_section(name: str, trials: pd.DataFrame, history: pd.DataFrame, out:
     ]
 
     lines += ["### Hyperparameter importance", ""]
-    imp, dists, note = param_importance(trials)
+    imp, dists, note = param_importance(trials, sel)
     if imp:
         table = pd.DataFrame({"parameter": list(imp), "importance": [f"{v:.3f}" for v in imp.values()]})
         fig = plot_importance(imp, out / f"{name}_importance.png")
         params = [p for p in imp if p in dists][:TOP_PARAMS]
-        scatter = plot_scatter(trials, dists, params, out / f"{name}_scatter.png")
+        scatter = plot_scatter(trials, dists, params, out / f"{name}_scatter.png", sel)
         lines += [f"{note}.", "", markdown_table(table), "", f"![importance]({fig.name})", ""]
-        lines += [f"![val_acc against the most important parameters]({scatter.name})", ""]
+        lines += [f"![{sel.metric} against the most important parameters]({scatter.name})", ""]
     else:
         lines += [f"Not computed: {note}.", ""]
 
@@ -442,18 +472,29 @@ def _search_section(name: str, trials: pd.DataFrame, history: pd.DataFrame, out:
         "seconds per epoch).",
         "",
     ]
+    if b["trials_cut_by_time_budget"]:
+        lines += [
+            f"The time budget cut {b['trials_cut_by_time_budget']} running trials "
+            f"({b['epochs_cut_by_time_budget']:.0f} epochs unrun); they count with the epochs they ran, "
+            "not as savings of early stopping.",
+            "",
+        ]
     return "\n".join(lines)
 
 
-def _comparison(results: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]]) -> str:
+def _comparison(
+    results: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]], sels: Mapping[str, Selection]
+) -> str:
     rows, fam = [], {}
     for name, (trials, _) in results.items():
-        ranked, b = _ranked(trials), budget(trials)
+        sel = sels[name]
+        ranked, b = sel.rank(trials), budget(trials)
         best = ranked.iloc[0] if len(ranked) else None
         rows.append(
             {
                 "search": name,
                 "trials": len(trials),
+                "ranked by": f"{sel.metric} ({sel.mode})",
                 "best val_acc": _pct(best["best_val_acc"]) if best is not None else "",
                 "best trial": best["trial_id"] if best is not None else "",
                 "best arch": best["arch"] if best is not None else "",
@@ -462,7 +503,8 @@ def _comparison(results: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]]) -> str
                 "time": _duration(b["seconds_spent"]),
             }
         )
-        fam[name] = ranked.groupby("arch")["best_val_acc"].max().map(_pct)
+        # Per family, the val_acc of the trial the search ranked first there (not the highest val_acc).
+        fam[name] = ranked.groupby("arch", sort=False)["best_val_acc"].first().map(_pct)
     per_family = pd.DataFrame(fam).fillna("").rename_axis("family").reset_index()
     return "\n".join(
         [
@@ -470,7 +512,7 @@ def _comparison(results: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]]) -> str
             "",
             markdown_table(pd.DataFrame(rows)),
             "",
-            "Best val_acc per family and search:",
+            "val_acc of the best trial per family and search:",
             "",
             markdown_table(per_family),
             "",
@@ -488,6 +530,7 @@ def write_report(search_dirs: Sequence[str | Path], out_dir: str | Path | None =
         raise DataError("no search folder given")
     slugs = _slug([Path(d).resolve().name for d in search_dirs])
     results = {s: _load(d) for s, d in zip(slugs, search_dirs, strict=True)}
+    sels = {s: selection(d) for s, d in zip(slugs, search_dirs, strict=True)}
     out = (
         Path(out_dir)
         if out_dir
@@ -497,9 +540,9 @@ def write_report(search_dirs: Sequence[str | Path], out_dir: str | Path | None =
     parts = ["# fer-tune report", "", "Searches: " + ", ".join(f"`{d}`" for d in search_dirs) + ".", ""]
     parts += ["Validation accuracy (val_acc) is on PublicTest; PrivateTest is never read.", ""]
     if len(results) > 1:
-        parts.append(_comparison(results))
+        parts.append(_comparison(results, sels))
     for (slug, (trials, history)), d in zip(results.items(), search_dirs, strict=True):
-        parts.append(_search_section(slug, trials, history, out, _provenance(d)))
+        parts.append(_search_section(slug, trials, history, out, _provenance(d), sels[slug]))
     path = out / "report.md"
     path.write_text("\n".join(parts))
     return path

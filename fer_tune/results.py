@@ -1,15 +1,18 @@
 """Read a search folder back into tables, write its results files, export a trial's run config.
 
-Everything here reads files under `results/<name>/` only (Ray's experiment state and each trial's
-`result.json`, `params.json`, `error.txt`): no Ray cluster, and it works on a running or interrupted search.
-Trials are ranked by the `val_acc` of their best epoch.
+Everything here reads plain JSON, YAML and text files under `results/<name>/` (each trial's `params.json`,
+`result.json` and `error.txt`, Ray's experiment-state JSON for the trial list and statuses, fer-tune's
+`space.yaml` and `stopped_by.json`): no Ray cluster, and it works on a running or interrupted search. Nothing
+is unpickled: Ray's state files hold cloudpickled objects, and unpickling a file runs code from it, so a
+search folder from elsewhere is safe to report on and export from. Trials are ranked by the best epoch of the
+space's `search.metric` (in its `search.mode`).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,35 +22,66 @@ import yaml
 
 from fer_tune.config import RunConfig
 from fer_tune.errors import DataError, FerTuneError
+from fer_tune.spaces import METRIC_MODES
 from fer_tune.train import METRIC_KEYS as METRICS
 
-LEADERBOARD_COLUMNS = (
-    "trial_id",
-    "arch",
-    "best_val_acc",
-    "best_epoch",
-    "epochs",
-    "stop_reason",
-    "params",
-    "macs",
-    "seconds",
-)
+STOPPED_BY_FILE = "stopped_by.json"  # trial id -> "time budget", written by fer_tune.hooks.StopLog
+TIME_BUDGET = "time budget"
 _STATUS_REASON = {"RUNNING": "running", "PAUSED": "running", "PENDING": "pending"}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The metric trials are ranked by (their best epoch of it) and its direction, from `space.yaml`."""
+
+    metric: str = "val_acc"
+    mode: str = "max"
+
+    @property
+    def column(self) -> str:
+        """The trials-table column ranked on: `best_<metric>` (`best_val_acc`, `best_val_loss`, ...)."""
+        return f"best_{self.metric}"
+
+    def rank(self, trials: pd.DataFrame) -> pd.DataFrame:
+        """Trials with a value of the metric, best first (stable: ties keep their order)."""
+        ranked = trials.dropna(subset=[self.column])
+        return ranked.sort_values(self.column, ascending=self.mode == "min", kind="stable")
+
+
+VAL_ACC = Selection()  # the default: val_acc, max
+
+
+def selection(search_dir: str | Path) -> Selection:
+    """The `search.metric` and `search.mode` of a search folder's `space.yaml` (val_acc, max without one)."""
+    path = Path(search_dir) / "space.yaml"
+    try:
+        search = (yaml.safe_load(path.read_text()) or {}).get("search") or {}
+    except FileNotFoundError:
+        return VAL_ACC
+    except (OSError, yaml.YAMLError, AttributeError) as e:
+        raise DataError(f"{path}: unreadable search space: {' '.join(str(e).split())}") from None
+    metric = search.get("metric", "val_acc")
+    mode = search.get("mode") or METRIC_MODES.get(metric)
+    if metric not in METRIC_MODES or mode not in ("min", "max"):
+        raise DataError(f"{path}: search.metric {metric!r}, search.mode {mode!r}: unknown metric or mode")
+    return Selection(metric, mode)
 
 
 def load_results(search_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials: one row per trial, best first; history: one row per trial-epoch) of a search folder."""
     folder = Path(search_dir)
-    scheduler = _scheduler(folder)
+    scheduler, sel, stopped_by = _scheduler(folder), selection(folder), read_stopped_by(folder)
     rows, histories = [], []
     for trial in _trials(folder):
         hist = _history(trial["path"])
         hist.insert(0, "trial_id", trial["trial_id"])
         histories.append(hist)
-        rows.append(_trial_row(trial, hist, scheduler))
-    trials = pd.DataFrame(rows, columns=_columns(rows))
+        rows.append(_trial_row(trial, hist, scheduler, sel, stopped_by.get(trial["trial_id"])))
+    trials = pd.DataFrame(rows, columns=_columns(rows, sel))
     if len(trials):
-        trials = trials.sort_values("best_val_acc", ascending=False, na_position="last", kind="stable")
+        trials = trials.sort_values(
+            sel.column, ascending=sel.mode == "min", na_position="last", kind="stable"
+        )
     history = (
         pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=["trial_id", *METRICS])
     )
@@ -66,10 +100,11 @@ def export_config(search_dir: str | Path, rank: int = 1, out: str | Path = "best
     """Write the `rank`-th best trial's run config with a `provenance:` block; returns the path written."""
     folder = Path(search_dir)
     trials, _ = load_results(folder)
-    ranked = trials.dropna(subset=["best_val_acc"])
+    sel = selection(folder)
+    ranked = sel.rank(trials)
     if rank < 1 or rank > len(ranked):
-        raise DataError(f"{folder}: --rank {rank}: the search has {len(ranked)} trials with a val_acc")
-    return _write_config(folder, ranked.iloc[rank - 1], rank, Path(out))
+        raise DataError(f"{folder}: --rank {rank}: the search has {len(ranked)} trials with a {sel.metric}")
+    return _write_config(folder, ranked.iloc[rank - 1], rank, Path(out), sel)
 
 
 def write_results(search_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -82,20 +117,23 @@ def write_results(search_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             table[col] = table[col].map(lambda v: json.dumps(v) if isinstance(v, list) else v)
     table.to_csv(folder / "trials.csv", index=False)
     table.to_parquet(folder / "trials.parquet", index=False)
-    (folder / "leaderboard.md").write_text(leaderboard(trials, folder.name))
-    ranked = trials.dropna(subset=["best_val_acc"])
+    sel = selection(folder)
+    (folder / "leaderboard.md").write_text(leaderboard(trials, folder.name, sel=sel))
+    ranked = sel.rank(trials)
     if len(ranked):
-        _write_config(folder, ranked.iloc[0], 1, folder / "best_config.yaml")
+        _write_config(folder, ranked.iloc[0], 1, folder / "best_config.yaml", sel)
     return trials, history
 
 
-def leaderboard(trials: pd.DataFrame, name: str, top: int = 20) -> str:
+def leaderboard(trials: pd.DataFrame, name: str, top: int = 20, sel: Selection = VAL_ACC) -> str:
     """A markdown table of the best `top` trials (written by hand: pandas' to_markdown needs tabulate)."""
-    cols = [c for c in LEADERBOARD_COLUMNS if c in trials.columns]
+    shown = ("trial_id", "arch", sel.column, "best_epoch", "best_val_acc", "epochs", "stop_reason")
+    cols = [c for c in dict.fromkeys((*shown, "params", "macs", "seconds")) if c in trials.columns]
     varied = [c for c in trials.columns if c.startswith("config/") and trials[c].astype(str).nunique() > 1]
     cols += [c for c in varied if c != "config/model/arch"]
     lines = [
-        f"# {name}: top {min(top, len(trials))} of {len(trials)} trials by best-epoch val_acc",
+        f"# {name}: top {min(top, len(trials))} of {len(trials)} trials by best-epoch {sel.metric} "
+        f"({sel.mode})",
         "",
         "| rank | " + " | ".join(c.removeprefix("config/") for c in cols) + " |",
         "|---:|" + "---|" * len(cols),
@@ -111,11 +149,12 @@ def summarize(trials: pd.DataFrame, search_dir: str | Path) -> str:
         return f"{search_dir}: no trials"
     reasons = trials["stop_reason"].map(lambda r: "error" if r.startswith("error") else r).value_counts()
     lines = [f"{len(trials)} trials: " + ", ".join(f"{n} {r}" for r, n in reasons.items())]
-    best = trials.dropna(subset=["best_val_acc"])
+    sel = selection(search_dir)
+    best = sel.rank(trials)
     if len(best):
         b = best.iloc[0]
         lines.append(
-            f"best: trial {b['trial_id']} ({b['arch']}) val_acc {b['best_val_acc']:.4f} at epoch "
+            f"best: trial {b['trial_id']} ({b['arch']}) {sel.metric} {b[sel.column]:.4f} at epoch "
             f"{int(b['best_epoch'])}; run config: {Path(search_dir) / 'best_config.yaml'}"
         )
     for _, row in trials[trials["stop_reason"].str.startswith("error")].head(5).iterrows():
@@ -127,28 +166,57 @@ def summarize(trials: pd.DataFrame, search_dir: str | Path) -> str:
 
 
 def _trials(folder: Path) -> list[dict[str, Any]]:
-    """Trial id, status, config and folder of every trial in Ray's latest experiment-state snapshot."""
-    from ray.tune import ExperimentAnalysis
+    """Trial id, status, config and folder of every trial in Ray's newest experiment-state snapshot.
 
+    The snapshot is read as plain JSON: only each trial's `trial_id`, `status` and folder name, which Ray
+    writes as JSON strings. Its cloudpickled fields (`CLOUDPICKLE_FALLBACK`) are never decoded, and the
+    config comes from the trial's own `params.json`.
+    """
     if not folder.is_dir():
         raise DataError(f"{folder}: no such search folder")
-    if not list(folder.glob("experiment_state-*.json")):
+    states = sorted(folder.glob("experiment_state-*.json"))
+    if not states:
         raise DataError(f"{folder}: no experiment_state-*.json; not a Ray Tune search folder (yet)")
-    # It warns about every trial that has no result yet: normal in a search that just started.
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    path = states[-1]  # the newest: Ray names each by its session's start time, and picks the greatest name
     try:
-        analysis = ExperimentAnalysis(str(folder.resolve()))
-    except Exception as e:  # Ray raises several kinds for a truncated or foreign state file
-        raise DataError(f"{folder}: unreadable Ray Tune experiment state: {e}") from None
-    return [
-        {
-            "trial_id": t.trial_id,
-            "status": t.status,
-            "config": t.config,
-            "path": folder / t.storage.trial_dir_name,
-        }
-        for t in analysis.trials
-    ]
+        entries = [json.loads(meta) for meta, _ in json.loads(path.read_text())["trial_data"]]
+        trials = [(str(e["trial_id"]), str(e["status"]), e) for e in entries]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: unreadable Ray Tune experiment state: {e}") from None
+    out = []
+    for trial_id, status, entry in trials:
+        logdir = entry.get("relative_logdir")
+        trial_dir = folder / (Path(logdir).name if isinstance(logdir, str) else f"trial_{trial_id}")
+        out.append(
+            {"trial_id": trial_id, "status": status, "config": _config(trial_dir, entry), "path": trial_dir}
+        )
+    return out
+
+
+def _config(trial_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """The trial's config from its `params.json`; a trial not started yet has none but the snapshot's."""
+    path = trial_dir / "params.json"
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        config = entry.get("config")
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable trial config: {e}") from None
+    return config if isinstance(config, dict) else {}
+
+
+def read_stopped_by(folder: str | Path) -> dict[str, str]:
+    """Trial id -> what stopped it, for the trials fer-tune stopped itself (`stopped_by.json`; {} if none)."""
+    path = Path(folder) / STOPPED_BY_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable: {e}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a mapping of trial id to stop cause")
+    return {str(k): str(v) for k, v in data.items()}
 
 
 def _history(trial_dir: Path) -> pd.DataFrame:
@@ -188,7 +256,9 @@ def _scheduler(folder: Path) -> str:
         return "asha"
 
 
-def _trial_row(trial: dict[str, Any], hist: pd.DataFrame, scheduler: str) -> dict[str, Any]:
+def _trial_row(
+    trial: dict[str, Any], hist: pd.DataFrame, scheduler: str, sel: Selection, stopped_by: str | None
+) -> dict[str, Any]:
     config = trial["config"]
     try:
         run = RunConfig.from_dict(config)
@@ -201,19 +271,27 @@ def _trial_row(trial: dict[str, Any], hist: pd.DataFrame, scheduler: str) -> dic
     if status == "ERROR":
         reason = f"error: {_error(trial['path'])}"
     elif status == "TERMINATED":
-        done = epochs >= max_epochs
-        reason = "completed" if done else ("stopped by ASHA" if scheduler == "asha" else "stopped early")
+        if epochs >= max_epochs:
+            reason = "completed"
+        elif stopped_by:  # fer-tune's own record: the time budget ran out while it ran
+            reason = f"stopped by {stopped_by}"
+        else:
+            reason = "stopped by ASHA" if scheduler == "asha" else "stopped early"
     else:
         # A snapshot shows the trials running at that moment as PENDING: ones with epochs ran.
         reason = "running" if epochs else _STATUS_REASON.get(status, status.lower())
     row["stop_reason"] = reason
     row["arch"] = arch
-    if len(hist) and hist["val_acc"].notna().any():
-        best = hist.loc[hist["val_acc"].idxmax()]
-        row.update(best_val_acc=float(best["val_acc"]), best_epoch=int(best["epoch"]))
-        row["last_val_acc"] = float(hist["val_acc"].iloc[-1])
+    m = sel.metric
+    values = pd.to_numeric(hist[m], errors="coerce") if len(hist) else pd.Series(dtype=float)
+    if values.notna().any():
+        best = hist.loc[values.idxmax() if sel.mode == "max" else values.idxmin()]
+        row.update({f"best_{m}": float(best[m]), "best_epoch": int(best["epoch"])})
+        row[f"last_{m}"] = float(values.iloc[-1])
     else:
-        row.update(best_val_acc=math.nan, best_epoch=math.nan, last_val_acc=math.nan)
+        row.update({f"best_{m}": math.nan, "best_epoch": math.nan, f"last_{m}": math.nan})
+    if m != "val_acc":  # the FER2013 number people compare, shown whatever the search ranked by
+        row["best_val_acc"] = float(hist["val_acc"].max()) if len(hist) else math.nan
     row.update(epochs=epochs, max_epochs=max_epochs)
     row.update(_stats(run))
     row["seconds"] = float(hist["time_total_s"].iloc[-1]) if len(hist) else math.nan
@@ -242,15 +320,16 @@ def _stats(run: RunConfig | None) -> dict[str, Any]:
         return {"params": math.nan, "macs": math.nan}
 
 
-def _columns(rows: list[dict[str, Any]]) -> list[str]:
+def _columns(rows: list[dict[str, Any]], sel: Selection) -> list[str]:
     cols = [
         "trial_id",
         "status",
         "stop_reason",
         "arch",
-        "best_val_acc",
+        sel.column,
         "best_epoch",
-        "last_val_acc",
+        f"last_{sel.metric}",
+        "best_val_acc",
         "epochs",
         "max_epochs",
         "params",
@@ -261,7 +340,7 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
     ]
     for row in rows:
         cols += [k for k in row if k not in cols]
-    return cols
+    return list(dict.fromkeys(cols))  # ranking on val_acc: best_val_acc once
 
 
 def _cell(value: Any) -> str:
@@ -272,13 +351,14 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
-def _write_config(folder: Path, row: pd.Series, rank: int, out: Path) -> Path:
+def _write_config(folder: Path, row: pd.Series, rank: int, out: Path, sel: Selection) -> Path:
     config = trial_config(folder, row["trial_id"])
     provenance = {
         "search": str(folder.resolve()),
         "trial_id": row["trial_id"],
         "rank": rank,
-        "val_acc": float(row["best_val_acc"]),
+        "ranked_by": f"{sel.metric} ({sel.mode}) of the best epoch",
+        sel.metric: float(row[sel.column]),
         "epoch": int(row["best_epoch"]),
         "epochs_run": int(row["epochs"]),
         "stop_reason": row["stop_reason"],

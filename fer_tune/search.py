@@ -32,6 +32,8 @@ KAGGLE = (
 )
 DATA_CANDIDATES = ("fer2013.csv", "icml_face_data.csv", "fer2013")
 DIVERGED_NOTE = "diverged.txt"  # in a trial's working folder: its non-finite-loss error, not to be retried
+# What trials see: they train on Training and are selected on PublicTest. PrivateTest never reaches them.
+TRIAL_SPLITS = ("Training", "PublicTest")
 METRIC_COLUMNS = {"epoch": "epoch", "train_loss": "train_loss", "val_loss": "val_loss", "val_acc": "val_acc"}
 
 
@@ -142,6 +144,7 @@ def run_search(args: argparse.Namespace) -> int:
     from fer_tune.data import load_fer2013
 
     data = load_fer2013(data_path)
+    _check_selectable(data, data_path)
     with _ray(args.address, args.cpus, args.gpus) as cluster:
         _fill_resources(space, cluster, gpus_flag=args.gpus_per_trial)
         folder.mkdir(parents=True, exist_ok=True)
@@ -186,6 +189,7 @@ def resume_search(path: str | Path, *, retry_errored: bool = False, address: str
     from fer_tune.data import load_fer2013
 
     data = load_fer2013(state["data"])
+    _check_selectable(data, state["data"])
     with _ray(address, state.get("cpus"), state.get("gpus")):
         # The trainable must have the name it had: re-wrap the same function around freshly loaded data.
         tuner = tune.Tuner.restore(
@@ -197,6 +201,16 @@ def resume_search(path: str | Path, *, retry_errored: bool = False, address: str
         )
         print(f"fer-tune: resuming {folder}" + (" (errored trials too)" if retry_errored else ""))
         return _fit(tuner, space, folder, state)
+
+
+def _check_selectable(data: FER2013, path: str | Path) -> None:
+    """A search selects configs on PublicTest: without it (or without Training) it cannot start."""
+    missing = [u for u in TRIAL_SPLITS if u not in data.splits]
+    if missing:
+        raise DataError(
+            f"{path}: no {' or '.join(missing)} images; a search trains on Training and selects on "
+            f"PublicTest, so it needs both (this data has {', '.join(data.splits) or 'no images'})"
+        )
 
 
 # -- building the Tuner --------------------------------------------------------------------------------------
@@ -276,7 +290,7 @@ def _trainable(space: Space, data: FER2013) -> Any:
     r = space.resources
     fn = tune.with_parameters(
         fer_trial,
-        data=data,
+        data=data.split(*TRIAL_SPLITS),  # PrivateTest stays in the driver: no trial can score on it
         cpus_per_trial=r.cpus_per_trial,
         gpus_per_trial=r.gpus_per_trial,
         gpu_shares=r.gpu_shares,
@@ -324,13 +338,14 @@ def _tuner(
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
+    from fer_tune.hooks import BestEpochOptunaSearch, BudgetStopper, StopLog
+
     s = space.search
     slots = s.max_concurrent or _slots(space, cluster)
     if s.algorithm == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
         search_alg = ConcurrencyLimiter(
-            OptunaSearch(space=space.define_by_run(), metric=s.metric, mode=s.mode, seed=s.seed), slots
+            BestEpochOptunaSearch(space=space.define_by_run(), metric=s.metric, mode=s.mode, seed=s.seed),
+            slots,
         )
         param_space: dict[str, Any] = {}
     else:
@@ -345,7 +360,9 @@ def _tuner(
             grace_period=min(s.grace_period, max_t),
             reduction_factor=s.reduction_factor,
         )
-    callbacks = []
+    # Ray's TimeoutStopper stops running trials too; StopLog records them as stopped by the time budget.
+    stopper = BudgetStopper(s.time_budget_s) if s.time_budget_s else None
+    callbacks: list[Any] = [StopLog(stopper, search_alg if s.algorithm == "optuna" else None)]
     if state["wandb_project"] and state["wandb_mode"] != "disabled":
         from ray.air.integrations.wandb import WandbLoggerCallback
 
@@ -362,7 +379,9 @@ def _tuner(
         metric_columns=METRIC_COLUMNS,
         parameter_columns={k: k.split("/")[-1] for k in progress_columns(space)},
         max_report_frequency=30,
-        sort_by_metric=True,  # by TuneConfig's metric and mode
+        # By TuneConfig's metric and mode; Ray's sort raises TypeError on two finished trials without the
+        # metric, which a time budget makes: ones it stops before their first epoch.
+        sort_by_metric=s.time_budget_s is None,
     )
     return tune.Tuner(
         _trainable(space, data),
@@ -373,13 +392,13 @@ def _tuner(
             search_alg=search_alg,
             scheduler=scheduler,
             num_samples=s.num_samples,
-            time_budget_s=s.time_budget_s,
             trial_dirname_creator=_trial_dirname,
             reuse_actors=True,  # a finished trial's worker (torch imported, data fetched) runs the next one
         ),
         run_config=tune.RunConfig(
             name=folder.name,
             storage_path=str(folder.parent),  # absolute: a relative one fails in pyarrow (ray#42968)
+            stop=stopper,
             callbacks=callbacks,
             progress_reporter=reporter,
             failure_config=tune.FailureConfig(max_failures=s.max_failures),

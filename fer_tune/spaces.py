@@ -31,6 +31,19 @@ GROUPS = ("model", "train", "augment", "seed")
 TOP_KEYS = (*GROUPS, "search", "resources", "data")
 ALGORITHMS = ("optuna", "random", "grid")
 SCHEDULERS = ("asha", "none")
+# The direction of every metric a trial reports each epoch (fer_tune.train.METRIC_KEYS; a test keeps the two
+# in step). None: no natural direction, so `search.mode` must give it.
+METRIC_MODES: dict[str, str | None] = {
+    "val_acc": "max",
+    "val_loss": "min",
+    "train_acc": "max",
+    "clean_train_acc": "max",
+    "train_loss": "min",
+    "images_per_second": "max",
+    "epoch_seconds": "min",
+    "lr": None,
+    "epoch": None,
+}
 _PRIMITIVE = (type(None), bool, int, float, str)
 
 
@@ -57,8 +70,8 @@ class SearchSettings:
 
     algorithm: str = "optuna"  # optuna (TPE) | random | grid
     num_samples: int = 0  # trials (grid: passes over the grid); default 20, grid: 1
-    metric: str = "val_acc"
-    mode: str = "max"
+    metric: str = "val_acc"  # a key of METRIC_MODES; trials are ranked by its best epoch
+    mode: str | None = None  # max | min; default: the metric's direction in METRIC_MODES
     scheduler: str = "asha"  # asha | none
     max_t: int | None = None  # ASHA's last rung, in epochs (default: the largest train.epochs of the space)
     grace_period: int = 1  # epochs every trial runs before ASHA may stop it
@@ -424,11 +437,28 @@ def _parse_search(raw: Any) -> SearchSettings:
     check(s.algorithm in ALGORITHMS, "search.algorithm", f"must be one of {ALGORITHMS}, got {s.algorithm!r}")
     if "num_samples" not in raw:
         s.num_samples = 1 if s.algorithm == "grid" else 20
-    check(s.mode in ("min", "max"), "search.mode", f"must be min or max, got {s.mode!r}")
+    _check_metric(s)
     check(s.num_samples >= 1, "search.num_samples", f"must be >= 1, got {s.num_samples}")
     check(s.max_failures >= 0, "search.max_failures", f"must be >= 0, got {s.max_failures}")
     check(s.max_concurrent is None or s.max_concurrent >= 1, "search.max_concurrent", "must be >= 1")
     return s
+
+
+def _check_metric(s: SearchSettings) -> None:
+    """A known metric, and a mode that agrees with its direction (filled in when the metric has one)."""
+    known = ", ".join(METRIC_MODES)
+    check(s.metric in METRIC_MODES, "search.metric", f"unknown metric {s.metric!r}; known: {known}")
+    check(s.mode in (None, "min", "max"), "search.mode", f"must be min or max, got {s.mode!r}")
+    direction = METRIC_MODES[s.metric]
+    if direction is None:
+        check(s.mode is not None, "search.mode", f"required with search.metric {s.metric} (min or max)")
+    else:
+        check(
+            s.mode in (None, direction),
+            "search.mode",
+            f"{s.mode} contradicts search.metric {s.metric}, which is {direction}imised",
+        )
+        s.mode = direction
 
 
 def _parse_scheduler(value: Any, s: SearchSettings) -> None:
@@ -490,6 +520,14 @@ def _check_gpu_share(g: float, key: str) -> None:
 
 def _check_space(space: Space) -> None:
     s, r = space.search, space.resources
+    # Trials are selected on PublicTest: one that trained on it would win by memory, not by generalising.
+    train_on = space.groups.get("train", {}).get("train_on", "Training")
+    check(
+        all(v == "Training" for v in _values(train_on)),
+        "train.train_on",
+        f"a search selects on PublicTest and may not train on it; got {_to_yaml(train_on)!r} "
+        "(train on Training+PublicTest in the final `fer-tune retrain --train-on`)",
+    )
     if s.algorithm != "grid":
         for d in space.dists():
             check(

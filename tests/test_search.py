@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from conftest import make_fer
+from optuna.trial import TrialState
 
 from fer_tune.cli import main
 from fer_tune.config import RunConfig
@@ -117,6 +119,16 @@ def test_asha_stops_trials_and_results_files_are_complete(
     assert (trials["params"] > 0).all() and (trials["macs"] > 0).all()
     assert pd.read_parquet(folder / "trials.parquet")["trial_id"].tolist() == trials["trial_id"].tolist()
     assert "| rank |" in (folder / "leaderboard.md").read_text()
+    # Optuna learned each trial's best epoch, and the trials ASHA stopped as pruned (our own state: trusted).
+    with open(next(folder.glob("searcher-state-*.pkl")), "rb") as f:
+        searcher = pickle.load(f)
+    study_trials = searcher["_ot_study"].get_trials(deepcopy=False)
+    for _, row in trials.iterrows():
+        told = study_trials[searcher["_ot_trials"][row["trial_id"]].number]
+        if row["stop_reason"] == "completed":
+            assert told.state == TrialState.COMPLETE and told.value == pytest.approx(row["best_val_acc"])
+        else:
+            assert told.state == TrialState.PRUNED and len(told.intermediate_values) == row["epochs"]
     # The best config is a complete run config with provenance; export picks any rank.
     best = yaml.safe_load((folder / "best_config.yaml").read_text())
     assert best["provenance"]["trial_id"] == trials["trial_id"][0]

@@ -134,6 +134,17 @@ INVALID = [
     ("model: {arch: cnn}\nresources: {gpus_per_trial: 0.3}\n", "resources.gpus_per_trial", "divide"),
     ("model: {arch: cnn}\nsearh: {}\n", "searh", "unknown key"),
     ("model: {arch: cnn\n", "", "invalid YAML"),
+    # Selection is on PublicTest: a space may not train on it, fixed or sampled.
+    ("model: {arch: cnn}\ntrain: {train_on: Training+PublicTest}\n", "train.train_on", "may not train on it"),
+    (
+        "model: {arch: cnn}\ntrain: {train_on: {choice: [Training, Training+PublicTest]}}\n",
+        "train.train_on",
+        "may not train on it",
+    ),
+    ("model: {arch: cnn}\nsearch: {metric: accuracy}\n", "search.metric", "unknown metric 'accuracy'"),
+    ("model: {arch: cnn}\nsearch: {metric: val_loss, mode: max}\n", "search.mode", "contradicts"),
+    ("model: {arch: cnn}\nsearch: {metric: val_acc, mode: min}\n", "search.mode", "contradicts"),
+    ("model: {arch: cnn}\nsearch: {metric: lr}\n", "search.mode", "required"),
 ]
 
 

@@ -1,0 +1,134 @@
+"""What fer-tune adds to Ray Tune's search loop: Optuna told each trial's best epoch, and a time budget whose
+stops are recorded.
+
+- `BestEpochOptunaSearch`: Ray's `OptunaSearch` tells the study a trial's *last* result. A trial is selected
+  by its best epoch, so the study is told that; a trial that ended before its `train.epochs` without an error
+  (stopped by ASHA or by the time budget) is told as `TrialState.PRUNED` (its per-epoch values already reached
+  the study through `OptunaSearch.on_trial_result`).
+- `BudgetStopper`: Ray's `TimeoutStopper` (it stops running trials too), remembering that it fired.
+- `StopLog`: a driver-side callback that writes `stopped_by.json` in the search folder (trial id -> "time
+  budget") so the results tables can tell a trial cut by the budget from one ASHA stopped. Ray stops those
+  trials without telling the searcher either: StopLog tells it, so Optuna records them as pruned.
+
+These objects are pickled into Ray's `tuner.pkl` and searcher state: keep their names and modules.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.stopper import TimeoutStopper
+
+from fer_tune.results import STOPPED_BY_FILE, TIME_BUDGET, read_stopped_by
+
+
+class BestEpochOptunaSearch(OptunaSearch):
+    """OptunaSearch telling the study each trial's best value (per mode), early-stopped trials as pruned."""
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        super().on_trial_result(trial_id, result)
+        self._track(trial_id, result)
+        self._state("_fer_step")[trial_id] = result.get("training_iteration")
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        if result and not error and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            # Ray withholds the result on which the scheduler stopped a trial (ASHA at a rung, or at max_t)
+            # from on_trial_result: it arrives only here.
+            self._track(trial_id, result)
+            best = self._state("_fer_best").pop(trial_id, None)
+            if _epoch(result) < _planned_epochs(result):
+                value, step = result.get(self.metric), result.get("training_iteration", 0)
+                if _finite(value) and step != self._state("_fer_step").get(trial_id):
+                    self._ot_trials[trial_id].report(float(value), step)
+                result = None  # OptunaSearch tells a trial without a result (and no error) as PRUNED
+            elif best is not None:
+                result = {**result, self.metric: best}
+        self._state("_fer_best").pop(trial_id, None)
+        self._state("_fer_step").pop(trial_id, None)
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    def _track(self, trial_id: str, result: dict[str, Any]) -> None:
+        value = result.get(self.metric)
+        if not _finite(value):
+            return  # a NaN epoch is never the best one
+        best = self._state("_fer_best").get(trial_id)
+        if best is None or (value > best if self.mode == "max" else value < best):
+            self._state("_fer_best")[trial_id] = float(value)
+
+    def _state(self, name: str) -> dict[str, Any]:
+        """Per-trial bookkeeping (`_fer_best`: best value so far; `_fer_step`: last step told to Optuna),
+        saved with the searcher; set lazily, as a searcher restored from an older state file has none."""
+        return self.__dict__.setdefault(name, {})
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _epoch(result: dict[str, Any]) -> float:
+    epoch = result.get("epoch")
+    return float(epoch) if isinstance(epoch, (int, float)) else math.inf
+
+
+def _planned_epochs(result: dict[str, Any]) -> float:
+    """The trial's `train.epochs` (the searcher gets flattened results: `config/train/epochs`)."""
+    from fer_tune.config import TrainConfig
+
+    epochs = result.get("config/train/epochs", (result.get("config") or {}).get("train", {}).get("epochs"))
+    return float(epochs) if isinstance(epochs, (int, float)) else float(TrainConfig().epochs)
+
+
+class BudgetStopper(TimeoutStopper):
+    """Ray's TimeoutStopper (stops every trial when the budget is spent) that remembers having fired."""
+
+    fired: bool = False
+
+    def stop_all(self) -> bool:
+        self.fired = super().stop_all() or self.fired
+        return self.fired
+
+
+class StopLog(Callback):
+    """Records the trials the time budget stopped in `<search>/stopped_by.json` and tells the searcher.
+
+    Ray stops them without `on_trial_complete` (for callbacks and searchers alike), so the trials that had
+    not ended at the start of the step in which the budget ran out are the ones it stopped. This runs at the
+    end of that step, before Ray's final save of the searcher state.
+    """
+
+    def __init__(self, stopper: BudgetStopper | None, searcher: Any = None):
+        self.stopper = stopper
+        self.searcher = searcher  # told the stopped trials as OptunaSearch is told ASHA's (pruned)
+        self.ended: set[str] = set()
+        self.logged = False
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.stopper is not None and not self.stopper.fired:
+            self.ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.stopper is None or not self.stopper.fired or self.logged:
+            return
+        self.logged = True
+        cut = [t for t in trials if t.trial_id not in self.ended and t.status == "TERMINATED"]
+        if not cut:
+            return
+        if self.searcher is not None:
+            from ray.tune.utils import flatten_dict
+
+            for t in cut:
+                self.searcher.on_trial_complete(t.trial_id, result=flatten_dict(t.last_result or {}))
+        folder = Path(cut[0].path).parent  # the search folder, wherever it was resumed from
+        stopped = read_stopped_by(folder) | {t.trial_id: TIME_BUDGET for t in cut}
+        path = folder / STOPPED_BY_FILE
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(stopped, indent=1) + "\n")
+        os.replace(tmp, path)
