@@ -4,6 +4,7 @@
 # build) in .kit/. Run from the repository root on the GPU machine:
 #
 #     OUT=/some/dir DEADLINE=540 bash benchmarks/gpu_session.sh
+#     STAGES="retrain check-search" RETRAIN_CONFIG=results/reference/best_config.yaml bash benchmarks/gpu_session.sh
 #
 # Stages: install the kit; the GPU tests (tests/test_gpu.py, tests/test_packing.py on the real GPU);
 # bench_models.py --device cuda; bench_packing.py (resnet and vgg run configs, 1/2/4/8 trials on one GPU);
@@ -15,6 +16,9 @@ set -u
 OUT=${OUT:-/tmp/fer-tune-out}
 DEADLINE=${DEADLINE:-540}        # seconds from the start; stages that would end later are cut or skipped
 SEARCH_BUDGET=${SEARCH_BUDGET:-150}
+CHECK_BUDGET=${CHECK_BUDGET:-60}
+STAGES=${STAGES:-"gpu-tests bench-models bench-packing smoke-search reference-search retrain report"}
+RETRAIN_CONFIG=${RETRAIN_CONFIG:-/tmp/results/reference/best_config.yaml}
 mkdir -p "$OUT" /tmp/results
 exec > >(tee -a "$OUT/session.log") 2>&1
 T0=$(date +%s)
@@ -25,6 +29,7 @@ DATA=/tmp/fer2013.csv
 stage() {  # stage NAME LIMIT_S COMMAND...: run it under the smaller of LIMIT_S and what is left
   local name=$1 limit=$2 left s rc
   shift 2
+  case " $STAGES kit " in *" $name "*) ;; *) return ;; esac
   left=$((DEADLINE - ($(date +%s) - T0)))
   if [ "$left" -lt 25 ]; then
     echo "== $name: skipped, ${left}s left"
@@ -59,13 +64,16 @@ stage smoke-search 120 python3 -m fer_tune.cli --space smoke --data "$DATA" --gp
   --results "$RES" --name smoke-gpu
 stage reference-search $((SEARCH_BUDGET + 90)) python3 -m fer_tune.cli --space reference --data "$DATA" --gpus 1 \
   --gpus-per-trial auto --time-budget "${SEARCH_BUDGET}s" --results "$RES" --name reference
-if [ -f "$RES/reference/best_config.yaml" ]; then
+if [ -f "$RETRAIN_CONFIG" ]; then
   # Fixed epochs (the config's train.epochs), Training only; the three seeds share the GPU.
   left=$((DEADLINE - ($(date +%s) - T0) - 20))
-  stage retrain "$left" python3 -m fer_tune.cli retrain "$RES/reference/best_config.yaml" --data "$DATA" \
+  stage retrain "$left" python3 -m fer_tune.cli retrain "$RETRAIN_CONFIG" --data "$DATA" \
     --seeds 3 --jobs 3 --device cuda --out "$RES/reference/final"
 fi
 stage report 40 python3 -m fer_tune.cli report "$RES/reference"
+# A short search with everything on (auto packing, Optuna, ASHA, a time budget that cuts trials).
+stage check-search $((CHECK_BUDGET + 90)) python3 -m fer_tune.cli --space reference --data "$DATA" --gpus 1 \
+  --gpus-per-trial auto --time-budget "${CHECK_BUDGET:-60}s" --num-samples 8 --results "$RES" --name check
 
 # Weights as fp16 (under the 16 MB a file may be), the rest of the evidence as one archive.
 python3 - "$RES" "$OUT" <<'PY'

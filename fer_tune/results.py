@@ -354,7 +354,7 @@ def _cell(value: Any) -> str:
 def _write_config(folder: Path, row: pd.Series, rank: int, out: Path, sel: Selection) -> Path:
     config = trial_config(folder, row["trial_id"])
     provenance = {
-        "search": str(folder.resolve()),
+        "search": _shown(folder),
         "trial_id": row["trial_id"],
         "rank": rank,
         "ranked_by": f"{sel.metric} ({sel.mode}) of the best epoch",
@@ -373,3 +373,12 @@ def _write_config(folder: Path, row: pd.Series, rank: int, out: Path, sel: Selec
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return out
+
+
+def _shown(path: Path) -> str:
+    """A path as people should read it: relative to the working directory when inside it, else absolute."""
+    path = path.resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
