@@ -275,6 +275,8 @@ def _trial_row(
             reason = "completed"
         elif stopped_by:  # fer-tune's own record: the time budget ran out while it ran
             reason = f"stopped by {stopped_by}"
+        elif epochs == 0:  # no scheduler stops a trial before its first result: the search ended first
+            reason = "ended before its first epoch"
         else:
             reason = "stopped by ASHA" if scheduler == "asha" else "stopped early"
     else:

@@ -187,3 +187,10 @@ def test_time_budget_stops_running_trials_and_says_so(ray_cluster, tmp_path: Pat
     with open(next(folder.glob("searcher-state-*.pkl")), "rb") as f:  # our own search: trusted
         study = pickle.load(f)["_ot_study"]
     assert [t.state for t in study.get_trials()] == [TrialState.PRUNED] * 2
+
+
+def test_trials_the_search_never_started_are_not_blamed_on_asha() -> None:
+    """The committed GPU search: 3 trials completed; Ray ended it before 4 others ran an epoch."""
+    trials, _ = load_results(Path(__file__).resolve().parents[1] / "results" / "reference")
+    assert sorted(trials["stop_reason"]) == ["completed"] * 3 + ["ended before its first epoch"] * 4
+    assert (trials[trials["stop_reason"] == "completed"]["epochs"] == 30).all()
