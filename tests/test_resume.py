@@ -36,10 +36,10 @@ if sys.argv and sys.argv[0].endswith("default_worker.py"):
         if config["train"]["lr"] == 0.0123:
             raise RuntimeError("injected fault")
         return _train(config, data, **kwargs)
-    def train_one_epoch(model, opt, sched, images, labels, cfg, norm, epoch, bar=None):
+    def train_one_epoch(model, opt, sched, images, labels, cfg, norm, epoch, *args, **kwargs):
         with open(os.environ["FER_TUNE_EPOCH_LOG"], "a") as log:
             log.write(f"{cfg.train.lr} {epoch}\\n")
-        return _train_one_epoch(model, opt, sched, images, labels, cfg, norm, epoch, bar)
+        return _train_one_epoch(model, opt, sched, images, labels, cfg, norm, epoch, *args, **kwargs)
     t.train, t.train_one_epoch = train, train_one_epoch
 """
 
