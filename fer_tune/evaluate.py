@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fer_tune.augment import center_crop, crop_at, normalize
+from fer_tune.checkpoint import load_model
 from fer_tune.data import EMOTIONS, FER2013, load_fer2013
 from fer_tune.device import Precision, resolve_device
 from fer_tune.errors import DataError, check_writable
-from fer_tune.train import channels_last, load_model, to_device
+from fer_tune.train import channels_last, to_device
 
 TTA = ("none", "flip", "tencrop")
 

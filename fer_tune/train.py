@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import pickle
-import re
 import shutil
 import tempfile
 import time
@@ -36,10 +33,11 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from fer_tune.augment import augment_batch, eval_batch, normalize
+from fer_tune.checkpoint import atomic_save, atomic_write, model_meta, restore, rng_state
 from fer_tune.config import RunConfig, TrainConfig, as_run_config
 from fer_tune.data import FER2013
-from fer_tune.device import Precision, resolve_device, setup_device
-from fer_tune.errors import ConfigError, DataError, OutputError
+from fer_tune.device import Precision, setup_device
+from fer_tune.errors import DataError
 from fer_tune.models import build_model
 
 ReportFn = Callable[[dict[str, Any], Path], None]
@@ -54,9 +52,6 @@ METRIC_KEYS = (
     "epoch_seconds",
     "images_per_second",
 )
-CHECKPOINT_KEYS = ("config", "model", "optimizer", "scheduler", "plateau", "rng", "history")
-# What torch.load raises for a cut file (RuntimeError, EOFError, OSError EINVAL) or a foreign one (KeyError).
-LOAD_ERRORS = (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError, TypeError)
 CUDA_CHECK_EVERY = 25  # steps between non-finite-loss checks on CUDA (a check is a host-device sync)
 
 
@@ -367,122 +362,6 @@ def run_epoch(
     return metrics
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """`write(f)` to a temporary file in the same folder, then rename: readers never see half a file.
-
-    A full or read-only disk ends the run with one OutputError; the previous epoch's file stays whole.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:  # a Python file: ENOSPC comes as OSError, not torch's "unexpected pos"
-            write(f)
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write: {e.strerror or e} (the last whole one is kept)") from None
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    _atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return {"torch": torch.get_rng_state(), "cuda": cuda}
-
-
-def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
-
-
-def _first_difference(a: Any, b: Any, key: str = "") -> str | None:
-    """Dotted path of the first key where two nested config dicts differ."""
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        for k in [*a, *(k for k in b if k not in a)]:
-            diff = _first_difference(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
-            if diff:
-                return diff
-        return None
-    return None if a == b else key
-
-
-def _one_line(e: BaseException) -> str:
-    """`Type: first sentence` of an exception: torch's messages run to paragraphs of advice."""
-    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "").split(". ")[0].rstrip(".")
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
-
-
-def read_torch_file(path: Path, what: str, keys: tuple[str, ...], device: Any = "cpu") -> dict[str, Any]:
-    """`torch.load(weights_only=True)` of a dict fer-tune wrote, with `keys`; else DataError naming it."""
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
-    try:
-        obj = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        # weights_only refuses arbitrary classes (running their code is what a malicious file would do).
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        held = f"a pickled {found.group(1)}" if found else "pickled Python objects"
-        raise DataError(f"{path}: not a {what}: it holds {held}, which fer-tune does not unpickle") from None
-    except LOAD_ERRORS as e:
-        raise DataError(f"{path}: not a {what}, truncated or corrupt ({_one_line(e)})") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: not a {what}: it holds a {type(obj).__name__}, not fer-tune's dict")
-    missing = [k for k in keys if k not in obj]
-    if missing:
-        hint = " (a bare state_dict?)" if all(isinstance(v, torch.Tensor) for v in obj.values()) else ""
-        raise DataError(f"{path}: not a {what}: no `{'`, `'.join(missing)}`{hint}")
-    return obj
-
-
-def _resume(
-    resume: str | Path,
-    cfg: RunConfig,
-    device: torch.device,
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    schedulers: dict[str, Any],
-) -> list[dict[str, Any]]:
-    """Restore model, optimizer, schedulers and RNG from a checkpoint of the same config; its history."""
-    path = Path(resume)
-    path = path / "checkpoint.pt" if path.is_dir() else path
-    if not path.is_file():
-        raise DataError(f"{path}: no such checkpoint")
-    ckpt = read_torch_file(path, "fer-tune checkpoint", CHECKPOINT_KEYS, device)
-    diff = _first_difference(cfg.to_dict(), ckpt["config"])
-    if diff:
-        raise ConfigError(f"{diff}: differs from the config of the checkpoint being resumed ({path})")
-    try:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        for key, s in schedulers.items():
-            if s is not None and ckpt.get(key) is not None:  # no scaler state: an fp32/bf16 run
-                s.load_state_dict(ckpt[key])
-        _set_rng_state(ckpt["rng"], device)
-        return list(ckpt["history"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:  # edited or from another fer-tune version
-        raise DataError(f"{path}: does not fit its config ({_one_line(e)})") from None
-
-
-def _model_meta(cfg: RunConfig, history: list[dict], state: dict[str, Any]) -> dict[str, Any]:
-    best = max((h for h in history if not math.isnan(h["val_acc"])), key=lambda h: h["val_acc"], default=None)
-    return {
-        "arch": cfg.model.arch,
-        "config": cfg.to_dict(),
-        "epoch": len(history),
-        "metrics": history[-1] if history else {},
-        "history": history,
-        "best_val_acc": best["val_acc"] if best else math.nan,
-        "best_epoch": best["epoch"] if best else None,
-        **state,
-    }
-
-
 def train(
     config: RunConfig | Mapping[str, Any],
     data: FER2013,
@@ -526,7 +405,7 @@ def train(
     history: list[dict[str, Any]] = []
     if resume is not None:
         schedulers = {"scheduler": sched, "plateau": plateau, "scaler": scaler}
-        history = _resume(resume, cfg, dev, model, opt, schedulers)
+        history = restore(resume, cfg, dev, model, opt, schedulers)
 
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -537,7 +416,7 @@ def train(
         history.append(metrics)
         _save_epoch(model, opt, (sched, plateau, scaler), cfg, history, d.state, dev, out, report)
 
-    meta = _model_meta(cfg, history, d.state)
+    meta = model_meta(cfg, history, d.state)
     return {
         "best_val_acc": meta["best_val_acc"],
         "best_epoch": meta["best_epoch"],
@@ -571,16 +450,16 @@ def _save_epoch(
         "scheduler": sched.state_dict() if sched is not None else None,
         "plateau": plateau.state_dict() if plateau is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": _rng_state(dev),
+        "rng": rng_state(dev),
         "history": history,
         **state,
     }
     if out is not None:
-        _atomic_save(ckpt, out / "checkpoint.pt")
+        atomic_save(ckpt, out / "checkpoint.pt")
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        _atomic_save({"state_dict": weights, **_model_meta(cfg, history, state)}, out / "model.pt")
+        atomic_save({"state_dict": weights, **model_meta(cfg, history, state)}, out / "model.pt")
         csv = pd.DataFrame(history, columns=list(METRIC_KEYS)).to_csv(index=False).encode()
-        _atomic_write(out / "metrics.csv", lambda f: f.write(csv))
+        atomic_write(out / "metrics.csv", lambda f: f.write(csv))
     if report is not None:
         folder = Path(tempfile.mkdtemp(prefix="fer-tune-ckpt-"))
         try:
@@ -591,31 +470,3 @@ def _save_epoch(
             report(dict(history[-1]), folder)
         finally:
             shutil.rmtree(folder, ignore_errors=True)  # Ray has copied it into the trial's storage
-
-
-def load_model(
-    path: str | Path, device: str | torch.device | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained model from `model.pt` (or its folder); returns (model in eval mode, meta).
-
-    meta holds `config` (the run config dict), `arch`, `metrics` (last epoch), `history`, `epoch`,
-    `best_val_acc`, `best_epoch`, `mean`, `std`, `input_size`, `val_held_out` and `data`.
-    """
-    path = Path(path)
-    file = path / "model.pt" if path.is_dir() else path
-    if not file.is_file():
-        raise DataError(f"{file}: no such model file")
-    obj = read_torch_file(file, "fer-tune model.pt", ("state_dict", "config"))
-    weights = obj.pop("state_dict")
-    try:
-        model = build_model(obj["config"]["model"])
-    except (ConfigError, KeyError, TypeError) as e:
-        raise DataError(f"{file}: its config does not describe a model ({_one_line(e)})") from None
-    try:
-        model.load_state_dict(weights)
-    except (RuntimeError, TypeError, AttributeError) as e:
-        # "Error(s) in loading state_dict for X:" then one line per mismatch: the first says what is wrong.
-        lines = [ln.strip().rstrip(".") for ln in str(e).splitlines()[1:] if ln.strip()] or [_one_line(e)]
-        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
-        raise DataError(f"{file}: weights do not fit its config: {lines[0]}{more}") from None
-    return model.to(resolve_device(device), memory_format=torch.channels_last).eval(), obj

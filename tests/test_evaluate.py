@@ -11,6 +11,7 @@ import torch
 from conftest import make_fer
 
 from fer_tune.augment import normalize
+from fer_tune.checkpoint import load_model
 from fer_tune.cli import main
 from fer_tune.data import EMOTIONS, FER2013, save_image_folder
 from fer_tune.errors import DataError
@@ -23,7 +24,7 @@ from fer_tune.evaluate import (
     save_confusion_png,
     tta_views,
 )
-from fer_tune.train import load_model, train
+from fer_tune.train import train
 
 TINY_MODEL = {"arch": "cnn", "kernels": [8, 16], "head_width": 0}
 

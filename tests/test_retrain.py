@@ -9,11 +9,11 @@ import yaml
 from conftest import make_fer
 from test_report import tiny_search_fixture  # noqa: F401  (the tiny search both files use)
 
+from fer_tune.checkpoint import load_model
 from fer_tune.cli import main
 from fer_tune.config import RunConfig
 from fer_tune.data import save_csv
 from fer_tune.retrain import retrain
-from fer_tune.train import load_model
 
 TINY = {
     "model": {"arch": "cnn", "kernels": [8, 16], "head_width": 0, "dropout": 0.0},

@@ -15,6 +15,7 @@ import yaml
 from conftest import make_fer
 
 from fer_tune import augment
+from fer_tune.checkpoint import load_model
 from fer_tune.cli import main
 from fer_tune.config import AugmentConfig, RunConfig, TrainConfig
 from fer_tune.data import EMOTIONS, FER2013, load_fer2013
@@ -24,7 +25,6 @@ from fer_tune.train import (
     METRIC_KEYS,
     build_optimizer,
     build_schedulers,
-    load_model,
     pixel_stats,
     stratified_subset,
     train,
