@@ -22,6 +22,9 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle", "plateau", "step")
 TRAIN_ON = ("Training", "Training+PublicTest")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+CLASS_WEIGHTS = ("none", "inverse", "sqrt")
+LOSSES = ("ce", "focal")
+SAMPLERS = ("shuffle", "balanced")
 IGNORED_KEYS = ("provenance",)  # written by `fer-tune export`, read by people, ignored by training
 
 
@@ -66,6 +69,12 @@ class TrainConfig:
     grad_clip: float = _field(0.0, float, "max gradient L2 norm; 0 = off")
     subset: int | None = _field(None, int, "train on a stratified subset of this many images", optional=True)
     train_on: str = _field("Training", str, "Training | Training+PublicTest (final retrain only)")
+    class_weights: str = _field(
+        "none", str, "none | inverse | sqrt: loss weight per class from its training count (rare counts more)"
+    )
+    loss: str = _field("ce", str, "ce | focal: cross-entropy, or scaled by (1 - p_true)^focal_gamma")
+    focal_gamma: float = _field(2.0, float, "focal loss: how much confident examples are discounted (0: ce)")
+    sampler: str = _field("shuffle", str, "shuffle | balanced: classes drawn equally often, with replacement")
     precision: str = _field(
         "auto", str, "auto | bf16 | fp16 | fp32; auto: bf16 on GPUs of compute capability >= 8, fp16 with a "
         "gradient scaler on older ones, fp32 on CPU"
@@ -106,6 +115,10 @@ class TrainConfig:
             f"must be >= 7 (one per class), got {self.subset}",
         )
         check(self.train_on in TRAIN_ON, f"{p}.train_on", f"must be one of {TRAIN_ON}, got {self.train_on!r}")
+        for key, allowed in (("class_weights", CLASS_WEIGHTS), ("loss", LOSSES), ("sampler", SAMPLERS)):
+            value = getattr(self, key)
+            check(value in allowed, f"{p}.{key}", f"must be one of {allowed}, got {value!r}")
+        check(0 <= self.focal_gamma <= 10, f"{p}.focal_gamma", f"must be in [0, 10], got {self.focal_gamma}")
         check(
             self.precision in PRECISIONS,
             f"{p}.precision",

@@ -28,6 +28,7 @@ from fer_tune.checkpoint import load_model
 from fer_tune.data import EMOTIONS, FER2013, load_fer2013
 from fer_tune.device import Precision, resolve_device
 from fer_tune.errors import DataError, check_writable
+from fer_tune.metrics import classification_metrics
 from fer_tune.train import channels_last, to_device
 
 TTA = ("none", "flip", "tencrop")
@@ -72,26 +73,6 @@ def predict_logits(
             logits = torch.stack([model(channels_last(v)).float() for v in views]).mean(0)
         out.append(logits.float())
     return torch.cat(out) if out else torch.zeros(0, len(EMOTIONS), device=dev)
-
-
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
-    """n, accuracy, macro-F1 (over classes present in truth or prediction), per-class recall, confusion."""
-    k = len(EMOTIONS)
-    cm = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)  # rows: true, cols: predicted
-    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        recall = tp / support
-        precision = tp / predicted
-        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
-    present = (support + predicted) > 0
-    n = int(cm.sum())
-    return {
-        "n": n,
-        "accuracy": float(tp.sum() / n) if n else math.nan,
-        "macro_f1": float(f1[present].mean()) if present.any() else math.nan,
-        "recall": {name: float(r) for name, r in zip(EMOTIONS, recall, strict=True)},
-        "confusion": cm.tolist(),
-    }
 
 
 def evaluate_model(

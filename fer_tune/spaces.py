@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from fer_tune.config import RunConfig
+from fer_tune.data import EMOTIONS
 from fer_tune.errors import ConfigError, FerTuneError, check
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform", "qloguniform")
@@ -39,6 +40,8 @@ METRIC_MODES: dict[str, str | None] = {
     "train_acc": "max",
     "clean_train_acc": "max",
     "train_loss": "min",
+    "val_macro_f1": "max",
+    **{f"val_recall_{c}": "max" for c in EMOTIONS},
     "images_per_second": "max",
     "epoch_seconds": "min",
     "lr": None,

@@ -132,7 +132,8 @@ def test_the_committed_search_still_reads_as_it_did(smoke_copy: Path) -> None:
     trials, _ = load_results(smoke_copy)
     before = pd.read_csv(SMOKE / "trials.csv")
     # Config keys added since (with their defaults) add columns; nothing else changes.
-    assert set(trials.columns) - set(before.columns) == {"config/train/precision"}
+    added = {"precision", "class_weights", "loss", "focal_gamma", "sampler"}
+    assert set(trials.columns) - set(before.columns) == {f"config/train/{k}" for k in added}
     assert [c for c in trials.columns if c in set(before.columns)] == before.columns.tolist()
     for col in ("trial_id", "status", "stop_reason", "best_epoch", "epochs"):
         assert trials[col].tolist() == before[col].tolist(), col

@@ -1,0 +1,39 @@
+"""Classification scores from a confusion matrix: one definition for the per-epoch metrics and `evaluate`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from fer_tune.data import EMOTIONS
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int = len(EMOTIONS)) -> np.ndarray:
+    """(k, k) counts; rows: true class, columns: predicted class."""
+    return np.bincount(np.asarray(y_true) * k + np.asarray(y_pred), minlength=k * k).reshape(k, k)
+
+
+def scores(cm: np.ndarray) -> dict[str, Any]:
+    """n, accuracy, macro-F1 (over classes present in truth or prediction), per-class recall, confusion."""
+    cm = np.asarray(cm)
+    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = tp / support
+        precision = tp / predicted
+        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
+    present = (support + predicted) > 0
+    n = int(cm.sum())
+    return {
+        "n": n,
+        "accuracy": float(tp.sum() / n) if n else math.nan,
+        "macro_f1": float(f1[present].mean()) if present.any() else math.nan,
+        "recall": {name: float(r) for name, r in zip(EMOTIONS, recall, strict=True)},
+        "confusion": cm.tolist(),
+    }
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    """`scores` of the confusion matrix of labels and predictions."""
+    return scores(confusion(y_true, y_pred))
