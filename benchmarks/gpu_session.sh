@@ -62,7 +62,8 @@ stage bench-models 60 python3 benchmarks/bench_models.py --device cuda --batch 1
 stage bench-packing 100 python3 benchmarks/bench_packing.py --seconds 3 --json "$OUT/packing.json"
 stage smoke-search 120 python3 -m fer_tune.cli --space smoke --data "$DATA" --gpus 1 --gpus-per-trial 0.25 \
   --results "$RES" --name smoke-gpu
-stage reference-search $((SEARCH_BUDGET + 90)) python3 -m fer_tune.cli --space reference --data "$DATA" --gpus 1 \
+# Limits: the budget, plus Ray's start and the packing probe (about 30 s a family on the H200), plus the end.
+stage reference-search $((SEARCH_BUDGET + 180)) python3 -m fer_tune.cli --space reference --data "$DATA" --gpus 1 \
   --gpus-per-trial auto --time-budget "${SEARCH_BUDGET}s" --results "$RES" --name reference
 if [ -f "$RETRAIN_CONFIG" ]; then
   # Fixed epochs (the config's train.epochs), Training only; the three seeds share the GPU.
@@ -72,7 +73,7 @@ if [ -f "$RETRAIN_CONFIG" ]; then
 fi
 stage report 40 python3 -m fer_tune.cli report "$RES/reference"
 # A short search with everything on (auto packing, Optuna, ASHA, a time budget that cuts trials).
-stage check-search $((CHECK_BUDGET + 90)) python3 -m fer_tune.cli --space reference --data "$DATA" --gpus 1 \
+stage check-search $((CHECK_BUDGET + 180)) python3 -m fer_tune.cli --space reference --data "$DATA" --gpus 1 \
   --gpus-per-trial auto --time-budget "${CHECK_BUDGET:-60}s" --num-samples 8 --results "$RES" --name check
 
 # Weights as fp16 (under the 16 MB a file may be), the rest of the evidence as one archive.

@@ -151,7 +151,6 @@ def model_meta(cfg: RunConfig, history: list[dict], state: dict[str, Any]) -> di
     }
 
 
-
 def load_model(
     path: str | Path, device: str | torch.device | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:

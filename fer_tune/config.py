@@ -115,15 +115,11 @@ class TrainConfig:
             f"must be >= 7 (one per class), got {self.subset}",
         )
         check(self.train_on in TRAIN_ON, f"{p}.train_on", f"must be one of {TRAIN_ON}, got {self.train_on!r}")
-        for key, allowed in (("class_weights", CLASS_WEIGHTS), ("loss", LOSSES), ("sampler", SAMPLERS)):
+        choices = {"class_weights": CLASS_WEIGHTS, "loss": LOSSES, "sampler": SAMPLERS}
+        for key, allowed in {**choices, "precision": PRECISIONS}.items():
             value = getattr(self, key)
             check(value in allowed, f"{p}.{key}", f"must be one of {allowed}, got {value!r}")
         check(0 <= self.focal_gamma <= 10, f"{p}.focal_gamma", f"must be in [0, 10], got {self.focal_gamma}")
-        check(
-            self.precision in PRECISIONS,
-            f"{p}.precision",
-            f"must be one of {PRECISIONS}, got {self.precision!r}",
-        )
 
     @property
     def train_usages(self) -> tuple[str, ...]:

@@ -217,13 +217,3 @@ def auto_shares(
             f"({time.time() - t0:.0f} s)"
         )
     return shares
-
-
-def slots_per_gpu(shares: Mapping[str, float]) -> int:
-    """The most trials one GPU holds at once under `shares` (for the search's concurrency)."""
-    return max(1, *(round(1 / s) for s in shares.values())) if shares else 1
-
-
-def is_auto(value: Any) -> bool:
-    return isinstance(value, str) and value == "auto"
-

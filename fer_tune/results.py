@@ -22,8 +22,8 @@ import yaml
 
 from fer_tune.config import RunConfig
 from fer_tune.errors import DataError, FerTuneError
-from fer_tune.spaces import METRIC_MODES
 from fer_tune.train import METRIC_KEYS as METRICS
+from fer_tune.train import METRIC_MODES
 
 STOPPED_BY_FILE = "stopped_by.json"  # trial id -> "time budget", written by fer_tune.hooks.StopLog
 TIME_BUDGET = "time budget"

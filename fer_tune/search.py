@@ -59,25 +59,17 @@ def find_data(flag: str | None, space_data: str | None) -> Path:
     )
 
 
-def fer_trial(
-    config: dict[str, Any],
-    data: FER2013,
-    cpus_per_trial: float,
-    gpus_per_trial: float,
-    gpu_shares: dict[str, float] | None = None,
-) -> None:
+def fer_trial(config: dict[str, Any], data: FER2013, resources: TrialResources) -> None:
     """The Ray Tune trainable: train the sampled run config, reporting and checkpointing every epoch.
 
-    `gpu_shares` (model family -> GPU share) overrides `gpus_per_trial` for the families it names, as the
-    trial's resource request did (`TrialResources`).
+    `resources` is what the trial asked Ray for (its CPUs, and its model family's GPU share).
     """
     import ray.tune
 
     from fer_tune.device import trial_device
     from fer_tune.train import train
 
-    arch = (config.get("model") or {}).get("arch")
-    gpus_per_trial = (gpu_shares or {}).get(arch, gpus_per_trial)
+    cpus_per_trial, gpus_per_trial = resources.cpus, resources.gpus_for(config)
     # A trial given a GPU trains on it or fails with one line; it never falls back to the CPU silently.
     device = trial_device(gpus_per_trial)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
@@ -288,14 +280,10 @@ def _trainable(space: Space, data: FER2013) -> Any:
     from ray import tune
 
     r = space.resources
-    fn = tune.with_parameters(
-        fer_trial,
-        data=data.split(*TRIAL_SPLITS),  # PrivateTest stays in the driver: no trial can score on it
-        cpus_per_trial=r.cpus_per_trial,
-        gpus_per_trial=r.gpus_per_trial,
-        gpu_shares=r.gpu_shares,
-    )
-    return tune.with_resources(fn, TrialResources(r.cpus_per_trial, r.gpus_per_trial, r.gpu_shares))
+    resources = TrialResources(r.cpus_per_trial, r.gpus_per_trial, r.gpu_shares)
+    # PrivateTest stays in the driver: no trial can score on it.
+    fn = tune.with_parameters(fer_trial, data=data.split(*TRIAL_SPLITS), resources=resources)
+    return tune.with_resources(fn, resources)
 
 
 class TrialResources:
@@ -304,11 +292,14 @@ class TrialResources:
     def __init__(self, cpus: float, gpus: float, shares: dict[str, float] | None) -> None:
         self.cpus, self.gpus, self.shares = cpus, gpus, dict(shares or {})
 
+    def gpus_for(self, config: dict[str, Any]) -> float:
+        """The GPU share of a trial of this config's model family."""
+        return self.shares.get((config.get("model") or {}).get("arch"), self.gpus)
+
     def __call__(self, config: dict[str, Any]) -> Any:
         from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
 
-        arch = (config.get("model") or {}).get("arch")
-        return resource_dict_to_pg_factory({"cpu": self.cpus, "gpu": self.shares.get(arch, self.gpus)})
+        return resource_dict_to_pg_factory({"cpu": self.cpus, "gpu": self.gpus_for(config)})
 
 
 def progress_columns(space: Space, limit: int = 8) -> list[str]:

@@ -24,29 +24,14 @@ from typing import Any
 import yaml
 
 from fer_tune.config import RunConfig
-from fer_tune.data import EMOTIONS
 from fer_tune.errors import ConfigError, FerTuneError, check
+from fer_tune.train import METRIC_MODES
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform", "qloguniform")
 GROUPS = ("model", "train", "augment", "seed")
 TOP_KEYS = (*GROUPS, "search", "resources", "data")
 ALGORITHMS = ("optuna", "random", "grid")
 SCHEDULERS = ("asha", "none")
-# The direction of every metric a trial reports each epoch (fer_tune.train.METRIC_KEYS; a test keeps the two
-# in step). None: no natural direction, so `search.mode` must give it.
-METRIC_MODES: dict[str, str | None] = {
-    "val_acc": "max",
-    "val_loss": "min",
-    "train_acc": "max",
-    "clean_train_acc": "max",
-    "train_loss": "min",
-    "val_macro_f1": "max",
-    **{f"val_recall_{c}": "max" for c in EMOTIONS},
-    "images_per_second": "max",
-    "epoch_seconds": "min",
-    "lr": None,
-    "epoch": None,
-}
 _PRIMITIVE = (type(None), bool, int, float, str)
 
 
@@ -93,11 +78,6 @@ class Resources:
     # None: 1 when the search uses GPUs, else 0; "auto": measured per family (fer_tune.packing)
     gpus_per_trial: float | str | None = None
     gpu_shares: dict[str, float] | None = None  # per family, over gpus_per_trial ("auto" fills it)
-
-    def share(self, arch: str) -> float:
-        """The GPU share of a trial of family `arch`."""
-        shares = self.gpu_shares or {}
-        return float(shares.get(arch, self.gpus_per_trial or 0.0))
 
 
 @dataclass

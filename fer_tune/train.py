@@ -42,19 +42,22 @@ from fer_tune.metrics import scores
 from fer_tune.models import build_model
 
 ReportFn = Callable[[dict[str, Any], Path], None]
-METRIC_KEYS = (
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "clean_train_acc",
-    "val_loss",
-    "val_acc",
-    "val_macro_f1",
-    *(f"val_recall_{c}" for c in EMOTIONS),  # the rare classes (disgust: 1.5% of Training) show here
-    "lr",
-    "epoch_seconds",
-    "images_per_second",
-)
+# Every metric a trial reports each epoch, in metrics.csv's order, with its direction for `search.metric`
+# (None: no natural direction, so `search.mode` must give it).
+METRIC_MODES: dict[str, str | None] = {
+    "epoch": None,
+    "train_loss": "min",
+    "train_acc": "max",
+    "clean_train_acc": "max",
+    "val_loss": "min",
+    "val_acc": "max",
+    "val_macro_f1": "max",
+    **{f"val_recall_{c}": "max" for c in EMOTIONS},  # the rare classes (disgust: 1.5% of Training) show here
+    "lr": None,
+    "epoch_seconds": "min",
+    "images_per_second": "max",
+}
+METRIC_KEYS = tuple(METRIC_MODES)
 CUDA_CHECK_EVERY = 25  # steps between non-finite-loss checks on CUDA (a check is a host-device sync)
 
 

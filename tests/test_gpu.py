@@ -114,7 +114,7 @@ def test_trial_adapter_asks_for_the_packed_share(fake_cuda, monkeypatch, tiny_da
         setup_device(kwargs["device"], "auto", kwargs["gpu_fraction"])  # the branch train() runs first
 
     monkeypatch.setattr(train_mod, "train", spy)
-    search.fer_trial(TINY, tiny_data, cpus_per_trial=1, gpus_per_trial=0.25)
+    search.fer_trial(TINY, tiny_data, search.TrialResources(1, 0.25, None))
     assert seen["device"] == torch.device("cuda", 0) and seen["gpu_fraction"] == 0.25
     assert fake.fractions == {0: pytest.approx(0.25 * MEMORY_SAFETY)}
 

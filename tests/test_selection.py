@@ -148,7 +148,7 @@ def test_the_committed_search_still_reads_as_it_did(smoke_copy: Path) -> None:
 def test_trials_are_given_no_privatetest(ray_cluster, monkeypatch) -> None:
     seen = {}
 
-    def capture(config, data, cpus_per_trial, gpus_per_trial, **kwargs):
+    def capture(config, data, resources):
         seen["splits"] = data.splits
 
     monkeypatch.setattr(search, "fer_trial", capture)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import make_fer
 
-from fer_tune.search import fer_trial
+from fer_tune.search import TrialResources, fer_trial
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -29,7 +29,7 @@ def test_a_trial_restored_from_a_truncated_checkpoint_fails_naming_it(ray_cluste
             (folder / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut off mid-write")
             tune.report({"epoch": 0}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
             raise RuntimeError("the node went away")  # Ray retries from the checkpoint above
-        fer_trial(config, data, cpus_per_trial=1, gpus_per_trial=0)
+        fer_trial(config, data, TrialResources(1, 0, None))
 
     grid = tune.Tuner(
         tune.with_resources(first_a_truncated_checkpoint, {"cpu": 1}),
