@@ -95,8 +95,9 @@ class TrainConfig:
         check(
             self.schedule in SCHEDULES, f"{p}.schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}"
         )
+        # onecycle has its own warm-up and ignores warmup_epochs: `--epochs 1` must not trip on its default.
         check(
-            0 <= self.warmup_epochs < self.epochs,
+            self.warmup_epochs >= 0 and (self.warmup_epochs < self.epochs or self.schedule == "onecycle"),
             f"{p}.warmup_epochs",
             f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}",
         )

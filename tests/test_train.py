@@ -356,3 +356,10 @@ def test_disk_full_mid_run_is_one_error_and_keeps_the_last_checkpoint(
         train(tiny(2, aug=NO_AUG), tiny_data, out_dir=tmp_path)
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1  # epoch 1's, whole
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_one_epoch_onecycle_run_ignores_the_warmup_it_does_not_use() -> None:
+    """`fer-tune train configs/cpu_small.yaml --epochs 1`: onecycle warms up by itself."""
+    assert RunConfig.from_dict({"model": TINY_MODEL, "train": {"epochs": 1, "schedule": "onecycle"}})
+    with pytest.raises(ConfigError, match="train.warmup_epochs: must be in"):
+        RunConfig.from_dict({"model": TINY_MODEL, "train": {"epochs": 1, "schedule": "cosine"}})
