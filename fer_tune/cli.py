@@ -45,9 +45,15 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from fer_tune.evaluate import evaluate_dir, format_metrics
+    from fer_tune.ensemble import model_files
+    from fer_tune.evaluate import evaluate_dir, evaluate_ensemble, format_ensemble, format_metrics
 
     _check_device(args.device)
+    if len(model_files(args.model)) > 1:  # a retrain folder: each seed and their ensemble
+        ttas = tuple(dict.fromkeys(("none", "flip", args.tta)))
+        result = evaluate_ensemble(args.model, args.data, ttas=ttas, out_dir=args.out, device=args.device)
+        print(format_ensemble(result))
+        return 0
     metrics = evaluate_dir(args.model, args.data, tta=args.tta, out_dir=args.out, device=args.device)
     print(format_metrics(metrics))
     return 0
@@ -164,7 +170,11 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     train.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
 
     evaluate = parser("evaluate", "Evaluate a trained model on every Usage split present in the data.")
-    evaluate.add_argument("model", help="a model folder (with model.pt) or a model.pt file")
+    evaluate.add_argument(
+        "model",
+        help="a model folder (with model.pt), a model.pt file, or a retrain folder (seed_<s>/model.pt): "
+        "then each seed and their ensemble are scored without and with flip TTA",
+    )
     evaluate.add_argument("--data", required=True, help="FER2013 CSV or image folder")
     evaluate.add_argument(
         "--tta", choices=["none", "flip", "tencrop"], default="none", help="test-time augmentation"

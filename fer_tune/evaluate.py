@@ -165,6 +165,91 @@ def evaluate_dir(
     return result
 
 
+def evaluate_ensemble(
+    path: str | Path,
+    data: str | Path | FER2013,
+    *,
+    ttas: tuple[str, ...] = ("none", "flip"),
+    out_dir: str | Path | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Score each seed of a retrain folder and their ensemble (`fer_tune.ensemble`), each TTA, every split.
+
+    The ensemble is the mean of the seeds' softmax probabilities (averaged over the TTA views of each seed).
+    Returns {"model", "members", "data", "ttas", "results": {member | "ensemble": {tta: {split: metrics}}},
+    "table"}; it is written to `out_dir/metrics.json` (default: the folder), under the key "evaluation" when
+    that file already holds the retrain's report, so the report stays whole.
+    """
+    from fer_tune.ensemble import Ensemble, load_models
+
+    path = Path(path)
+    members = load_models(path, device=device)
+    out = Path(out_dir) if out_dir is not None else path
+    check_writable(out, "--out" if out_dir is not None else "model folder")
+    data = data if isinstance(data, FER2013) else load_fer2013(data)
+    if len(data) and (data.labels.min() < 0 or data.labels.max() >= len(EMOTIONS)):
+        raise DataError(f"{data.source or 'dataset'}: images without labels (0..6) cannot be evaluated")
+    dev = resolve_device(device)
+    meta = members[0][2]
+    results: dict[str, dict[str, Any]] = {name: {} for name, _, _ in members} | {"ensemble": {}}
+    for split in data.splits:
+        part = data.split(split)
+        images = to_device(part.images, dev)
+        for tta in ttas:
+            probs = []
+            for name, model, m in members:
+                p = predict_logits(model.to(dev), m, images, tta).softmax(-1)
+                results[name].setdefault(tta, {})[split] = classification_metrics(
+                    part.labels, p.argmax(1).cpu().numpy()
+                )
+                probs.append(p)
+            # Ensemble.forward's rule, applied to the views' mean of each seed: mean of probabilities.
+            mean = torch.stack(probs).mean(0)
+            results["ensemble"].setdefault(tta, {})[split] = classification_metrics(
+                part.labels, mean.argmax(1).cpu().numpy()
+            )
+    table = [
+        {"model": name, "tta": tta, "split": split, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+        for name, by_tta in results.items()
+        for tta, splits in by_tta.items()
+        for split, m in splits.items()
+    ]
+    result = {
+        "model": str(path),
+        "members": [name for name, _, _ in members],
+        "arch": meta["arch"],
+        "ensemble": f"{Ensemble.__module__}.Ensemble: mean of the members' softmax probabilities",
+        "data": data.source,
+        "ttas": list(ttas),
+        "results": results,
+        "table": table,
+    }
+    file = out / "metrics.json"
+    previous = _read_json(file)
+    doc = previous | {"evaluation": result} if "per_seed" in previous else result
+    file.write_text(json.dumps(_json_safe(doc), indent=2) + "\n")
+    return result
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        obj = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def format_ensemble(result: Mapping[str, Any]) -> str:
+    """Accuracy (and macro-F1) per member and TTA (rows) and split (columns) of evaluate_ensemble's result."""
+    table = pd.DataFrame(result["table"])
+    wide = table.pivot_table(
+        index=["model", "tta"], columns="split", values=["accuracy", "macro_f1"], sort=False
+    )
+    wide.columns = [f"{split} {score}" for score, split in wide.columns]
+    head = f"{result['model']}: {len(result['members'])} members and their ensemble ({result['arch']})\n"
+    return head + wide.to_string(float_format="{:.3f}".format)
+
+
 def format_metrics(metrics: Mapping[str, Any]) -> str:
     """A table (one row per split) of evaluate_dir's result or evaluate_model's {split: metrics}."""
     splits = metrics.get("splits", metrics)

@@ -21,7 +21,13 @@ import yaml
 from fer_tune.config import RunConfig
 from fer_tune.data import FER2013, USAGES, load_fer2013
 from fer_tune.errors import ConfigError, DataError, check_writable
-from fer_tune.evaluate import evaluate_dir, format_metrics, save_confusion_png
+from fer_tune.evaluate import (
+    evaluate_dir,
+    evaluate_ensemble,
+    format_ensemble,
+    format_metrics,
+    save_confusion_png,
+)
 from fer_tune.train import train
 
 SCORES = ("accuracy", "macro_f1")  # summarised over seeds
@@ -190,6 +196,10 @@ def retrain(
     report = _json_safe(report | {"confusion_png": _confusions(per_seed, out)})
     (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     _print_summary(summary, seeds)
+    if seeds > 1:  # the seeds are also one model: score it (written into metrics.json as "evaluation")
+        ensemble = evaluate_ensemble(out, ds, ttas=tuple(dict.fromkeys(("none", "flip", tta))), device=device)
+        print(format_ensemble(ensemble))
+        report["evaluation"] = _json_safe(ensemble)
     for note in notes:  # again below the scores, where they are read
         print(f"note: {note}")
     print(f"wrote {out / 'metrics.json'}")

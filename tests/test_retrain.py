@@ -52,6 +52,14 @@ def test_two_seeds_on_every_split(tmp_path, full_data, capsys):
             assert len(s["values"]) == 2 and 0 <= s["mean"] <= 1 and s["std"] >= 0
             assert s["values"] == [saved["per_seed"][f"seed_{k}"][split][key] for k in (3, 4)]
     assert m["summary"] == saved["summary"]
+    # the two seeds are also one model: each seed and their ensemble, without and with flip TTA
+    ev = saved["evaluation"]
+    assert ev["members"] == ["seed_3", "seed_4"] and ev["ttas"] == ["none", "flip"]
+    assert set(ev["results"]) == {"seed_3", "seed_4", "ensemble"}
+    assert (
+        ev["results"]["seed_3"]["none"]["PrivateTest"]["accuracy"]
+        == saved["per_seed"]["seed_3"]["PrivateTest"]["accuracy"]
+    )
     for split in saved["splits"]:
         assert (out / f"confusion_{split}.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -1,0 +1,128 @@
+"""Seed ensembles: a retrain's seeds as one model, scored per seed and as a whole, with and without TTA."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import make_fer
+
+from fer_tune.checkpoint import load_model
+from fer_tune.cli import main
+from fer_tune.config import RunConfig
+from fer_tune.ensemble import Ensemble, load, load_models, model_files
+from fer_tune.errors import DataError
+from fer_tune.evaluate import evaluate_ensemble
+from fer_tune.train import train
+
+TINY = {
+    "model": {"arch": "cnn", "kernels": [8, 16], "head_width": 0, "dropout": 0.0},
+    "train": {"epochs": 1, "batch_size": 32, "lr": 0.05, "warmup_epochs": 0.0},
+    "augment": {"rotation": 0.0, "crop": 44},
+    "seed": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_fer({"Training": 10, "PublicTest": 4}, seed=2)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data, one_thread):
+    out = tmp_path_factory.mktemp("run")
+    train(RunConfig.from_dict(TINY), data, out_dir=out, device="cpu")
+    return out
+
+
+def _seeds(root, run, n=2):
+    """A retrain-shaped folder whose seeds are copies of one model."""
+    for s in range(n):
+        (root / f"seed_{s}").mkdir(parents=True)
+        shutil.copy(run / "model.pt", root / f"seed_{s}" / "model.pt")
+    return root
+
+
+def test_ensemble_of_identical_models_equals_either(run):
+    model, _ = load_model(run)
+    x = torch.randn(5, 1, 44, 44)
+    with torch.no_grad():
+        single = model(x).softmax(-1)
+        both = Ensemble([model, model])(x)
+    assert torch.allclose(both.softmax(-1), single, atol=1e-6)
+    assert torch.allclose(both.exp().sum(-1), torch.ones(5), atol=1e-5)  # log of a distribution
+
+
+def test_ensemble_is_the_mean_of_probabilities():
+    a, b = torch.nn.Linear(3, 7), torch.nn.Linear(3, 7)
+    x = torch.randn(4, 3)
+    with torch.no_grad():
+        want = (a(x).softmax(-1) + b(x).softmax(-1)) / 2
+        assert torch.allclose(Ensemble([a, b])(x).exp(), want, atol=1e-6)
+
+
+def test_model_files_and_load(tmp_path, run):
+    assert model_files(run) == [run / "model.pt"]
+    root = _seeds(tmp_path / "final", run, 3)
+    (root / "seed_x").mkdir()  # not a seed folder: ignored
+    assert [p.parent.name for p in model_files(root)] == ["seed_0", "seed_1", "seed_2"]
+    model, meta = load(root)
+    assert isinstance(model, Ensemble) and len(model.members) == 3
+    assert meta["members"] == ["seed_0", "seed_1", "seed_2"] and meta["input_size"] == 44
+    single, meta1 = load(run)
+    assert not isinstance(single, Ensemble) and meta1["members"] == [run.name]
+    with pytest.raises(DataError, match="no model.pt, nor seed_<s>/model.pt"):
+        model_files(tmp_path / "final" / "seed_x")
+    with pytest.raises(DataError, match="no such model file or folder"):
+        model_files(tmp_path / "missing")
+
+
+def test_members_must_share_input_and_normalisation(tmp_path, run, data, one_thread):
+    other = tmp_path / "other"
+    train(RunConfig.from_dict({**TINY, "augment": {"rotation": 0.0, "crop": 40}}), data, out_dir=other)
+    root = _seeds(tmp_path / "final", run, 1)
+    (root / "seed_1").mkdir()
+    shutil.copy(other / "model.pt", root / "seed_1" / "model.pt")
+    with pytest.raises(DataError, match=r"seed_1/model.pt has input_size 40, seed_0 has 44"):
+        load_models(root)
+
+
+def test_evaluate_ensemble_scores_each_seed_and_the_ensemble(tmp_path, run, data):
+    root = _seeds(tmp_path / "final", run)
+    # a retrain's report already there: evaluation is added to it, nothing of it is lost
+    (root / "metrics.json").write_text(json.dumps({"per_seed": {"seed_0": {}}, "summary": {"x": 1}}))
+    result = evaluate_ensemble(root, data, device="cpu")
+    saved = json.loads((root / "metrics.json").read_text())
+    assert saved["summary"] == {"x": 1} and saved["evaluation"]["members"] == ["seed_0", "seed_1"]
+    assert set(result["results"]) == {"seed_0", "seed_1", "ensemble"}
+    for name in ("seed_0", "seed_1", "ensemble"):
+        assert set(result["results"][name]) == {"none", "flip"}
+        for tta in ("none", "flip"):
+            assert set(result["results"][name][tta]) == {"Training", "PublicTest"}
+    # identical members: the ensemble predicts what each does
+    for tta in ("none", "flip"):
+        for split in ("Training", "PublicTest"):
+            e = result["results"]["ensemble"][tta][split]
+            s = result["results"]["seed_0"][tta][split]
+            assert e["accuracy"] == s["accuracy"] and e["confusion"] == s["confusion"]
+    assert len(result["table"]) == 3 * 2 * 2
+    assert {r["model"] for r in result["table"]} == {"seed_0", "seed_1", "ensemble"}
+
+
+def test_cli_evaluate_of_a_retrain_folder(tmp_path, run, data, capsys):
+    from fer_tune.data import save_csv
+
+    root = _seeds(tmp_path / "final", run)
+    csv = tmp_path / "fer.csv"
+    save_csv(data, csv)
+    assert main(["evaluate", str(root), "--data", str(csv), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "2 members and their ensemble" in out and "ensemble" in out and "PublicTest accuracy" in out
+    saved = json.loads((root / "metrics.json").read_text())
+    assert saved["ttas"] == ["none", "flip"] and "per_seed" not in saved
+    # an empty folder: one line, exit 2
+    (tmp_path / "empty").mkdir()
+    assert main(["evaluate", str(tmp_path / "empty"), "--data", str(csv)]) == 2
+    assert "no model.pt, nor seed_<s>/model.pt" in capsys.readouterr().err
