@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from fer_tune.errors import FerTuneError, check_writable
 
@@ -60,15 +61,43 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from fer_tune.search import run_search
+    from fer_tune.search import default_name, run_search
 
+    if args.retrain is not None and args.retrain < 1:
+        raise FerTuneError(f"--retrain: the number of seeds must be >= 1, got {args.retrain}")
     if args.resume:
         from fer_tune.search import resume_search
 
-        return resume_search(args.resume, retry_errored=args.retry_errored, address=args.address)
+        code = resume_search(args.resume, retry_errored=args.retry_errored, address=args.address)
+        return _then_retrain(args, Path(args.resume)) if code == 0 else code
     if not args.space:
         raise FerTuneError("give a search space (--space NAME|PATH) or a search to continue (--resume DIR)")
-    return run_search(args)
+    if args.retrain:
+        from fer_tune.spaces import resolve_path
+
+        args.name = args.name or default_name(resolve_path(args.space).stem)  # the folder to retrain from
+    code = run_search(args)
+    return _then_retrain(args, Path(args.results).expanduser() / args.name) if code == 0 else code
+
+
+def _then_retrain(args: argparse.Namespace, folder: Path) -> int:
+    """`--retrain N`: the finished search's best config, N seeds, into <folder>/final, as fer-tune retrain."""
+    import json
+
+    from fer_tune.retrain import retrain
+
+    if not args.retrain:
+        return 0
+    data = json.loads((folder / "fer_tune.json").read_text())["data"]  # the data the search used
+    print(f"retraining the best config of {folder} with {args.retrain} seeds -> {folder / 'final'}")
+    retrain(
+        folder / "best_config.yaml",
+        data=data,
+        out_dir=folder / "final",
+        seeds=args.retrain,
+        device="cpu" if args.gpus == 0 else None,
+    )
+    return 0
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -147,6 +176,13 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wandb-mode", choices=["online", "offline", "disabled"], help="wandb mode")
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted search in DIR (results/<name>)")
     p.add_argument("--retry-errored", action="store_true", help="with --resume: run errored trials again")
+    p.add_argument(
+        "--retrain",
+        type=int,
+        metavar="N",
+        help="when the search has finished, retrain its best config with N seeds (its epochs, on Training) "
+        "into <results>/<name>/final and score each seed and their ensemble",
+    )
 
 
 def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Namespace], int]]]:

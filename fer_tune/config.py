@@ -61,7 +61,12 @@ class TrainConfig:
     momentum: float = _field(0.9, float, "SGD momentum (adam/adamw: beta1)")
     nesterov: bool = _field(True, bool, "Nesterov momentum for sgd")
     schedule: str = _field("cosine", str, "constant | cosine | onecycle | plateau | step")
-    warmup_epochs: float = _field(1.0, float, "linear warm-up from lr/10, in epochs (not for onecycle)")
+    warmup_epochs: float = _field(
+        None,
+        float,
+        "linear warm-up from lr/10, in epochs (not for onecycle); default 1, epochs/5 below 5 epochs",
+        optional=True,
+    )
     step_size: int = _field(10, int, "step schedule: epochs between decays")
     gamma: float = _field(0.1, float, "step and plateau schedules: decay factor")
     patience: int = _field(3, int, "plateau schedule: epochs without val_loss improvement before a decay")
@@ -76,8 +81,10 @@ class TrainConfig:
     focal_gamma: float = _field(2.0, float, "focal loss: how much confident examples are discounted (0: ce)")
     sampler: str = _field("shuffle", str, "shuffle | balanced: classes drawn equally often, with replacement")
     precision: str = _field(
-        "auto", str, "auto | bf16 | fp16 | fp32; auto: bf16 on GPUs of compute capability >= 8, fp16 with a "
-        "gradient scaler on older ones, fp32 on CPU"
+        "auto",
+        str,
+        "auto | bf16 | fp16 | fp32; auto: bf16 on GPUs of compute capability >= 8, fp16 with a "
+        "gradient scaler on older ones; on CPU bf16 with Intel AMX, else fp32",
     )
 
     def __post_init__(self) -> None:
@@ -95,7 +102,9 @@ class TrainConfig:
         check(
             self.schedule in SCHEDULES, f"{p}.schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}"
         )
-        # onecycle has its own warm-up and ignores warmup_epochs: `--epochs 1` must not trip on its default.
+        if self.warmup_epochs is None:  # a default the user never wrote must fit any epochs, even 1
+            self.warmup_epochs = min(1.0, self.epochs / 5)
+        # onecycle has its own warm-up and ignores warmup_epochs: `--epochs 1` must not trip on it.
         check(
             self.warmup_epochs >= 0 and (self.warmup_epochs < self.epochs or self.schedule == "onecycle"),
             f"{p}.warmup_epochs",

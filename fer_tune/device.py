@@ -115,6 +115,18 @@ def setup_device(
     return dev, amp
 
 
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX, Xeon 4th gen on).
+
+    There, bf16 autocast trained the CPU models 2.5-3x faster than fp32 (measured on this project's CPUs);
+    without AMX, oneDNN emulates bf16 and fp32 is the faster choice.
+    """
+    try:
+        return bool(torch.cpu.get_capabilities().get("amx_bf16", False))
+    except (AttributeError, RuntimeError):  # an older torch: no capability query, no guess
+        return False
+
+
 @dataclass(frozen=True)
 class Precision:
     """How forward passes run: autocast dtype (None: fp32) and whether losses are scaled (fp16)."""
@@ -127,7 +139,7 @@ class Precision:
     def select(cls, precision: str, device: torch.device) -> Precision:
         """Resolve `train.precision` for a device; bf16 on a GPU without native bf16 is a ConfigError."""
         if device.type != "cuda":
-            name = "fp32" if precision == "auto" else precision
+            name = ("bf16" if cpu_has_amx_bf16() else "fp32") if precision == "auto" else precision
         else:
             major, minor = torch.cuda.get_device_capability(device)
             native_bf16 = major >= 8

@@ -113,7 +113,8 @@ class ModelConfig:
 
 @dataclass
 class CNNConfig(ModelConfig):
-    """Plain CNN: [3x3 conv, batch-norm?, ReLU] per width, up to four 2x2 max-pools spread over them."""
+    """Plain CNN: [3x3 conv, batch-norm?, ReLU] per width, up to four 2x2 max-pools spread over them, then
+    optionally a few residual blocks (the student's "3 conv layers with batch-norm and a residual block")."""
 
     arch: str = _field("cnn", str, _ARCH)
     kernels: list[int] = _field([64, 128, 256], list, "conv widths, one per conv layer (1 to 6 layers)")
@@ -123,10 +124,12 @@ class CNNConfig(ModelConfig):
     head_width: int = _field(
         256, int, "hidden FC layer width; 0: none (linear classifier on pooled features)"
     )
+    res_blocks: int = _field(0, int, "basic residual blocks at the last width after the conv layers, 0..4")
 
     def _validate(self) -> None:
         self._in_range("pool_size", 1, 8)
         self._in_range("head_width", 0, 8192)
+        self._in_range("res_blocks", 0, 4)
 
 
 @dataclass
@@ -308,15 +311,17 @@ def _spread_pools(n: int, pools: int = 4) -> set[int]:
 
 
 class PlainTrunk(nn.Sequential):
-    """[3x3 conv, batch-norm?, ReLU] per width, a 2x2 max-pool after the layers in `pool_after`."""
+    """[3x3 conv, batch-norm?, ReLU] per width, a 2x2 max-pool after the layers in `pool_after`, then
+    `res_blocks` basic blocks at the last width."""
 
-    def __init__(self, widths: list[int], batchnorm: bool, pool_after: set[int]) -> None:
+    def __init__(self, widths: list[int], batchnorm: bool, pool_after: set[int], res_blocks: int = 0) -> None:
         layers, cin = [], 1
         for i, width in enumerate(widths):
             layers += _conv_bn_relu(cin, width, batchnorm)
             if i in pool_after:
                 layers.append(nn.MaxPool2d(2))
             cin = width
+        layers += [BasicBlock(cin, cin, stride=1) for _ in range(res_blocks)]
         super().__init__(*layers)
         self.out_channels, self.n_pools = cin, len(pool_after)
 
@@ -473,7 +478,7 @@ class ConvAttention(nn.Module):
 
 @register_model(CNNConfig)
 def cnn(cfg: CNNConfig) -> nn.Module:
-    trunk = PlainTrunk(cfg.kernels, cfg.batchnorm, _spread_pools(len(cfg.kernels)))
+    trunk = PlainTrunk(cfg.kernels, cfg.batchnorm, _spread_pools(len(cfg.kernels)), cfg.res_blocks)
     return _classifier(trunk, cfg.pool_size, [cfg.head_width] if cfg.head_width else [], cfg.dropout)
 
 

@@ -103,6 +103,11 @@ def fer_trial(config: dict[str, Any], data: FER2013, resources: TrialResources) 
         raise
 
 
+def default_name(space_name: str) -> str:
+    """A search's folder name when --name is not given: the space's name and the time."""
+    return f"{space_name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
 def run_search(args: argparse.Namespace) -> int:
     """`fer-tune --space ...`: run a search; exit status 0 done, 1 every trial failed, 130 interrupted."""
     space = load_space(
@@ -126,7 +131,7 @@ def run_search(args: argparse.Namespace) -> int:
             check_gpu_count(args.gpus)
     results = check_writable(Path(args.results).expanduser().resolve(), "--results")  # before data and Ray
     data_path = find_data(args.data, space.data)
-    name = args.name or f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    name = args.name or default_name(space.name)
     folder = results / name
     if (folder / STATE_FILE).exists():
         raise ConfigError(

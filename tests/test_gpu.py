@@ -210,8 +210,11 @@ def test_bf16_on_a_gpu_without_native_bf16_is_refused(fake_cuda) -> None:
         Precision.select("bf16", torch.device("cuda", 0))
 
 
-def test_cpu_auto_is_fp32_and_bad_precision_is_a_config_error() -> None:
-    assert Precision.select("auto", torch.device("cpu")).dtype is None
+@pytest.mark.parametrize("amx", [False, True])
+def test_cpu_auto_is_bf16_only_with_amx_and_bad_precision_is_a_config_error(monkeypatch, amx) -> None:
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": amx, "avx512_f": True})
+    assert Precision.select("auto", torch.device("cpu")).name == ("bf16" if amx else "fp32")
+    assert Precision.select("fp32", torch.device("cpu")).dtype is None
     with pytest.raises(ConfigError, match="train.precision: must be one of"):
         RunConfig.from_dict({**TINY, "train": {"precision": "fp8"}})
 

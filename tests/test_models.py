@@ -14,6 +14,7 @@ from fer_tune.models import (
     FF_MULT,
     LSTM_COLUMNS,
     NUM_CLASSES,
+    BasicBlock,
     CNNConfig,
     build_model,
     list_models,
@@ -27,7 +28,13 @@ from fer_tune.models import (
 EXTREMES = {
     "cnn": {
         "small": {"kernels": [4], "batchnorm": False, "pool_size": 1, "head_width": 0, "dropout": 0.0},
-        "large": {"kernels": [4, 4, 8, 8, 16, 16], "pool_size": 8, "head_width": 32, "dropout": 0.9},
+        "large": {
+            "kernels": [4, 4, 8, 8, 16, 16],
+            "pool_size": 8,
+            "head_width": 32,
+            "dropout": 0.9,
+            "res_blocks": 4,
+        },
     },
     "resnet": {
         "small": {"kernels": [8], "blocks_per_stage": 1, "dropout": 0.0},
@@ -150,6 +157,17 @@ def test_build_model_overrides_and_names():
     )
 
 
+def test_cnn_residual_blocks_follow_the_conv_layers():
+    """The student's recipe: 3 conv layers with batch-norm, then one residual block at the last width."""
+    plain = build_model({"arch": "cnn", "kernels": [32, 64, 128]})
+    res = build_model({"arch": "cnn", "kernels": [32, 64, 128], "res_blocks": 1})
+    blocks = [m for m in res.features if isinstance(m, BasicBlock)]
+    assert len(blocks) == 1 and blocks[0].conv1.in_channels == blocks[0].conv2.out_channels == 128
+    extra = sum(p.numel() for p in blocks[0].parameters())
+    assert sum(p.numel() for p in res.parameters()) == sum(p.numel() for p in plain.parameters()) + extra
+    assert res(torch.randn(2, 1, 40, 40)).shape == (2, NUM_CLASSES)
+
+
 def test_resnet_blocks_start_as_identity():
     model = build_model({"arch": "resnet", "kernels": [8, 16], "blocks_per_stage": 2})
     gammas = [m.bn2.weight for m in model.modules() if type(m).__name__ == "BasicBlock"]
@@ -218,6 +236,7 @@ INVALID = [
     ({"arch": "cnn", "batchnorm": "yes"}, "model.batchnorm"),
     ({"arch": "cnn", "head_width": -1}, "model.head_width"),
     ({"arch": "cnn", "pool_size": 0}, "model.pool_size"),
+    ({"arch": "cnn", "res_blocks": 5}, "model.res_blocks"),
     ({"arch": "resnet", "blocks_per_stage": 0}, "model.blocks_per_stage"),
     ({"arch": "cnn_lstm", "lstm_hidden": 0}, "model.lstm_hidden"),
     ({"arch": "cnn_lstm", "lstm_layers": 5}, "model.lstm_layers"),

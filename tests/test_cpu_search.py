@@ -1,0 +1,109 @@
+"""The CPU story: the bundled `cpu` space, search-then-retrain in one command, and the search benchmark."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_fer
+from test_report import TINY_SPACE
+
+from fer_tune.cli import main
+from fer_tune.config import RunConfig
+from fer_tune.data import save_csv
+from fer_tune.models import model_stats
+from fer_tune.spaces import load_space
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cpu_space_fits_a_cpu_evening() -> None:
+    space = load_space("cpu")
+    assert space.search.time_budget_s == 45 * 60 and space.search.algorithm == "optuna"
+    assert space.resources.cpus_per_trial == 1 and not space.resources.gpus_per_trial
+    assert space.search.scheduler == "asha" and space.max_epochs() == 20
+    # ASHA's rungs (2, 6, 18) leave most configs at 2 epochs: many configs fit 45 minutes
+    assert space.search.grace_period * space.search.reduction_factor**2 < space.max_epochs()
+    archs = set()
+    for config in space.sample(n=8, seed=3):
+        cfg = RunConfig.from_dict(config)
+        archs.add(cfg.model.arch)
+        stats = model_stats(cfg.model, cfg.augment.crop)
+        # every draw trains on 2 cores (3 seeds x 20 epochs fit an evening) and its model.pt is under 16 MB
+        assert stats["params"] < 4e6 and stats["macs"] < 100e6, (config["model"], stats)
+        assert cfg.augment.crop == 40 and cfg.train.train_on == "Training"
+    assert archs == {"cnn", "resnet", "vgg"}
+
+
+def test_warmup_default_fits_one_epoch() -> None:
+    """A default the user never wrote must not fail: `epochs: 1` with the default warm-up and schedule."""
+    cfg = RunConfig.from_dict({"model": {"arch": "cnn"}, "train": {"epochs": 1}})
+    assert cfg.train.schedule == "cosine" and 0 < cfg.train.warmup_epochs < 1
+    assert RunConfig.from_dict({"model": {"arch": "cnn"}}).train.warmup_epochs == 1.0
+    written = RunConfig.from_dict({"model": {"arch": "cnn"}, "train": {"epochs": 1, "warmup_epochs": 0.5}})
+    assert written.train.warmup_epochs == 0.5
+    with pytest.raises(Exception, match="train.warmup_epochs: must be in"):
+        RunConfig.from_dict({"model": {"arch": "cnn"}, "train": {"epochs": 1, "warmup_epochs": 1.0}})
+
+
+@pytest.fixture(scope="module")
+def small_csv(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cpu_search")
+    return save_csv(make_fer({"Training": 14, "PublicTest": 5}, seed=4), root / "fer2013.csv")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_search_then_retrain_in_one_command(ray_cluster, small_csv, tmp_path, capsys) -> None:
+    (tmp_path / "tiny.yaml").write_text(TINY_SPACE)
+    argv = ["--space", str(tmp_path / "tiny.yaml"), "--data", str(small_csv), "--gpus", "0"]
+    argv += ["--results", str(tmp_path / "results"), "--retrain", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    (folder,) = (tmp_path / "results").iterdir()  # the generated name: space name and time
+    assert folder.name.startswith("tiny-") and f"-> {folder / 'final'}" in out
+    final = folder / "final"
+    metrics = json.loads((final / "metrics.json").read_text())
+    assert metrics["seeds"] == [0, 1] and metrics["train_on"] == "Training"
+    assert metrics["provenance"]["search"].endswith(folder.name) and metrics["provenance"]["rank"] == 1
+    best = RunConfig.from_yaml(folder / "best_config.yaml").to_dict()
+    assert metrics["config"] == best and metrics["config"]["train"]["epochs"] == 3  # the space's epochs
+    assert set(metrics["evaluation"]["results"]) == {"seed_0", "seed_1", "ensemble"}
+    assert (final / "seed_1" / "model.pt").is_file()
+    # the ensemble is a model fer-tune evaluate reads
+    assert main(["evaluate", str(final), "--data", str(small_csv), "--device", "cpu"]) == 0
+    assert "2 members and their ensemble" in capsys.readouterr().out
+
+
+def test_retrain_needs_a_positive_number_of_seeds(capsys) -> None:
+    assert main(["--space", "smoke", "--retrain", "0"]) == 2
+    assert "--retrain: the number of seeds must be >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_search_quick_budget_on_tiny_data(small_csv, tmp_path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_search
+    finally:
+        sys.path.pop(0)
+    (tmp_path / "tiny.yaml").write_text(TINY_SPACE)
+    out = tmp_path / "bench"
+    argv = ["--data", str(small_csv), "--budget", "1m", "--space", str(tmp_path / "tiny.yaml")]
+    assert bench_search.main([*argv, "--out", str(out), "--num-samples", "2", "--cpus", "2"]) == 0
+    record = json.loads((out / "bench_search.json").read_text())
+    arms = {a["name"]: a for a in record["arms"]}
+    assert set(arms) == {"tpe-asha", "random", "hand"} and record["budget_s"] == 60
+    assert arms["hand"]["epochs"] >= 1 and arms["tpe-asha"]["trials"] == arms["random"]["trials"] == 2
+    for arm in arms.values():
+        curve = arm["curve"]
+        assert curve and all(0 <= t <= 60 for t, _ in curve), arm["name"]
+        assert [acc for _, acc in curve] == sorted(acc for _, acc in curve)  # best so far never falls
+        assert arm["best"] == curve[-1]
+    table = (out / "table.md").read_text()
+    assert all(f"| {name} |" in table for name in arms) and "baseline: the hand-tuned recipe" in table
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # random search really is random and unscheduled
+    assert "algorithm: random" in (out / "random.yaml").read_text()
