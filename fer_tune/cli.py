@@ -34,14 +34,19 @@ def _train(args: argparse.Namespace) -> int:
     from fer_tune.data import load_fer2013
     from fer_tune.train import train
 
-    cfg = RunConfig.from_yaml(args.config)
+    if args.config is None and args.resume is None:
+        raise FerTuneError("give a run config YAML, or a run to continue with --resume DIR")
+    if args.resume is not None and not (Path(args.resume) / "checkpoint.pt").is_file():
+        raise FerTuneError(f"--resume {args.resume}: no checkpoint.pt there to continue from")
+    cfg = RunConfig.from_yaml(args.config or Path(args.resume) / "config.yaml")
+    out = args.out or args.resume or "runs/train"
     _check_device(args.device)
     if args.epochs is not None:
         cfg = RunConfig.from_dict(
             {**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "epochs": args.epochs}}
         )
-    check_writable(args.out, "--out")  # before the data is parsed: a bad --out costs nothing
-    train(cfg, load_fer2013(args.data), out_dir=args.out, device=args.device, progress=True)
+    check_writable(out, "--out")  # before the data is parsed: a bad --out costs nothing
+    train(cfg, load_fer2013(args.data), out_dir=out, device=args.device, progress=True, resume=args.resume)
     return 0
 
 
@@ -96,6 +101,7 @@ def _then_retrain(args: argparse.Namespace, folder: Path) -> int:
         out_dir=folder / "final",
         seeds=args.retrain,
         device="cpu" if args.gpus == 0 else None,
+        resume=True,  # run again after a crash, it goes on where the retrain stopped
     )
     return 0
 
@@ -125,6 +131,7 @@ def _retrain(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         seeds=args.seeds,
         jobs=args.jobs,
+        resume=args.resume,
         train_on=args.train_on,
         tta=args.tta,
         device=args.device,
@@ -199,9 +206,14 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     data.add_argument("path", help="fer2013.csv, icml_face_data.csv, train.csv or an image folder")
 
     train = parser("train", "Train one run config outside a search.")
-    train.add_argument("config", help="run config YAML (model, train, augment, seed)")
+    train.add_argument(
+        "config",
+        nargs="?",
+        help="run config YAML (model, train, augment, seed); with --resume: DIR/config.yaml",
+    )
     train.add_argument("--data", required=True, help="FER2013 CSV or image folder")
-    train.add_argument("--out", default="runs/train", help="output folder (default: runs/train)")
+    train.add_argument("--out", help="output folder (default: runs/train; with --resume: DIR)")
+    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint.pt")
     train.add_argument("--epochs", type=int, help="override train.epochs")
     train.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
 
@@ -246,6 +258,11 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
         "--tta", choices=["none", "flip", "tencrop"], default="none", help="test-time augmentation"
     )
     retrain.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    retrain.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each seed from its checkpoint.pt in --out (finished seeds are not trained again)",
+    )
 
     report = parser("report", "Write report.md and figures for one or more searches.")
     report.add_argument("searches", nargs="+", help="search folders, results/<name>")

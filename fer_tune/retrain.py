@@ -120,8 +120,13 @@ def retrain(
     tta: str = "none",
     device: str | None = None,
     jobs: int = 1,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train `config_path` with seeds seed..seed+seeds-1 into `out_dir/seed_<s>` and evaluate every split.
+
+    `resume` continues each seed from its `checkpoint.pt` when there is one (a finished seed trains no
+    further; a crashed one goes on from its last epoch, with its random state), so an interrupted retrain
+    ends with the metrics of an uninterrupted one.
 
     `jobs` > 1 trains that many seeds at once in separate processes (small models share one GPU better than
     they use it alone: see `fer_tune.packing`); the data must then be a path, which each process loads.
@@ -160,7 +165,7 @@ def retrain(
             f"seed {seed}: training {cfg.model.arch} for {cfg.train.epochs} epochs "
             f"on {cfg.train.train_on} -> {out / f'seed_{seed}'}"
         )
-    results = _train_seeds(cfg, seed_list, ds, data, out, device, jobs)
+    results = _train_seeds(cfg, seed_list, ds, data, out, device, jobs, resume)
     for seed, result in zip(seed_list, results, strict=True):
         run_dir = out / f"seed_{seed}"
         metrics = evaluate_dir(run_dir / "model.pt", ds, tta=tta, out_dir=run_dir, device=device)
@@ -214,11 +219,27 @@ def _train_seeds(
     out: Path,
     device: str | None,
     jobs: int,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
     """Train every seed: one after the other, or `jobs` at a time in spawned processes."""
+
+    def start(seed: int) -> str | None:  # the checkpoint a seed continues from
+        folder = out / f"seed_{seed}"
+        if resume and (folder / "checkpoint.pt").is_file():
+            print(f"seed {seed}: continuing from {folder / 'checkpoint.pt'}")
+            return str(folder)
+        return None
+
     if jobs == 1 or len(seeds) == 1:
         return [
-            train(_with(cfg, seed=s), ds, out_dir=out / f"seed_{s}", device=device, progress=True)
+            train(
+                _with(cfg, seed=s),
+                ds,
+                out_dir=out / f"seed_{s}",
+                device=device,
+                progress=True,
+                resume=start(s),
+            )
             for s in seeds
         ]
     if isinstance(data, FER2013):
@@ -228,17 +249,21 @@ def _train_seeds(
 
     n = min(jobs, len(seeds))
     with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as pool:
-        args = [(_with(cfg, seed=s).to_dict(), str(data), str(out / f"seed_{s}"), device, n) for s in seeds]
+        args = [
+            (_with(cfg, seed=s).to_dict(), str(data), str(out / f"seed_{s}"), device, n, start(s))
+            for s in seeds
+        ]
         futures = [pool.submit(_train_one, *a) for a in args]
         return [f.result() for f in futures]
 
 
 def _train_one(
-    config: dict[str, Any], data: str, out_dir: str, device: str | None, jobs: int
+    config: dict[str, Any], data: str, out_dir: str, device: str | None, jobs: int, resume: str | None
 ) -> dict[str, Any]:
     """One seed in a worker process (loads the data from its parse cache)."""
     threads = max(1, (os.cpu_count() or 1) // jobs)  # the CPU's cores split between the jobs
-    result = train(config, load_fer2013(data), out_dir=out_dir, device=device, threads=threads)
+    ds = load_fer2013(data)
+    result = train(config, ds, out_dir=out_dir, device=device, threads=threads, resume=resume)
     print(f"{out_dir}: done, last val_acc {result['history'][-1]['val_acc']:.4f}", flush=True)
     return result
 

@@ -136,3 +136,50 @@ def test_parallel_seeds_train_what_sequential_seeds_train(tmp_path, full_data):
     assert main([*argv, "--out", str(tmp_path / "b")]) == 0
     a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("a", "b"))
     assert a["per_seed"] == b["per_seed"] and set(b["per_seed"]) == {"seed_3", "seed_4"}
+
+
+def test_a_retrain_that_crashed_in_its_third_seed_resumes_to_the_same_metrics(
+    tmp_path, full_data, monkeypatch, capsys
+):
+    import fer_tune.train as train_module
+
+    config = _write(tmp_path / "best.yaml", TINY)
+    whole = retrain(config, data=full_data, out_dir=tmp_path / "whole", seeds=3, device="cpu")
+
+    real_epoch = train_module.run_epoch
+
+    def crash_in_seed_5(model, opt, sched, plateau, d, cfg, epoch, *rest):
+        if cfg.seed == 5 and epoch == 2:
+            raise KeyboardInterrupt  # the machine went down in the third seed's second epoch
+        return real_epoch(model, opt, sched, plateau, d, cfg, epoch, *rest)
+
+    out = tmp_path / "crashed"
+    monkeypatch.setattr(train_module, "run_epoch", crash_in_seed_5)
+    with pytest.raises(KeyboardInterrupt):
+        retrain(config, data=full_data, out_dir=out, seeds=3, device="cpu")
+    monkeypatch.setattr(train_module, "run_epoch", real_epoch)
+    assert not (out / "metrics.json").exists()
+    finished = {s: (out / f"seed_{s}" / "model.pt").stat().st_mtime_ns for s in (3, 4)}
+    assert len((out / "seed_5" / "metrics.csv").read_text().splitlines()) == 2
+
+    resumed = retrain(config, data=full_data, out_dir=out, seeds=3, device="cpu", resume=True)
+    assert "seed 5: continuing from" in capsys.readouterr().out
+    # finished seeds were not trained again; the result is the uninterrupted run's
+    assert {s: (out / f"seed_{s}" / "model.pt").stat().st_mtime_ns for s in (3, 4)} == finished
+    assert resumed["per_seed"] == whole["per_seed"] and resumed["summary"] == whole["summary"]
+    assert resumed["evaluation"]["results"] == whole["evaluation"]["results"]
+
+
+def test_cli_train_resume_continues_a_run(tmp_path, tiny_data, capsys):
+    csv = save_csv(tiny_data, tmp_path / "fer.csv")
+    config = _write(tmp_path / "run.yaml", TINY)
+    run = tmp_path / "run"
+    assert main(["train", str(config), "--data", str(csv), "--out", str(run), "--epochs", "1"]) == 0
+    # --epochs changes the config: the checkpoint of a 1-epoch run is not continued as a 2-epoch one
+    assert main(["train", "--resume", str(run), "--data", str(csv), "--epochs", "2"]) == 2
+    assert "differs from the config of the checkpoint" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--data", str(csv)]) == 0  # finished: nothing to do
+    assert len((run / "metrics.csv").read_text().splitlines()) == 2
+    assert main(["train", "--resume", str(tmp_path / "none"), "--data", str(csv)]) == 2
+    assert "no checkpoint.pt there to continue from" in capsys.readouterr().err
+    assert main(["train", "--data", str(csv)]) == 2
