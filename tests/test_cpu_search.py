@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_cpu_space_fits_a_cpu_evening() -> None:
     space = load_space("cpu")
     assert space.search.time_budget_s == 45 * 60 and space.search.algorithm == "optuna"
-    assert space.resources.cpus_per_trial == 1 and not space.resources.gpus_per_trial
+    assert space.resources.cpus_per_trial == 2 and not space.resources.gpus_per_trial
     assert space.search.scheduler == "asha" and space.max_epochs() == 20
     # ASHA's rungs (2, 6, 18) leave most configs at 2 epochs: many configs fit 45 minutes
     assert space.search.grace_period * space.search.reduction_factor**2 < space.max_epochs()
