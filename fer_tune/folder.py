@@ -100,6 +100,12 @@ class SearchFolder:
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __fspath__(self) -> str:  # a SearchFolder goes wherever a path does
+        return str(self.path)
+
     @classmethod
     def of_experiment(cls, experiment: str | Path) -> SearchFolder:
         """The search folder of a phase's Ray experiment folder (itself for phase 1)."""
