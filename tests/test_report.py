@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import optuna
+import pandas as pd
 import pytest
 from PIL import Image
 
