@@ -87,7 +87,12 @@ def _extend(args: argparse.Namespace) -> int:
     from fer_tune.search import extend_search
 
     outcome = extend_search(
-        args.path, args.num_samples, space=args.space, time_budget=args.time_budget, address=args.address
+        args.path,
+        args.num_samples,
+        space=args.space,
+        time_budget=args.time_budget,
+        address=args.address,
+        data=args.data,
     )
     return outcome.status
 
@@ -211,6 +216,7 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     extend.add_argument("--num-samples", type=int, required=True, help="trials to add")
     extend.add_argument("--space", help="a narrower space (ranges, fixed values); default: the search's own")
     extend.add_argument("--time-budget", help="stop this phase after this long (90m, 2h, 3600s)")
+    extend.add_argument("--data", help="FER2013 CSV or image folder (default: the search's)")
     extend.add_argument("--address", help="join a running Ray cluster: auto or ray://host:port")
 
     export = parser("export", "Write the K-th best trial's complete run config, with provenance.")

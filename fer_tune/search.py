@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -192,10 +193,12 @@ def extend_search(
     space: str | Path | None = None,
     time_budget: str | float | None = None,
     address: str | None = None,
+    data: FER2013 | str | Path | None = None,
 ) -> Outcome:
     """`fer-tune extend DIR --num-samples N`: N more trials in the same folder and Optuna study, so TPE starts
     from every earlier trial; `space` may narrow ranges and fix values. Earlier trials the new space could
-    not have proposed stay in the results but are hidden from the sampler."""
+    not have proposed stay in the results but are hidden from the sampler. `data` defaults to the search's
+    (give it when the search was run on a FER2013 held in memory)."""
     from optuna.trial import TrialState
 
     from fer_tune.hooks import LOST
@@ -217,7 +220,7 @@ def extend_search(
     budget = parse_duration(time_budget, "--time-budget")
     new = _extension_space(before, space, num_samples, budget, folder)
     check_writable(folder.path, "search folder")
-    data, _ = _load(state.data)
+    data, _ = _load(state.data if data is None else data)
     study = folder.load_study()
     numbers = {t.user_attrs.get("ray_trial_id"): t.number for t in study.get_trials(deepcopy=False)}
     out = {t["trial_id"]: why for t in folder.ray_trials() if (why := outside(new, t["config"]))}
@@ -481,6 +484,9 @@ def _tuner(
             phase=phase,
         )
         search_alg = ConcurrencyLimiter(searcher, slots)
+        with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna 5
+            warnings.simplefilter("ignore")
+            searcher._ot_study.set_metric_names([s.metric])  # the dashboard shows val_acc
         param_space: dict[str, Any] = {}
     else:
         search_alg = BasicVariantGenerator(random_state=s.seed, max_concurrent=slots)

@@ -12,6 +12,7 @@ from conftest import make_fer
 from optuna.trial import TrialState
 
 from fer_tune.cli import main
+from fer_tune.data import save_csv
 from fer_tune.folder import SearchFolder
 from fer_tune.search import SearchResources, run_search
 from fer_tune.spaces import parse_space
@@ -47,7 +48,10 @@ def test_extend_a_finished_search_with_a_narrower_space(ray_cluster, tmp_path: P
     first = {p.name: p.read_text() for p in folder.path.glob("trial_*/result.json")}
 
     narrow = write(tmp_path / "narrow.yaml", space_doc({"loguniform": [0.01, 0.05]}, 8, num_samples=3))
-    assert main(["extend", str(folder), "--num-samples", "8", "--space", str(narrow)]) == 0
+    csv = save_csv(data, tmp_path / "fer2013.csv")  # the search's data was in memory: extend is given it
+    assert (
+        main(["extend", str(folder), "--num-samples", "8", "--space", str(narrow), "--data", str(csv)]) == 0
+    )
 
     trials = pd.read_csv(folder / "trials.csv")
     assert len(trials) == 16 and sorted(trials["phase"].value_counts().tolist()) == [8, 8]
