@@ -14,17 +14,23 @@ import math
 import os
 import pickle
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 
 from fer_tune.config import RunConfig
 from fer_tune.device import resolve_device
 from fer_tune.errors import ConfigError, DataError, OutputError
+from fer_tune.metrics import METRIC_KEYS
 from fer_tune.models import build_model
+
+ReportFn = Callable[[dict[str, Any], Path], None]  # (metrics of the epoch, folder holding checkpoint.pt)
 
 CHECKPOINT_KEYS = ("config", "model", "optimizer", "scheduler", "plateau", "rng", "history")
 # What torch.load raises for a cut file (RuntimeError, EOFError, OSError EINVAL) or a foreign one (KeyError).
@@ -177,3 +183,48 @@ def load_model(
         more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
         raise DataError(f"{file}: weights do not fit its config: {lines[0]}{more}") from None
     return model.to(resolve_device(device), memory_format=torch.channels_last).eval(), obj
+
+
+def save_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    stateful: tuple[Any, Any, Any],
+    cfg: RunConfig,
+    history: list[dict[str, Any]],
+    state: dict[str, Any],
+    dev: torch.device,
+    out: Path | None,
+    report: ReportFn | None,
+) -> None:
+    """Write checkpoint.pt (and metrics.csv, model.pt) to out, and hand a checkpoint folder to report."""
+    if out is None and report is None:
+        return
+    sched, plateau, scaler = stateful  # per-batch schedule, plateau schedule, fp16 gradient scaler
+    ckpt = {
+        "epoch": len(history),
+        "config": cfg.to_dict(),
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict() if sched is not None else None,
+        "plateau": plateau.state_dict() if plateau is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng_state(dev),
+        "history": history,
+        **state,
+    }
+    if out is not None:
+        atomic_save(ckpt, out / "checkpoint.pt")
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        atomic_save({"state_dict": weights, **model_meta(cfg, history, state)}, out / "model.pt")
+        csv = pd.DataFrame(history, columns=list(METRIC_KEYS)).to_csv(index=False).encode()
+        atomic_write(out / "metrics.csv", lambda f: f.write(csv))
+    if report is not None:
+        folder = Path(tempfile.mkdtemp(prefix="fer-tune-ckpt-"))
+        try:
+            if out is not None:
+                shutil.copy2(out / "checkpoint.pt", folder / "checkpoint.pt")
+            else:
+                torch.save(ckpt, folder / "checkpoint.pt")
+            report(dict(history[-1]), folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)  # Ray has copied it into the trial's storage

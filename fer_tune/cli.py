@@ -1,7 +1,7 @@
 """`fer-tune`: parses the command line and calls the library. No logic lives here.
 
 `fer-tune --space resnet.yaml --gpus 2` (no subcommand) runs a search; the other commands are
-data, train, evaluate, resume, export, retrain and report.
+data, train, evaluate, resume, extend, export, retrain and report.
 """
 
 from __future__ import annotations
@@ -66,44 +66,70 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from fer_tune.search import default_name, run_search
+    from fer_tune.search import SearchResources, find_data, resume_search, run_search
+    from fer_tune.spaces import load_space, parse_duration
 
     if args.retrain is not None and args.retrain < 1:
         raise FerTuneError(f"--retrain: the number of seeds must be >= 1, got {args.retrain}")
     if args.resume:
-        from fer_tune.search import resume_search
-
         code = resume_search(args.resume, retry_errored=args.retry_errored, address=args.address)
         return _then_retrain(args, Path(args.resume)) if code == 0 else code
     if not args.space:
         raise FerTuneError("give a search space (--space NAME|PATH) or a search to continue (--resume DIR)")
-    if args.retrain:
-        from fer_tune.spaces import resolve_path
-
-        args.name = args.name or default_name(resolve_path(args.space).stem)  # the folder to retrain from
-    code = run_search(args)
-    return _then_retrain(args, Path(args.results).expanduser() / args.name) if code == 0 else code
+    space = load_space(
+        args.space,
+        num_samples=args.num_samples,
+        time_budget_s=parse_duration(args.time_budget, "--time-budget"),
+        max_failures=args.max_failures,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+    )
+    resources = SearchResources(args.cpus, args.gpus, args.address, args.gpus_per_trial)
+    check_writable(args.results, "--results")  # before the data is looked for
+    outcome = run_search(
+        space,
+        find_data(args.data, space.data),
+        resources,
+        name=args.name,
+        results=args.results,
+        wandb_project=args.wandb_project,
+        wandb_mode=args.wandb_mode,
+    )
+    return _then_retrain(args, outcome.folder) if outcome.status == 0 else outcome.status
 
 
 def _then_retrain(args: argparse.Namespace, folder: Path) -> int:
     """`--retrain N`: the finished search's best config, N seeds, into <folder>/final, as fer-tune retrain."""
-    import json
-
+    from fer_tune.folder import SearchFolder
     from fer_tune.retrain import retrain
 
     if not args.retrain:
         return 0
-    data = json.loads((folder / "fer_tune.json").read_text())["data"]  # the data the search used
-    print(f"retraining the best config of {folder} with {args.retrain} seeds -> {folder / 'final'}")
+    data = SearchFolder(folder).read_state().data  # the data the search used
+    print(f"retraining the best config of {folder} with {args.retrain} seeds -> {Path(folder) / 'final'}")
     retrain(
-        folder / "best_config.yaml",
+        Path(folder) / "best_config.yaml",
         data=data,
-        out_dir=folder / "final",
+        out_dir=Path(folder) / "final",
         seeds=args.retrain,
         device="cpu" if args.gpus == 0 else None,
         resume=True,  # run again after a crash, it goes on where the retrain stopped
     )
     return 0
+
+
+def _extend(args: argparse.Namespace) -> int:
+    from fer_tune.search import extend_search
+
+    outcome = extend_search(
+        args.path,
+        args.num_samples,
+        space=args.space,
+        time_budget=args.time_budget,
+        address=args.address,
+        data=args.data,
+    )
+    return outcome.status
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -199,7 +225,7 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     search = parser("", "Search hyperparameters of FER2013 models with Ray Tune (ASHA + Optuna).")
     _add_search_args(search)
     search.epilog = "other commands: " + ", ".join(
-        ["data", "train", "evaluate", "resume", "export", "retrain", "report"]
+        ["data", "train", "evaluate", "resume", "extend", "export", "retrain", "report"]
     )
 
     data = parser("data", "Print images per Usage and class of a FER2013 copy, and the cache location.")
@@ -236,6 +262,14 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     resume.add_argument("path", help="the search folder, results/<name>")
     resume.add_argument("--retry-errored", action="store_true", help="run errored trials again")
     resume.add_argument("--address", help="join a running Ray cluster: auto or ray://host:port")
+
+    extend = parser("extend", "Run more trials of a search, in its folder and Optuna study (a new phase).")
+    extend.add_argument("path", help="the search folder, results/<name>")
+    extend.add_argument("--num-samples", type=int, required=True, help="trials to add")
+    extend.add_argument("--space", help="a narrower space (ranges, fixed values); default: the search's own")
+    extend.add_argument("--time-budget", help="stop this phase after this long (90m, 2h, 3600s)")
+    extend.add_argument("--data", help="FER2013 CSV or image folder (default: the search's)")
+    extend.add_argument("--address", help="join a running Ray cluster: auto or ray://host:port")
 
     export = parser("export", "Write the K-th best trial's complete run config, with provenance.")
     export.add_argument("search", help="the search folder, results/<name>")
@@ -274,6 +308,7 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
         "train": (train, _train),
         "evaluate": (evaluate, _evaluate),
         "resume": (resume, _resume),
+        "extend": (extend, _extend),
         "export": (export, _export),
         "retrain": (retrain, _retrain),
         "report": (report, _report),

@@ -18,18 +18,74 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from optuna import Study
+from optuna.samplers import BaseSampler, TPESampler
+from optuna.trial import FrozenTrial
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import TimeoutStopper
 
-from fer_tune.results import STOPPED_BY_FILE, TIME_BUDGET, read_stopped_by
+from fer_tune.folder import STOPPED_BY_FILE, SearchFolder
+from fer_tune.results import TIME_BUDGET
+
+LOST = (
+    "fer_tune_lost"  # user attr of a study trial whose Ray trial was never saved (asked just before a kill)
+)
 
 
 class BestEpochOptunaSearch(OptunaSearch):
-    """OptunaSearch telling the study each trial's best value (per mode), early-stopped trials as pruned."""
+    """OptunaSearch telling the study each trial's best value (per mode), early-stopped trials as pruned.
+
+    Each study trial is tagged with its Ray trial id and phase (user attrs `ray_trial_id`, `phase`), which the
+    dashboard shows and `fer-tune extend` reads. Restored from Ray's saved state, it reconciles the study
+    (`optuna.db`, written at once) with that state (saved every few seconds): see `restore`.
+    """
+
+    def __init__(self, *args: Any, phase: int = 1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fer_phase = phase
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = super().suggest(trial_id)
+        if config is not None:
+            ot_trial = self._ot_trials[trial_id]
+            ot_trial.set_user_attr("ray_trial_id", trial_id)
+            ot_trial.set_user_attr("phase", getattr(self, "_fer_phase", 1))
+        return config
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Ray's saved state, then the study as `optuna.db` holds it now (the database of the folder being
+        resumed: FolderStorage reopens it). The state may be up to one snapshot older than the database:
+        - a study trial asked after the snapshot has no Ray trial (Ray starts a new one in its place): it is
+          told FAIL and marked `fer_tune_lost`, so the study holds one live trial per Ray trial;
+        - a trial the database already finished is not told again (Optuna refuses to update it).
+        """
+        super().restore(checkpoint_path)
+        import optuna
+        from optuna.trial import TrialState
+
+        study = self._ot_study
+        if study is None:
+            return
+        fresh = optuna.load_study(
+            study_name=study.study_name, storage=study._storage._backend, sampler=study.sampler
+        )
+        for ot_trial in self._ot_trials.values():  # re-bound: the pickled study's trial cache may be stale
+            ot_trial.study, ot_trial.storage = fresh, fresh._storage
+        self._ot_study = fresh
+        known = {t._trial_id for t in self._ot_trials.values()}
+        for t in fresh.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t._trial_id not in known:
+                fresh._storage.set_trial_user_attr(t._trial_id, LOST, "asked after Ray's last saved state")
+                fresh.tell(t.number, state=TrialState.FAIL)
+        finished = {t._trial_id for t in fresh.get_trials(deepcopy=False) if t.state.is_finished()}
+        for ray_id, ot_trial in self._ot_trials.items():
+            if ot_trial._trial_id in finished:
+                self._completed_trials.add(ray_id)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         super().on_trial_result(trial_id, result)
@@ -86,6 +142,61 @@ def _planned_epochs(result: dict[str, Any]) -> float:
     return float(epochs) if isinstance(epochs, (int, float)) else float(TrainConfig().epochs)
 
 
+class InSpaceSampler(BaseSampler):
+    """Optuna's TPE learning only from the trials the current phase's space could have proposed.
+
+    `fer-tune extend` with a narrower space keeps earlier trials outside it in the study (and the results),
+    but they must not steer the sampler: TPE is shown the study without them (`outside`: trial numbers).
+    """
+
+    def __init__(self, seed: int | None, outside: Iterable[int] = ()) -> None:
+        self._tpe = TPESampler(seed=seed)
+        self._outside = frozenset(outside)
+
+    def _view(self, study: Study) -> Any:
+        return _StudyView(study, self._outside) if self._outside else study
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, Any]:
+        return self._tpe.infer_relative_search_space(self._view(study), trial)
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self._tpe.sample_relative(self._view(study), trial, search_space)
+
+    def sample_independent(self, study: Study, trial: FrozenTrial, name: str, distribution: Any) -> Any:
+        return self._tpe.sample_independent(self._view(study), trial, name, distribution)
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self._tpe.before_trial(self._view(study), trial)
+
+    def after_trial(self, study: Study, trial: FrozenTrial, state: Any, values: Any) -> None:
+        self._tpe.after_trial(self._view(study), trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._tpe.reseed_rng()
+
+
+class _StudyView:
+    """A study whose trial lists leave out some trial numbers (everything else is the study's)."""
+
+    def __init__(self, study: Study, hidden: frozenset[int]) -> None:
+        self._study, self._hidden = study, hidden
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, *args: Any, **kwargs: Any) -> list[FrozenTrial]:
+        return [t for t in self._study._get_trials(*args, **kwargs) if t.number not in self._hidden]
+
+    def get_trials(self, *args: Any, **kwargs: Any) -> list[FrozenTrial]:
+        return [t for t in self._study.get_trials(*args, **kwargs) if t.number not in self._hidden]
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+
 class BudgetStopper(TimeoutStopper):
     """Ray's TimeoutStopper (stops every trial when the budget is spent) that remembers having fired."""
 
@@ -126,8 +237,9 @@ class StopLog(Callback):
 
             for t in cut:
                 self.searcher.on_trial_complete(t.trial_id, result=flatten_dict(t.last_result or {}))
-        folder = Path(cut[0].path).parent  # the search folder, wherever it was resumed from
-        stopped = read_stopped_by(folder) | {t.trial_id: TIME_BUDGET for t in cut}
+        # The search folder, wherever it was resumed from (a phase's trials sit in phase<N>/ below it).
+        folder = SearchFolder.of_experiment(Path(cut[0].path).parent)
+        stopped = folder.stopped_by() | {t.trial_id: TIME_BUDGET for t in cut}
         path = folder / STOPPED_BY_FILE
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps(stopped, indent=1) + "\n")

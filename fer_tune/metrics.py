@@ -9,6 +9,23 @@ import numpy as np
 
 from fer_tune.data import EMOTIONS
 
+# Every metric a trial reports each epoch, in metrics.csv's order, with its direction for `search.metric`
+# (None: no natural direction, so `search.mode` must give it).
+METRIC_MODES: dict[str, str | None] = {
+    "epoch": None,
+    "train_loss": "min",
+    "train_acc": "max",
+    "clean_train_acc": "max",
+    "val_loss": "min",
+    "val_acc": "max",
+    "val_macro_f1": "max",
+    **{f"val_recall_{c}": "max" for c in EMOTIONS},  # the rare classes (disgust: 1.5% of Training) show here
+    "lr": None,
+    "epoch_seconds": "min",
+    "images_per_second": "max",
+}
+METRIC_KEYS = tuple(METRIC_MODES)
+
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int = len(EMOTIONS)) -> np.ndarray:
     """(k, k) counts; rows: true class, columns: predicted class."""

@@ -8,7 +8,6 @@ needed, and a search that is still running or was interrupted is reported as it 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import warnings
@@ -23,6 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure  # object API: no pyplot, no global backend, headless
 
 from fer_tune.errors import DataError, check_writable
+from fer_tune.folder import REPORT_DIR, SearchFolder
 from fer_tune.results import VAL_ACC, Selection, load_results, selection
 
 TOP_TRIALS = 4  # trials whose curves and diagnosis are shown
@@ -172,9 +172,11 @@ def family_leaderboards(
         shown = {sel.metric: rows[sel.column].map(_value(sel))}
         if sel.metric != "val_acc":
             shown["best val_acc"] = rows["best_val_acc"].map(_pct)
+        phases = {"phase": rows["phase"]} if trials.get("phase", pd.Series([1])).nunique() > 1 else {}
         board = pd.DataFrame(
             {
                 "trial": rows["trial_id"],
+                **phases,
                 **shown,
                 "best epoch": rows["best_epoch"],
                 "status": rows["stop_reason"],
@@ -218,14 +220,18 @@ def budget(trials: pd.DataFrame) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------ importance
 
 
-def _distribution(values: Iterable[Any]) -> optuna.distributions.BaseDistribution | None:
-    """Numbers -> Int/Float over the observed range (log when it spans > 2 decades), others categorical."""
+def _distribution(
+    values: Iterable[Any], declared: optuna.distributions.BaseDistribution | None = None
+) -> optuna.distributions.BaseDistribution | None:
+    """Numbers -> Int/Float over the observed range, on a log scale when the space declares one (`declared`:
+    its Optuna distribution); choices and other values categorical."""
     vals = [_hashable(v) for v in values if not _missing(v)]
     if len(set(map(repr, vals))) < 2:
         return None  # constant: nothing to attribute
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+    numeric = not isinstance(declared, optuna.distributions.CategoricalDistribution)
+    if numeric and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
         lo, hi = min(vals), max(vals)
-        log = lo > 0 and hi / lo > 100
+        log = bool(getattr(declared, "log", False)) and lo > 0
         if all(float(v).is_integer() for v in vals):
             return optuna.distributions.IntDistribution(int(lo), int(hi), log=log)
         return optuna.distributions.FloatDistribution(float(lo), float(hi), log=log)
@@ -241,7 +247,7 @@ def _cast(v: Any, dist: optuna.distributions.BaseDistribution) -> Any:
 
 
 def param_importance(
-    trials: pd.DataFrame, sel: Selection = VAL_ACC
+    trials: pd.DataFrame, sel: Selection = VAL_ACC, declared: Mapping[str, Any] | None = None
 ) -> tuple[dict[str, float], dict[str, Any], str]:
     """Importance of each varied config key for reaching the top trials' value of the ranked metric.
 
@@ -250,6 +256,8 @@ def param_importance(
     because fANOVA needs scikit-learn (not a dependency) and PED-ANOVA handles conditional (per-family)
     parameters.
 
+    `declared`: `group.key` -> the Optuna distribution the space samples it from (its log scale is used).
+
     Returns:
         (importances by `group.key`, the distributions used, a note for the report: "" when it worked).
     """
@@ -257,7 +265,8 @@ def param_importance(
     if len(done) < MIN_IMPORTANCE_TRIALS:
         return {}, {}, f"needs at least {MIN_IMPORTANCE_TRIALS} finished trials, this search has {len(done)}"
     cols = [c for c in done.columns if c.startswith("config/")]
-    dists = {_short(c): d for c in cols if (d := _distribution(done[c])) is not None}
+    declared = declared or {}
+    dists = {_short(c): d for c in cols if (d := _distribution(done[c], declared.get(_short(c)))) is not None}
     if not dists:
         return {}, {}, "no config key varied between the finished trials"
     frozen = []
@@ -387,22 +396,28 @@ def _load(search_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _provenance(search_dir: str | Path) -> str:
-    """Space, data and whether the search finished, from the search's `fer_tune.json` (when present)."""
-    path = Path(search_dir) / "fer_tune.json"
-    if not path.is_file():
+    """Space, data, whether the search finished and its phases, from its state record (when present)."""
+    folder = SearchFolder(search_dir)
+    if not folder.is_search():
         return ""
-    try:
-        state = json.loads(path.read_text())
-    except (ValueError, OSError) as e:
-        raise DataError(f"{path}: unreadable search state ({e})") from None
+    state = folder.read_state()
     done = (
         "finished"
-        if state.get("finished")
+        if state.finished
         else f"not finished (running, or resume it: fer-tune --resume {search_dir})"
     )
-    return (
-        f"Space `{state.get('space')}`, data `{state.get('data')}`, started {state.get('started')}, {done}."
-    )
+    text = f"Space `{state.space}`, data `{state.data}`, started {state.started}, {done}."
+    if len(state.phases) > 1:
+        text += " Phases (the leaderboards' `phase` column; one Optuna study, `optuna.db`):\n\n" + "\n".join(
+            f"- phase {p.number}: {p.num_samples or ''} trials from `{p.space}`, started {p.started}"
+            + (
+                f"; {len(p.outside)} earlier trials outside its space did not steer its sampler"
+                if p.outside
+                else ""
+            )
+            for p in state.phases
+        )
+    return text
 
 
 def _search_section(
@@ -412,8 +427,10 @@ def _search_section(
     out: Path,
     about: str,
     sel: Selection = VAL_ACC,
+    declared: Mapping[str, Any] | None = None,
 ) -> str:
-    """One search's section; `name` is also the prefix of its figures' file names."""
+    """One search's section; `name` is also the prefix of its figures' file names. `declared`: the space's
+    distributions per config key (for the log scales)."""
     lines = [f"## Search `{name}`", "", *([about, ""] if about else [])]
     counts = trials["stop_reason"].fillna("unknown").map(lambda s: s.split(":")[0]).value_counts()
     lines += [f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".", ""]
@@ -450,7 +467,7 @@ def _search_section(
     ]
 
     lines += ["### Hyperparameter importance", ""]
-    imp, dists, note = param_importance(trials, sel)
+    imp, dists, note = param_importance(trials, sel, declared)
     if imp:
         table = pd.DataFrame({"parameter": list(imp), "importance": [f"{v:.3f}" for v in imp.values()]})
         fig = plot_importance(imp, out / f"{name}_importance.png")
@@ -534,7 +551,7 @@ def write_report(search_dirs: Sequence[str | Path], out_dir: str | Path | None =
     out = (
         Path(out_dir)
         if out_dir
-        else (Path(search_dirs[0]) / "report" if len(search_dirs) == 1 else Path("report"))
+        else (Path(search_dirs[0]) / REPORT_DIR if len(search_dirs) == 1 else Path(REPORT_DIR))
     )
     check_writable(out, "--out" if out_dir else "report folder")  # after reading: no <search> is created
     parts = ["# fer-tune report", "", "Searches: " + ", ".join(f"`{d}`" for d in search_dirs) + ".", ""]
@@ -542,7 +559,8 @@ def write_report(search_dirs: Sequence[str | Path], out_dir: str | Path | None =
     if len(results) > 1:
         parts.append(_comparison(results, sels))
     for (slug, (trials, history)), d in zip(results.items(), search_dirs, strict=True):
-        parts.append(_search_section(slug, trials, history, out, _provenance(d), sels[slug]))
+        declared = SearchFolder(d).distributions() if SearchFolder(d).is_search() else {}
+        parts.append(_search_section(slug, trials, history, out, _provenance(d), sels[slug], declared))
     path = out / "report.md"
     path.write_text("\n".join(parts))
     return path

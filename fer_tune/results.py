@@ -22,10 +22,10 @@ import yaml
 
 from fer_tune.config import RunConfig
 from fer_tune.errors import DataError, FerTuneError
-from fer_tune.train import METRIC_KEYS as METRICS
-from fer_tune.train import METRIC_MODES
+from fer_tune.folder import BEST_CONFIG, LEADERBOARD, TRIALS_CSV, TRIALS_PARQUET, SearchFolder
+from fer_tune.metrics import METRIC_KEYS as METRICS
+from fer_tune.metrics import METRIC_MODES
 
-STOPPED_BY_FILE = "stopped_by.json"  # trial id -> "time budget", written by fer_tune.hooks.StopLog
 TIME_BUDGET = "time budget"
 _STATUS_REASON = {"RUNNING": "running", "PAUSED": "running", "PENDING": "pending"}
 
@@ -53,13 +53,12 @@ VAL_ACC = Selection()  # the default: val_acc, max
 
 def selection(search_dir: str | Path) -> Selection:
     """The `search.metric` and `search.mode` of a search folder's `space.yaml` (val_acc, max without one)."""
-    path = Path(search_dir) / "space.yaml"
-    try:
-        search = (yaml.safe_load(path.read_text()) or {}).get("search") or {}
-    except FileNotFoundError:
+    folder = SearchFolder(search_dir)
+    path = folder.space_path(1)
+    raw = folder.raw_space()
+    if not raw:
         return VAL_ACC
-    except (OSError, yaml.YAMLError, AttributeError) as e:
-        raise DataError(f"{path}: unreadable search space: {' '.join(str(e).split())}") from None
+    search = raw.get("search") or {}
     metric = search.get("metric", "val_acc")
     mode = search.get("mode") or METRIC_MODES.get(metric)
     if metric not in METRIC_MODES or mode not in ("min", "max"):
@@ -69,14 +68,18 @@ def selection(search_dir: str | Path) -> Selection:
 
 def load_results(search_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials: one row per trial, best first; history: one row per trial-epoch) of a search folder."""
-    folder = Path(search_dir)
-    scheduler, sel, stopped_by = _scheduler(folder), selection(folder), read_stopped_by(folder)
+    folder = SearchFolder(search_dir)
+    scheduler, sel, stopped_by = _scheduler(folder), selection(folder), folder.stopped_by()
+    latest = folder.experiment_dirs()[-1][0]
     rows, histories = [], []
-    for trial in _trials(folder):
+    for trial in folder.ray_trials():
         hist = _history(trial["path"])
         hist.insert(0, "trial_id", trial["trial_id"])
         histories.append(hist)
-        rows.append(_trial_row(trial, hist, scheduler, sel, stopped_by.get(trial["trial_id"])))
+        row = _trial_row(trial, hist, scheduler, sel, stopped_by.get(trial["trial_id"]))
+        if trial["phase"] < latest and row["stop_reason"] in ("running", "pending"):
+            row["stop_reason"] = "interrupted"  # its phase was extended, not resumed: it never ends
+        rows.append(row)
     trials = pd.DataFrame(rows, columns=_columns(rows, sel))
     if len(trials):
         trials = trials.sort_values(
@@ -90,7 +93,7 @@ def load_results(search_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def trial_config(search_dir: str | Path, trial_id: str) -> dict[str, Any]:
     """The complete (resolved, defaults filled) run config of one trial."""
-    for trial in _trials(Path(search_dir)):
+    for trial in SearchFolder(search_dir).ray_trials():
         if trial["trial_id"] == trial_id:
             return RunConfig.from_dict(trial["config"]).to_dict()
     raise DataError(f"{search_dir}: no trial {trial_id!r}")
@@ -115,13 +118,13 @@ def write_results(search_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     for col in table.columns:  # lists (kernel widths) as JSON text: one type per column in CSV and parquet
         if table[col].map(lambda v: isinstance(v, list)).any():
             table[col] = table[col].map(lambda v: json.dumps(v) if isinstance(v, list) else v)
-    table.to_csv(folder / "trials.csv", index=False)
-    table.to_parquet(folder / "trials.parquet", index=False)
+    table.to_csv(folder / TRIALS_CSV, index=False)
+    table.to_parquet(folder / TRIALS_PARQUET, index=False)
     sel = selection(folder)
-    (folder / "leaderboard.md").write_text(leaderboard(trials, folder.name, sel=sel))
+    (folder / LEADERBOARD).write_text(leaderboard(trials, folder.name, sel=sel))
     ranked = sel.rank(trials)
     if len(ranked):
-        _write_config(folder, ranked.iloc[0], 1, folder / "best_config.yaml", sel)
+        _write_config(folder, ranked.iloc[0], 1, folder / BEST_CONFIG, sel)
     return trials, history
 
 
@@ -155,7 +158,7 @@ def summarize(trials: pd.DataFrame, search_dir: str | Path) -> str:
         b = best.iloc[0]
         lines.append(
             f"best: trial {b['trial_id']} ({b['arch']}) {sel.metric} {b[sel.column]:.4f} at epoch "
-            f"{int(b['best_epoch'])}; run config: {Path(search_dir) / 'best_config.yaml'}"
+            f"{int(b['best_epoch'])}; run config: {Path(search_dir) / BEST_CONFIG}"
         )
     for _, row in trials[trials["stop_reason"].str.startswith("error")].head(5).iterrows():
         lines.append(f"  trial {row['trial_id']}: {row['stop_reason']}")
@@ -163,60 +166,6 @@ def summarize(trials: pd.DataFrame, search_dir: str | Path) -> str:
 
 
 # -- reading the folder --------------------------------------------------------------------------------------
-
-
-def _trials(folder: Path) -> list[dict[str, Any]]:
-    """Trial id, status, config and folder of every trial in Ray's newest experiment-state snapshot.
-
-    The snapshot is read as plain JSON: only each trial's `trial_id`, `status` and folder name, which Ray
-    writes as JSON strings. Its cloudpickled fields (`CLOUDPICKLE_FALLBACK`) are never decoded, and the
-    config comes from the trial's own `params.json`.
-    """
-    if not folder.is_dir():
-        raise DataError(f"{folder}: no such search folder")
-    states = sorted(folder.glob("experiment_state-*.json"))
-    if not states:
-        raise DataError(f"{folder}: no experiment_state-*.json; not a Ray Tune search folder (yet)")
-    path = states[-1]  # the newest: Ray names each by its session's start time, and picks the greatest name
-    try:
-        entries = [json.loads(meta) for meta, _ in json.loads(path.read_text())["trial_data"]]
-        trials = [(str(e["trial_id"]), str(e["status"]), e) for e in entries]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{path}: unreadable Ray Tune experiment state: {e}") from None
-    out = []
-    for trial_id, status, entry in trials:
-        logdir = entry.get("relative_logdir")
-        trial_dir = folder / (Path(logdir).name if isinstance(logdir, str) else f"trial_{trial_id}")
-        out.append(
-            {"trial_id": trial_id, "status": status, "config": _config(trial_dir, entry), "path": trial_dir}
-        )
-    return out
-
-
-def _config(trial_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
-    """The trial's config from its `params.json`; a trial not started yet has none but the snapshot's."""
-    path = trial_dir / "params.json"
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        config = entry.get("config")
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: unreadable trial config: {e}") from None
-    return config if isinstance(config, dict) else {}
-
-
-def read_stopped_by(folder: str | Path) -> dict[str, str]:
-    """Trial id -> what stopped it, for the trials fer-tune stopped itself (`stopped_by.json`; {} if none)."""
-    path = Path(folder) / STOPPED_BY_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: unreadable: {e}") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a mapping of trial id to stop cause")
-    return {str(k): str(v) for k, v in data.items()}
 
 
 def _history(trial_dir: Path) -> pd.DataFrame:
@@ -247,12 +196,11 @@ def _error(trial_dir: Path) -> str:
     return lines[-1][:300] if lines else "unknown"
 
 
-def _scheduler(folder: Path) -> str:
+def _scheduler(folder: SearchFolder) -> str:
     try:
-        space = yaml.safe_load((folder / "space.yaml").read_text()) or {}
-        sched = (space.get("search") or {}).get("scheduler") or {}
+        sched = (folder.raw_space().get("search") or {}).get("scheduler") or {}
         return sched.get("type", "asha") if isinstance(sched, dict) else str(sched)
-    except (OSError, yaml.YAMLError):
+    except DataError:
         return "asha"
 
 
@@ -265,7 +213,7 @@ def _trial_row(
         max_epochs, arch = run.train.epochs, run.model.arch
     except FerTuneError:
         run, max_epochs, arch = None, math.nan, (config.get("model") or {}).get("arch")
-    row: dict[str, Any] = {"trial_id": trial["trial_id"], "status": trial["status"]}
+    row: dict[str, Any] = {"trial_id": trial["trial_id"], "phase": trial["phase"], "status": trial["status"]}
     epochs = int(hist["epoch"].max()) if len(hist) else 0
     status = trial["status"]
     if status == "ERROR":
@@ -325,6 +273,7 @@ def _stats(run: RunConfig | None) -> dict[str, Any]:
 def _columns(rows: list[dict[str, Any]], sel: Selection) -> list[str]:
     cols = [
         "trial_id",
+        "phase",
         "status",
         "stop_reason",
         "arch",
@@ -366,9 +315,8 @@ def _write_config(folder: Path, row: pd.Series, rank: int, out: Path, sel: Selec
         "stop_reason": row["stop_reason"],
         "exported": datetime.now().isoformat(timespec="seconds"),
     }
-    state = folder / "fer_tune.json"
-    if state.is_file():
-        provenance["data"] = json.loads(state.read_text()).get("data")
+    if SearchFolder(folder).is_search():
+        provenance["data"] = SearchFolder(folder).read_state().data
     text = f"# run config of trial {row['trial_id']} (rank {rank}) of search {folder.name}; train it with\n"
     text += f"# fer-tune train {out.name} --data ... (provenance: is read by people, ignored by training)\n"
     text += yaml.safe_dump({**config, "provenance": provenance}, sort_keys=False)

@@ -2,31 +2,33 @@
 
 `run_search` parses the space and the data before Ray starts, puts the parsed dataset in Ray's object store
 once (`tune.with_parameters`), and runs one `fer_trial` per sampled config. The search folder
-`results/<name>/` is Ray's experiment folder plus `fer_tune.json` (what `resume_search` needs: the data path,
-the resources, whether the search finished) and the results files written by `fer_tune.results`.
+`results/<name>/` (owned by `fer_tune.folder`) is Ray's experiment folder plus `fer_tune.json` (what
+`resume_search` and `extend_search` need), the Optuna study in `optuna.db`, and the results files written by
+`fer_tune.results`. `extend_search` adds trials to a search as a new phase in the same folder and study.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
+import dataclasses
 import math
 import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from fer_tune.data import FER2013
-from fer_tune.errors import ConfigError, DataError, check_writable
-from fer_tune.spaces import Dist, Space, load_space, parse_duration, parse_space
+from fer_tune.errors import ConfigError, DataError, check, check_writable
+from fer_tune.folder import STUDY_DB_ENV, Phase, SearchFolder, SearchState
+from fer_tune.spaces import Dist, Resources, Space, load_space, parse_duration
 
-STATE_FILE = "fer_tune.json"
 KAGGLE = (
     "https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge"
 )
@@ -103,100 +105,225 @@ def fer_trial(config: dict[str, Any], data: FER2013, resources: TrialResources) 
         raise
 
 
-def default_name(space_name: str) -> str:
-    """A search's folder name when --name is not given: the space's name and the time."""
-    return f"{space_name}-{datetime.now():%Y%m%d-%H%M%S}"
+@dataclass
+class SearchResources:
+    """The machine a search runs on: Ray's cluster, and an explicit GPU share per trial.
+
+    `gpus_per_trial` (`--gpus-per-trial`) overrides the space's, and is never dropped for lack of GPUs: a
+    space's own share is (the same space runs on a CPU-only machine).
+    """
+
+    cpus: int | None = None  # CPUs Ray may use (default: all)
+    gpus: float | None = None  # GPUs Ray may use (0: CPU only; default: all visible)
+    address: str | None = None  # a running Ray cluster: auto or ray://host:port
+    gpus_per_trial: float | str | None = None
 
 
-def run_search(args: argparse.Namespace) -> int:
-    """`fer-tune --space ...`: run a search; exit status 0 done, 1 every trial failed, 130 interrupted."""
-    space = load_space(
-        args.space,
-        num_samples=args.num_samples,
-        time_budget_s=parse_duration(args.time_budget, "--time-budget"),
-        max_failures=args.max_failures,
-        cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial,
-    )
-    if args.gpus == 0:
-        if args.gpus_per_trial:
-            raise ConfigError(f"--gpus-per-trial: {args.gpus_per_trial} with --gpus 0 (CPU only)")
+@dataclass
+class Outcome:
+    """What a search run left: its folder and the exit status (0 done, 1 every trial failed, 130
+    interrupted)."""
+
+    folder: Path
+    status: int
+
+
+def run_search(
+    space: Space | str | Path,
+    data: FER2013 | str | Path,
+    resources: SearchResources | None = None,
+    *,
+    name: str | None = None,
+    results: str | Path = "results",
+    wandb_project: str | None = None,
+    wandb_mode: str | None = None,
+) -> Outcome:
+    """Run a search of `space` (a Space, or a bundled name or YAML path) on `data` (FER2013, or a path) into
+    `results/<name>/`. The space and data are checked before Ray starts."""
+    res = resources or SearchResources()
+    space = space if isinstance(space, Space) else load_space(space, gpus_per_trial=res.gpus_per_trial)
+    if res.gpus_per_trial is not None:
+        space.resources.gpus_per_trial = res.gpus_per_trial
+    if res.gpus == 0:
+        if res.gpus_per_trial:
+            raise ConfigError(f"--gpus-per-trial: {res.gpus_per_trial} with --gpus 0 (CPU only)")
         space.resources.gpus_per_trial, space.resources.gpu_shares = 0.0, None
-    if args.gpus and args.address is None:
+    if res.gpus and res.address is None:
         import ray
 
         if not ray.is_initialized():  # fer-tune will start Ray: it must not promise GPUs torch cannot use
             from fer_tune.device import check_gpu_count
 
-            check_gpu_count(args.gpus)
-    results = check_writable(Path(args.results).expanduser().resolve(), "--results")  # before data and Ray
-    data_path = find_data(args.data, space.data)
-    name = args.name or default_name(space.name)
-    folder = results / name
-    if (folder / STATE_FILE).exists():
+            check_gpu_count(res.gpus)
+    out = check_writable(Path(results).expanduser().resolve(), "--results")  # before data and Ray
+    folder = SearchFolder(out / (name or f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}"))
+    if folder.is_search():
         raise ConfigError(
-            f"--name: {folder} holds a search already; continue it with fer-tune --resume {folder}"
+            f"--name: {folder.path} holds a search already; continue it with fer-tune --resume {folder.path}"
         )
+    data, data_path = _load(data)
+    with _ray(res.address, res.cpus, res.gpus) as cluster:
+        _fill_resources(space, cluster, gpus_flag=res.gpus_per_trial)
+        folder.path.mkdir(parents=True, exist_ok=True)
+        folder.write_space(space)
+        now = datetime.now().isoformat(timespec="seconds")
+        command = " ".join(sys.argv)
+        state = SearchState(
+            name=folder.name,
+            space=space.source,
+            data=data_path,
+            started=now,
+            cpus=res.cpus,
+            gpus=res.gpus,
+            wandb_project=wandb_project or os.environ.get("WANDB_PROJECT"),
+            wandb_mode=wandb_mode or os.environ.get("WANDB_MODE", "online"),
+            command=command,
+            study=folder.name if space.search.algorithm == "optuna" else None,
+            phases=[Phase(1, space.source, space.search.num_samples, now, command=command)],
+        )
+        folder.write_state(state)
+        tuner = _tuner(space, data, folder, cluster, state)
+        return Outcome(folder.path, _fit(tuner, space, folder, state))
 
+
+def extend_search(
+    path: str | Path,
+    num_samples: int,
+    *,
+    space: str | Path | None = None,
+    time_budget: str | float | None = None,
+    address: str | None = None,
+    data: FER2013 | str | Path | None = None,
+) -> Outcome:
+    """`fer-tune extend DIR --num-samples N`: N more trials in the same folder and Optuna study, so TPE starts
+    from every earlier trial; `space` may narrow ranges and fix values. Earlier trials the new space could
+    not have proposed stay in the results but are hidden from the sampler. `data` defaults to the search's
+    (give it when the search was run on a FER2013 held in memory)."""
+    from optuna.trial import TrialState
+
+    from fer_tune.hooks import LOST
+    from fer_tune.translate import outside
+
+    folder = SearchFolder(path)
+    state = folder.read_state()
+    before = folder.read_space()
+    if not state.study or before.search.algorithm != "optuna":
+        raise ConfigError(
+            f"{folder.space_path(1)}: search.algorithm {before.search.algorithm}: extend continues an Optuna "
+            "study, and this search has none"
+        )
+    if not folder.db_path.is_file():
+        raise DataError(
+            f"{folder.db_path}: no such file; the search predates optuna.db and cannot be extended"
+        )
+    check(num_samples >= 1, "--num-samples", f"must be >= 1, got {num_samples}")
+    budget = parse_duration(time_budget, "--time-budget")
+    new = _extension_space(before, space, num_samples, budget, folder)
+    check_writable(folder.path, "search folder")
+    data, _ = _load(state.data if data is None else data)
+    study = folder.load_study()
+    numbers = {t.user_attrs.get("ray_trial_id"): t.number for t in study.get_trials(deepcopy=False)}
+    out = {t["trial_id"]: why for t in folder.ray_trials() if (why := outside(new, t["config"]))}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        # An interrupted phase that is extended instead of resumed: its trials never end.
+        study._storage.set_trial_user_attr(
+            t._trial_id, LOST, f"phase {state.phase.number} extended, not resumed"
+        )
+        study.tell(t.number, state=TrialState.FAIL)
+    number = state.phase.number + 1
+    now = datetime.now().isoformat(timespec="seconds")
+    state.phases.append(
+        Phase(number, new.source, num_samples, now, command=" ".join(sys.argv), outside=sorted(out))
+    )
+    state.finished, state.ended = False, None
+    with _ray(address, state.cpus, state.gpus) as cluster:
+        folder.write_space(new, number)
+        folder.write_state(state)
+        hidden = [numbers[t] for t in out if t in numbers]
+        print(
+            f"fer-tune: extending {folder.path} by {num_samples} trials (phase {number}); "
+            f"{len(hidden)} earlier trials lie outside {new.source} and do not steer the sampler"
+        )
+        tuner = _tuner(new, data, folder, cluster, state, hidden=hidden)
+        return Outcome(folder.path, _fit(tuner, new, folder, state))
+
+
+def _extension_space(
+    before: Space, path: str | Path | None, num_samples: int, budget: float | None, folder: SearchFolder
+) -> Space:
+    """The space of an extension: the given file (its resources default to the search's) or the last phase's,
+    with `num_samples` and the time budget. It must rank as the study does and keep each parameter's kind."""
+    from fer_tune.translate import distribution
+
+    if path is None:
+        new = dataclasses.replace(before, search=dataclasses.replace(before.search, time_budget_s=budget))
+    else:
+        new = load_space(path, time_budget_s=budget)
+        if new.resources == Resources():  # none given: the resources the search measured or was given
+            new.resources = before.resources
+    new.search.num_samples = num_samples
+    where = new.source
+    if new.search.algorithm != "optuna":
+        raise ConfigError(
+            f"{where}: search.algorithm: {new.search.algorithm}; an extension continues an Optuna study"
+        )
+    if (new.search.metric, new.search.mode) != (before.search.metric, before.search.mode):
+        raise ConfigError(
+            f"{where}: search.metric: {new.search.metric} ({new.search.mode}), but the study of "
+            f"{folder.path} ranks by {before.search.metric} ({before.search.mode}); an extension keeps it"
+        )
+    for phase, _ in folder.experiment_dirs():
+        old = {d.name: d for d in folder.read_space(phase).dists()}
+        for d in new.dists():
+            if d.name in old and type(distribution(d)) is not type(distribution(old[d.name])):
+                raise ConfigError(
+                    f"{where}: {d.path}: {d.kind} here but {old[d.name].kind} in phase {phase}; one Optuna "
+                    "parameter cannot change its kind (start a new search instead)"
+                )
+    return new
+
+
+def _load(data: FER2013 | str | Path) -> tuple[FER2013, str]:
+    """The dataset and the path recorded for resume (a FER2013 given as an object records its source)."""
     from fer_tune.data import load_fer2013
 
-    data = load_fer2013(data_path)
-    _check_selectable(data, data_path)
-    with _ray(args.address, args.cpus, args.gpus) as cluster:
-        _fill_resources(space, cluster, gpus_flag=args.gpus_per_trial)
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_space(space, folder)
-        state = {
-            "name": name,
-            "space": space.source,
-            "data": str(data_path),
-            "cpus": args.cpus,
-            "gpus": args.gpus,
-            "wandb_project": args.wandb_project or os.environ.get("WANDB_PROJECT"),
-            "wandb_mode": args.wandb_mode or os.environ.get("WANDB_MODE", "online"),
-            "started": datetime.now().isoformat(timespec="seconds"),
-            "finished": False,
-            "command": " ".join(sys.argv),
-        }
-        _write_state(folder, state)
-        tuner = _tuner(space, data, folder, cluster, state)
-        return _fit(tuner, space, folder, state)
+    if isinstance(data, FER2013):
+        _check_selectable(data, data.source)
+        return data, data.source
+    loaded = load_fer2013(data)
+    _check_selectable(loaded, data)
+    return loaded, str(Path(data).resolve())
 
 
 def resume_search(path: str | Path, *, retry_errored: bool = False, address: str | None = None) -> int:
-    """`fer-tune --resume DIR`: continue an interrupted search where its saved state left it."""
+    """`fer-tune --resume DIR`: continue an interrupted search (its latest phase) where its saved state left
+    it."""
     from ray import tune
 
-    folder = Path(path).expanduser().resolve()
-    state_path = folder / STATE_FILE
-    try:
-        state = json.loads(state_path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{state_path}: no such file; {folder} is not a fer-tune search folder") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{state_path}: unreadable: {e}") from None
-    if state.get("finished") and not (retry_errored and _has_errors(folder)):
-        print(f"fer-tune: {folder} finished on {state.get('ended', '?')}; nothing to resume")
+    folder = SearchFolder(path)
+    state = folder.read_state()
+    if state.finished and not (retry_errored and _has_errors(folder.path)):
+        print(f"fer-tune: {folder.path} finished on {state.ended or '?'}; nothing to resume")
         return 0
-    space = _read_space(folder)
-    if not tune.Tuner.can_restore(str(folder)):
-        raise DataError(f"{folder}: no saved Ray Tune state (experiment_state-*.json) to resume from")
-    check_writable(folder, "search folder")  # Ray writes its state and the trials there
+    phase, experiment = folder.experiment_dirs()[-1]
+    space = folder.read_space(phase)
+    if not tune.Tuner.can_restore(str(experiment)):
+        raise DataError(f"{experiment}: no saved Ray Tune state (experiment_state-*.json) to resume from")
+    check_writable(folder.path, "search folder")  # Ray writes its state and the trials there
 
-    from fer_tune.data import load_fer2013
-
-    data = load_fer2013(state["data"])
-    _check_selectable(data, state["data"])
-    with _ray(address, state.get("cpus"), state.get("gpus")):
+    data, _ = _load(state.data)
+    # Ray unpickles the searcher with the study storage it was saved with: open this folder's database.
+    os.environ[STUDY_DB_ENV] = str(folder.db_path)
+    with _ray(address, state.cpus, state.gpus):
         # The trainable must have the name it had: re-wrap the same function around freshly loaded data.
         tuner = tune.Tuner.restore(
-            str(folder),
+            str(experiment),
             _trainable(space, data),
             resume_unfinished=True,
             resume_errored=retry_errored,
             restart_errored=False,  # restarted trials get ids OptunaSearch never saw (KeyError in Ray 2.60)
         )
-        print(f"fer-tune: resuming {folder}" + (" (errored trials too)" if retry_errored else ""))
+        print(f"fer-tune: resuming {folder.path}" + (" (errored trials too)" if retry_errored else ""))
         return _fit(tuner, space, folder, state)
 
 
@@ -328,21 +455,38 @@ def _trial_dirname(trial: Any) -> str:
 
 
 def _tuner(
-    space: Space, data: FER2013, folder: Path, cluster: dict[str, float], state: dict[str, Any]
+    space: Space,
+    data: FER2013,
+    folder: SearchFolder,
+    cluster: dict[str, float],
+    state: SearchState,
+    hidden: list[int] | None = None,
 ) -> Any:
+    """Ray's Tuner of the state's latest phase; `hidden`: study trials its sampler must not learn from."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
-    from fer_tune.hooks import BestEpochOptunaSearch, BudgetStopper, StopLog
+    from fer_tune.hooks import BestEpochOptunaSearch, BudgetStopper, InSpaceSampler, StopLog
 
     s = space.search
     slots = s.max_concurrent or _slots(space, cluster)
     if s.algorithm == "optuna":
-        search_alg = ConcurrencyLimiter(
-            BestEpochOptunaSearch(space=space.define_by_run(), metric=s.metric, mode=s.mode, seed=s.seed),
-            slots,
+        phase = state.phase.number
+        searcher = BestEpochOptunaSearch(
+            space=space.define_by_run(),
+            metric=s.metric,
+            mode=s.mode,
+            # Each phase its own seed: the same one would replay the earlier phase's random start-up trials.
+            sampler=InSpaceSampler(seed=s.seed + phase - 1, outside=hidden or ()),
+            storage=folder.storage(),
+            study_name=state.study,
+            phase=phase,
         )
+        search_alg = ConcurrencyLimiter(searcher, slots)
+        with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna 5
+            warnings.simplefilter("ignore")
+            searcher._ot_study.set_metric_names([s.metric])  # the dashboard shows val_acc
         param_space: dict[str, Any] = {}
     else:
         search_alg = BasicVariantGenerator(random_state=s.seed, max_concurrent=slots)
@@ -359,15 +503,15 @@ def _tuner(
     # Ray's TimeoutStopper stops running trials too; StopLog records them as stopped by the time budget.
     stopper = BudgetStopper(s.time_budget_s) if s.time_budget_s else None
     callbacks: list[Any] = [StopLog(stopper, search_alg if s.algorithm == "optuna" else None)]
-    if state["wandb_project"] and state["wandb_mode"] != "disabled":
+    if state.wandb_project and state.wandb_mode != "disabled":
         from ray.air.integrations.wandb import WandbLoggerCallback
 
         # upload_timeout: the default (30 min) makes an interrupted driver hang while wandb flushes.
         callbacks.append(
             WandbLoggerCallback(
-                project=state["wandb_project"],
-                group=state["name"],
-                mode=state["wandb_mode"],
+                project=state.wandb_project,
+                group=state.name,
+                mode=state.wandb_mode,
                 upload_timeout=30,
             )
         )
@@ -379,6 +523,7 @@ def _tuner(
         # metric, which a time budget makes: ones it stops before their first epoch.
         sort_by_metric=s.time_budget_s is None,
     )
+    experiment = folder.experiment_dir(state.phase.number)
     return tune.Tuner(
         _trainable(space, data),
         param_space=param_space,
@@ -392,8 +537,8 @@ def _tuner(
             reuse_actors=True,  # a finished trial's worker (torch imported, data fetched) runs the next one
         ),
         run_config=tune.RunConfig(
-            name=folder.name,
-            storage_path=str(folder.parent),  # absolute: a relative one fails in pyarrow (ray#42968)
+            name=experiment.name,
+            storage_path=str(experiment.parent),  # absolute: a relative one fails in pyarrow (ray#42968)
             stop=stopper,
             callbacks=callbacks,
             progress_reporter=reporter,
@@ -422,7 +567,7 @@ def _graceful_sigterm() -> Iterator[list[int]]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _fit(tuner: Any, space: Space, folder: Path, state: dict[str, Any]) -> int:
+def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState) -> int:
     from fer_tune.results import summarize, write_results
 
     # The legacy output engine is the one that shows CLIReporter's parameter columns.
@@ -434,17 +579,18 @@ def _fit(tuner: Any, space: Space, folder: Path, state: dict[str, Any]) -> int:
     with _graceful_sigterm() as signals:
         grid = tuner.fit()
     elapsed = time.time() - t0
-    trials, _ = write_results(folder)
+    trials, _ = write_results(folder.path)
     budget = space.search.time_budget_s
     budget_hit = budget is not None and elapsed >= budget - 1
     unfinished = grid.num_terminated + grid.num_errors < len(grid)
     interrupted = bool(signals) or unfinished or (len(grid) < space.total_trials() and not budget_hit)
-    print(summarize(trials, folder))
+    print(summarize(trials, folder.path))
     if interrupted:
         print(f"fer-tune: search interrupted; nothing is lost. Continue it with: fer-tune --resume {folder}")
         return 130
-    state.update(finished=True, ended=datetime.now().isoformat(timespec="seconds"))
-    _write_state(folder, state)
+    state.finished, state.ended = True, datetime.now().isoformat(timespec="seconds")
+    state.phase.finished, state.phase.ended = True, state.ended
+    folder.write_state(state)
     if len(trials) and (trials["status"] == "ERROR").all():
         print("fer-tune: every trial failed; see the stop reasons above and error.txt in each trial folder")
         return 1
@@ -455,29 +601,3 @@ def _has_errors(folder: Path) -> bool:
     from fer_tune.results import load_results
 
     return bool((load_results(folder)[0]["status"] == "ERROR").any())
-
-
-def _write_state(folder: Path, state: dict[str, Any]) -> None:
-    tmp = folder / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    os.replace(tmp, folder / STATE_FILE)
-
-
-def _write_space(space: Space, folder: Path) -> None:
-    import yaml
-
-    header = f"# resolved search space (from {space.source}, flags applied)\n"
-    (folder / "space.yaml").write_text(header + yaml.safe_dump(space.to_dict(), sort_keys=False))
-
-
-def _read_space(folder: Path) -> Space:
-    import yaml
-
-    path = folder / "space.yaml"
-    try:
-        raw = yaml.safe_load(path.read_text())
-        return parse_space(raw, name=folder.name, source=str(path))
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except (yaml.YAMLError, ConfigError) as e:
-        raise DataError(f"{path}: {' '.join(str(e).split())}") from None

@@ -12,10 +12,7 @@ distribution at its low and its high end) and each must be a valid `RunConfig`. 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import numbers
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +22,21 @@ import yaml
 
 from fer_tune.config import RunConfig
 from fer_tune.errors import ConfigError, FerTuneError, check
-from fer_tune.train import METRIC_MODES
+from fer_tune.metrics import METRIC_MODES  # noqa: F401  (re-exported)
+from fer_tune.settings import (  # noqa: F401  (re-exported)
+    ALGORITHMS,
+    Resources,
+    SearchSettings,
+    _check_gpu_share,
+    _is_number,
+    _parse_resources,
+    _parse_search,
+    parse_duration,
+)
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform", "qloguniform")
 GROUPS = ("model", "train", "augment", "seed")
 TOP_KEYS = (*GROUPS, "search", "resources", "data")
-ALGORITHMS = ("optuna", "random", "grid")
-SCHEDULERS = ("asha", "none")
 _PRIMITIVE = (type(None), bool, int, float, str)
 
 
@@ -50,34 +55,6 @@ class Dist:
 
     def to_yaml(self) -> dict[str, list]:
         return {self.kind: list(self.args)}
-
-
-@dataclass
-class SearchSettings:
-    """The `search` block: how many trials, which algorithm and scheduler, how long."""
-
-    algorithm: str = "optuna"  # optuna (TPE) | random | grid
-    num_samples: int = 0  # trials (grid: passes over the grid); default 20, grid: 1
-    metric: str = "val_acc"  # a key of METRIC_MODES; trials are ranked by its best epoch
-    mode: str | None = None  # max | min; default: the metric's direction in METRIC_MODES
-    scheduler: str = "asha"  # asha | none
-    max_t: int | None = None  # ASHA's last rung, in epochs (default: the largest train.epochs of the space)
-    grace_period: int = 1  # epochs every trial runs before ASHA may stop it
-    reduction_factor: int = 3  # ASHA keeps 1/reduction_factor of the trials at each rung
-    time_budget_s: float | None = None  # stop the search after this many seconds
-    seed: int = 0  # seeds Optuna's sampler or Ray's random search
-    max_concurrent: int | None = None  # default: as many trials as the resources hold
-    max_failures: int = 0  # retries of a failed trial
-
-
-@dataclass
-class Resources:
-    """The `resources` block: what each trial reserves."""
-
-    cpus_per_trial: float = 1.0  # also the torch threads of the trial (at least 1)
-    # None: 1 when the search uses GPUs, else 0; "auto": measured per family (fer_tune.packing)
-    gpus_per_trial: float | str | None = None
-    gpu_shares: dict[str, float] | None = None  # per family, over gpus_per_trial ("auto" fills it)
 
 
 @dataclass
@@ -155,80 +132,25 @@ class Space:
             out["data"] = self.data
         return out
 
-    # -- translations ---------------------------------------------------------------------------------------
+    # -- translations (fer_tune.translate) ------------------------------------------------------------------
 
     def param_space(self) -> dict[str, Any]:
         """The space in Ray Tune's search space API, for `BasicVariantGenerator` (random and grid search)."""
-        from ray import tune
+        from fer_tune.translate import param_space
 
-        def conv(node: Any) -> Any:
-            if isinstance(node, Dist):
-                return _ray_domain(node)
-            if isinstance(node, dict):
-                return {k: conv(v) for k, v in node.items()}
-            if isinstance(node, list):
-                return [conv(v) for v in node]
-            return node
+        return param_space(self)
 
-        space = {k: conv(v) for k, v in self.groups.items() if k != "model"}
-        model = dict(self.groups.get("model", {}))
-        families = model.pop("families", {})
-        arch = model.get("arch")
-        if families:
-            # Conditional: one alternative per family; Ray resolves the domains nested in the chosen one.
-            options = [conv({**model, **families.get(a, {}), "arch": a}) for a in arch.args]
-            space["model"] = tune.grid_search(options) if arch.kind == "grid" else tune.choice(options)
-        else:
-            space["model"] = conv(model)
-        return space
-
-    def define_by_run(self) -> DefineByRun:
+    def define_by_run(self) -> Any:
         """The space as an Optuna define-by-run function (for `OptunaSearch(space=...)`)."""
+        from fer_tune.translate import DefineByRun
+
         return DefineByRun(self.groups)
 
     def sample(self, n: int = 3, seed: int = 0) -> list[dict[str, Any]]:
         """Draw configs with Optuna's random sampler: per family, all-low, all-high and `n` random ones."""
-        import optuna
+        from fer_tune.translate import sample
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-        fn = self.define_by_run()
-        arch = self.groups.get("model", {}).get("arch")
-        archs = arch.args if isinstance(arch, Dist) else [None]
-        configs = []
-        for a in archs:
-            fixed = {"model/arch": _encode(a)} if a is not None else {}
-            for end in (0, -1):
-                study.enqueue_trial({**{d.name: _corner(d, end) for d in self.dists()}, **fixed})
-            for _ in range(n):
-                study.enqueue_trial(fixed)
-            configs += [fn(study.ask()) for _ in range(n + 2)]
-        return configs
-
-
-class DefineByRun:
-    """Optuna define-by-run function over a parsed space; picklable, as OptunaSearch saves it with its state.
-
-    Parameters are named by their key path (`train/lr`, `model/families/cnn/kernels/0`), so each family has
-    its own parameters. It returns the complete run config: OptunaSearch merges that over the captured
-    parameters and `unflatten_dict`s the result; as the returned group keys (`model`, `train`, ...) come
-    after the `group/...` parameter names, the trial's config is exactly the run config.
-    """
-
-    def __init__(self, groups: dict[str, Any]):
-        self.groups = groups
-
-    def __call__(self, trial: Any) -> dict[str, Any]:
-        def suggest(d: Dist) -> Any:
-            return _suggest(trial, d)
-
-        model = dict(self.groups.get("model", {}))
-        families = model.pop("families", {})
-        arch = _resolve(model.get("arch"), suggest)
-        model = {**model, **families.get(arch, {}), "arch": arch} if families else model
-        config = {k: _resolve(v, suggest) for k, v in self.groups.items() if k != "model"}
-        config["model"] = _resolve(model, suggest)
-        return config
+        return sample(self, n, seed)
 
 
 # -- loading and checking ------------------------------------------------------------------------------------
@@ -314,25 +236,6 @@ def parse_space(raw: Any, *, name: str = "space", source: str = "", **overrides:
     return space
 
 
-def parse_duration(value: Any, key: str = "search.time_budget") -> float | None:
-    """`90m`, `2h`, `3600s`, `1.5h`, a number of seconds, or null."""
-    if value is None:
-        return None
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*", str(value))
-    check(
-        m is not None and float(m.group(1)) > 0,
-        key,
-        f"expected a duration like 90m, 2h, 3600s; got {value!r}",
-    )
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
 def _parse_value(value: Any, path: str) -> Any:
     """A fixed value, a list (whose items may be distributions), or a one-key distribution mapping."""
     if isinstance(value, list):
@@ -393,112 +296,6 @@ def _parse_families(raw_model: Mapping, model: dict[str, Any]) -> None:
         check("arch" not in sub, f"{key}.arch", "set by the family; remove it")
         parsed[fam] = {str(k): _parse_value(v, f"{key}.{k}") for k, v in sub.items()}
     model["families"] = parsed
-
-
-def _parse_search(raw: Any) -> SearchSettings:
-    s = SearchSettings(num_samples=20)
-    if raw is None:
-        return s
-    check(isinstance(raw, Mapping), "search", f"expected a mapping, got {raw!r}")
-    simple = {"algorithm": str, "num_samples": int, "metric": str, "mode": str, "seed": int}
-    simple |= {"max_concurrent": int, "max_failures": int}
-    for key, value in raw.items():
-        k = f"search.{key}"
-        if key in simple:
-            kind = simple[key]
-            ok = isinstance(value, kind) and not isinstance(value, bool)
-            ok = ok or (key == "max_concurrent" and value is None)
-            check(ok, k, f"expected {kind.__name__}, got {value!r}")
-            setattr(s, key, value)
-        elif key == "time_budget":
-            s.time_budget_s = parse_duration(value, k)
-        elif key == "scheduler":
-            _parse_scheduler(value, s)
-        else:
-            known = [*simple, "time_budget", "scheduler"]
-            raise ConfigError(f"{k}: unknown key; known keys: {', '.join(known)}")
-    check(s.algorithm in ALGORITHMS, "search.algorithm", f"must be one of {ALGORITHMS}, got {s.algorithm!r}")
-    if "num_samples" not in raw:
-        s.num_samples = 1 if s.algorithm == "grid" else 20
-    _check_metric(s)
-    check(s.num_samples >= 1, "search.num_samples", f"must be >= 1, got {s.num_samples}")
-    check(s.max_failures >= 0, "search.max_failures", f"must be >= 0, got {s.max_failures}")
-    check(s.max_concurrent is None or s.max_concurrent >= 1, "search.max_concurrent", "must be >= 1")
-    return s
-
-
-def _check_metric(s: SearchSettings) -> None:
-    """A known metric, and a mode that agrees with its direction (filled in when the metric has one)."""
-    known = ", ".join(METRIC_MODES)
-    check(s.metric in METRIC_MODES, "search.metric", f"unknown metric {s.metric!r}; known: {known}")
-    check(s.mode in (None, "min", "max"), "search.mode", f"must be min or max, got {s.mode!r}")
-    direction = METRIC_MODES[s.metric]
-    if direction is None:
-        check(s.mode is not None, "search.mode", f"required with search.metric {s.metric} (min or max)")
-    else:
-        check(
-            s.mode in (None, direction),
-            "search.mode",
-            f"{s.mode} contradicts search.metric {s.metric}, which is {direction}imised",
-        )
-        s.mode = direction
-
-
-def _parse_scheduler(value: Any, s: SearchSettings) -> None:
-    if value is None or isinstance(value, str):
-        value = {"type": value or "none"}
-    check(isinstance(value, Mapping), "search.scheduler", f"expected asha, none or a mapping, got {value!r}")
-    for key, v in value.items():
-        k = f"search.scheduler.{key}"
-        if key == "type":
-            check(v in SCHEDULERS, k, f"must be one of {SCHEDULERS}, got {v!r}")
-            s.scheduler = v
-        elif key in ("max_t", "grace_period", "reduction_factor"):
-            ok = (
-                isinstance(v, int)
-                and not isinstance(v, bool)
-                and v >= (2 if key == "reduction_factor" else 1)
-            )
-            check(ok or (key == "max_t" and v is None), k, f"expected a positive integer, got {v!r}")
-            setattr(s, key, v)
-        else:
-            raise ConfigError(f"{k}: unknown key; known keys: type, max_t, grace_period, reduction_factor")
-
-
-def _parse_resources(raw: Any) -> Resources:
-    r = Resources()
-    if raw is None:
-        return r
-    check(isinstance(raw, Mapping), "resources", f"expected a mapping, got {raw!r}")
-    for key, value in raw.items():
-        k = f"resources.{key}"
-        check(
-            key in ("cpus_per_trial", "gpus_per_trial", "gpu_shares"),
-            k,
-            "unknown key; known: cpus_per_trial, gpus_per_trial, gpu_shares",
-        )
-        if key == "gpu_shares":
-            check(isinstance(value, Mapping), k, f"expected a mapping family -> GPU share, got {value!r}")
-            for arch, v in value.items():
-                check(_is_number(v) and v > 0, f"{k}.{arch}", f"expected a number > 0, got {v!r}")
-            r.gpu_shares = {str(a): float(v) for a, v in value.items()}
-            continue
-        if key == "gpus_per_trial" and value == "auto":
-            r.gpus_per_trial = "auto"
-            continue
-        check(
-            value is None or (_is_number(value) and value >= 0), k, f"expected a number >= 0, got {value!r}"
-        )
-        setattr(r, key, None if value is None else float(value))
-    return r
-
-
-def _check_gpu_share(g: float, key: str) -> None:
-    # A trial trains on one GPU (no multi-GPU trials yet); shares that do not divide 1 strand a remainder of
-    # every GPU (ray#5902).
-    check(g <= 1, key, f"a trial trains on one GPU: must be <= 1, got {g:g}")
-    divides = g == 1 or abs(1 / g - round(1 / g)) < 1e-6
-    check(divides, key, f"must be 1 or divide 1 (0.5, 0.25, ...), got {g:g}")
 
 
 def _check_space(space: Space) -> None:
@@ -574,69 +371,11 @@ def _to_yaml(node: Any) -> Any:
     return node
 
 
-def _resolve(node: Any, suggest) -> Any:
-    if isinstance(node, Dist):
-        return suggest(node)
-    if isinstance(node, dict):
-        return {k: _resolve(v, suggest) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_resolve(v, suggest) for v in node]
-    return node
+def __getattr__(name: str) -> Any:
+    # Ray's tuner.pkl and searcher state of searches run before fer_tune.translate existed pickled
+    # `fer_tune.spaces.DefineByRun`: unpickling them must still find it.
+    if name == "DefineByRun":
+        from fer_tune.translate import DefineByRun
 
-
-def _encode(value: Any) -> Any:
-    """Optuna stores only primitive categorical values: lists (kernel widths) go in as JSON text."""
-    return value if isinstance(value, _PRIMITIVE) else json.dumps(value)
-
-
-def _decode(value: Any, choices: tuple) -> Any:
-    return value if any(value is c or value == c for c in choices) else json.loads(value)
-
-
-def _is_int(d: Dist) -> bool:
-    return all(isinstance(a, int) for a in d.args)
-
-
-def _corner(d: Dist, end: int) -> Any:
-    if d.kind in ("choice", "grid"):
-        return _encode(d.args[end])
-    return d.args[0] if end == 0 else d.args[1]
-
-
-def _suggest(trial: Any, d: Dist) -> Any:
-    if d.kind in ("choice", "grid"):
-        return _decode(trial.suggest_categorical(d.name, [_encode(v) for v in d.args]), d.args)
-    lo, hi = d.args[0], d.args[1]
-    if d.kind == "uniform":
-        return trial.suggest_float(d.name, lo, hi)
-    if d.kind == "loguniform":
-        return trial.suggest_float(d.name, lo, hi, log=True)
-    if d.kind == "randint":
-        return trial.suggest_int(d.name, lo, hi)
-    q = d.args[2]
-    if d.kind == "quniform":
-        if _is_int(d):
-            return trial.suggest_int(d.name, lo, hi, step=q)
-        return trial.suggest_float(d.name, lo, hi, step=q)
-    # qloguniform: Optuna has no stepped log scale; round as Ray's qloguniform does.
-    x = round(trial.suggest_float(d.name, lo, hi, log=True) / q) * q
-    return int(x) if _is_int(d) else x
-
-
-def _ray_domain(d: Dist) -> Any:
-    from ray import tune
-
-    a = d.args
-    if d.kind == "choice":
-        return tune.choice(list(a))
-    if d.kind == "grid":
-        return tune.grid_search(list(a))
-    if d.kind == "uniform":
-        return tune.uniform(a[0], a[1])
-    if d.kind == "loguniform":
-        return tune.loguniform(a[0], a[1])
-    if d.kind == "randint":
-        return tune.randint(a[0], a[1] + 1)  # Ray's upper bound is exclusive; ours is inclusive
-    if d.kind == "quniform":
-        return tune.qrandint(*a) if _is_int(d) else tune.quniform(*a)
-    return tune.qlograndint(*a) if _is_int(d) else tune.qloguniform(*a)
+        return DefineByRun
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

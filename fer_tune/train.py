@@ -16,48 +16,28 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shutil
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim import lr_scheduler
 
 from fer_tune.augment import augment_batch, eval_batch, normalize
-from fer_tune.checkpoint import atomic_save, atomic_write, model_meta, restore, rng_state
+from fer_tune.checkpoint import ReportFn, model_meta, restore, save_epoch
 from fer_tune.config import RunConfig, TrainConfig, as_run_config
 from fer_tune.data import EMOTIONS, FER2013
 from fer_tune.device import Precision, setup_device
 from fer_tune.errors import DataError
-from fer_tune.metrics import scores
+from fer_tune.metrics import METRIC_KEYS, METRIC_MODES, scores  # noqa: F401  (METRIC_MODES re-exported)
 from fer_tune.models import build_model
 
-ReportFn = Callable[[dict[str, Any], Path], None]
-# Every metric a trial reports each epoch, in metrics.csv's order, with its direction for `search.metric`
-# (None: no natural direction, so `search.mode` must give it).
-METRIC_MODES: dict[str, str | None] = {
-    "epoch": None,
-    "train_loss": "min",
-    "train_acc": "max",
-    "clean_train_acc": "max",
-    "val_loss": "min",
-    "val_acc": "max",
-    "val_macro_f1": "max",
-    **{f"val_recall_{c}": "max" for c in EMOTIONS},  # the rare classes (disgust: 1.5% of Training) show here
-    "lr": None,
-    "epoch_seconds": "min",
-    "images_per_second": "max",
-}
-METRIC_KEYS = tuple(METRIC_MODES)
 CUDA_CHECK_EVERY = 25  # steps between non-finite-loss checks on CUDA (a check is a host-device sync)
 
 
@@ -471,7 +451,7 @@ def train(
     for epoch in range(len(history) + 1, cfg.train.epochs + 1):
         metrics = run_epoch(model, opt, sched, plateau, d, cfg, epoch, amp, scaler, progress)
         history.append(metrics)
-        _save_epoch(model, opt, (sched, plateau, scaler), cfg, history, d.state, dev, out, report)
+        save_epoch(model, opt, (sched, plateau, scaler), cfg, history, d.state, dev, out, report)
 
     meta = model_meta(cfg, history, d.state)
     return {
@@ -482,48 +462,3 @@ def train(
         "params": sum(p.numel() for p in model.parameters()),
         "out_dir": str(out) if out is not None else None,
     }
-
-
-def _save_epoch(
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    stateful: tuple[Any, Any, Any],
-    cfg: RunConfig,
-    history: list[dict[str, Any]],
-    state: dict[str, Any],
-    dev: torch.device,
-    out: Path | None,
-    report: ReportFn | None,
-) -> None:
-    """Write checkpoint.pt (and metrics.csv, model.pt) to out, and hand a checkpoint folder to report."""
-    if out is None and report is None:
-        return
-    sched, plateau, scaler = stateful  # per-batch schedule, plateau schedule, fp16 gradient scaler
-    ckpt = {
-        "epoch": len(history),
-        "config": cfg.to_dict(),
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict() if sched is not None else None,
-        "plateau": plateau.state_dict() if plateau is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": rng_state(dev),
-        "history": history,
-        **state,
-    }
-    if out is not None:
-        atomic_save(ckpt, out / "checkpoint.pt")
-        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        atomic_save({"state_dict": weights, **model_meta(cfg, history, state)}, out / "model.pt")
-        csv = pd.DataFrame(history, columns=list(METRIC_KEYS)).to_csv(index=False).encode()
-        atomic_write(out / "metrics.csv", lambda f: f.write(csv))
-    if report is not None:
-        folder = Path(tempfile.mkdtemp(prefix="fer-tune-ckpt-"))
-        try:
-            if out is not None:
-                shutil.copy2(out / "checkpoint.pt", folder / "checkpoint.pt")
-            else:
-                torch.save(ckpt, folder / "checkpoint.pt")
-            report(dict(history[-1]), folder)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)  # Ray has copied it into the trial's storage

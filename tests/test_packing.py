@@ -23,8 +23,15 @@ GiB = 2**30
 
 def result(speeds: dict[int, float], footprint_gib: float = 1.0, total_gib: float = 80.0) -> PackingResult:
     return PackingResult(
-        {"arch": "cnn"}, 128, 48, "auto", speeds, int(footprint_gib * GiB) - GiB // 2, GiB // 2,
-        int(total_gib * GiB), "Fake H100",
+        {"arch": "cnn"},
+        128,
+        48,
+        "auto",
+        speeds,
+        int(footprint_gib * GiB) - GiB // 2,
+        GiB // 2,
+        int(total_gib * GiB),
+        "Fake H100",
     )
 
 

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 from PIL import Image
@@ -185,10 +186,13 @@ def test_compare_two_searches(fake_results, tmp_path):
 
 def test_importance_ranks_the_parameter_that_drives_val_acc():
     trials, _ = fake_search(n=40)
-    imp, dists, note = param_importance(trials)
+    declared = {"train.lr": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)}
+    imp, dists, note = param_importance(trials, declared=declared)
     assert next(iter(imp)) == "train.lr", imp
     assert sum(imp.values()) == pytest.approx(1.0)
-    assert dists["train.lr"].log  # 4 decades
+    assert dists["train.lr"].log  # as the space declares it
+    # Not declared (a space without it, or another kind): never guessed from the values' spread.
+    assert not param_importance(trials)[1]["train.lr"].log
     assert "model.depth" in dists  # conditional on the family, still assessed
     assert "train.epochs" not in dists and "seed" not in dists  # constant columns are skipped
 

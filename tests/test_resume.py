@@ -16,9 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import make_fer
+from optuna.trial import TrialState
 
 from fer_tune.data import save_csv
 from fer_tune.errors import DataError
+from fer_tune.folder import SearchFolder
+from fer_tune.hooks import LOST
 from fer_tune.results import load_results
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -135,6 +138,14 @@ def test_sigkill_then_resume_keeps_finished_trials_and_continues_interrupted_one
         lines = (folder / f"trial_{t}" / "result.json").read_text().splitlines()
         assert sum('"epoch": 1,' in line for line in lines) == 1
         assert sorted(history[history["trial_id"] == t]["epoch"]) == list(range(1, EPOCHS + 1))
+    # The study in optuna.db matches: one finished study trial per Ray trial (a trial asked in the moment
+    # before the kill, which Ray never saved, is told FAIL and marked lost), with its best value.
+    study = SearchFolder(folder).load_study()
+    live = [t for t in study.trials if LOST not in t.user_attrs]
+    assert {t.state for t in live} == {TrialState.COMPLETE}
+    assert all(t.state == TrialState.FAIL for t in study.trials if LOST in t.user_attrs)
+    best = dict(zip(trials["trial_id"], trials["best_val_acc"], strict=True))
+    assert {t.user_attrs["ray_trial_id"]: t.value for t in live} == pytest.approx(best)
     # Resuming again says it is finished and changes nothing.
     before = (folder / "trials.csv").read_text()
     again = fer_tune("resume", str(folder))
