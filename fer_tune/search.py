@@ -25,6 +25,7 @@ from typing import Any
 from fer_tune.data import FER2013
 from fer_tune.errors import ConfigError, DataError, check_writable
 from fer_tune.spaces import Dist, Space, load_space, parse_duration, parse_space
+from fer_tune.tracking import WandbTracking
 
 STATE_FILE = "fer_tune.json"
 KAGGLE = (
@@ -59,14 +60,18 @@ def find_data(flag: str | None, space_data: str | None) -> Path:
     )
 
 
-def fer_trial(config: dict[str, Any], data: FER2013, resources: TrialResources) -> None:
+def fer_trial(
+    config: dict[str, Any], data: FER2013, resources: TrialResources, tracking: WandbTracking | None = None
+) -> None:
     """The Ray Tune trainable: train the sampled run config, reporting and checkpointing every epoch.
 
-    `resources` is what the trial asked Ray for (its CPUs, and its model family's GPU share).
+    `resources` is what the trial asked Ray for (its CPUs, and its model family's GPU share); `tracking`,
+    the wandb project its own run logs every epoch to (`fer_tune.tracking`).
     """
     import ray.tune
 
     from fer_tune.device import trial_device
+    from fer_tune.tracking import trial_run
     from fer_tune.train import train
 
     cpus_per_trial, gpus_per_trial = resources.cpus, resources.gpus_for(config)
@@ -76,6 +81,7 @@ def fer_trial(config: dict[str, Any], data: FER2013, resources: TrialResources) 
 
     def report(metrics: dict[str, Any], folder: Path) -> None:
         metrics = {**metrics, "cuda_visible_devices": visible, "device": str(device)}
+        log(metrics)  # before Ray's report: an ASHA stop arrives inside it
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(folder)))
 
     kwargs = dict(
@@ -92,11 +98,12 @@ def fer_trial(config: dict[str, Any], data: FER2013, resources: TrialResources) 
         raise FloatingPointError(diverged.read_text())
     checkpoint = ray.tune.get_checkpoint()
     try:
-        if checkpoint is None:
-            train(config, data, **kwargs)
-        else:
-            with checkpoint.as_directory() as folder:
-                train(config, data, resume=folder, **kwargs)
+        with trial_run(tracking, config) as log:
+            if checkpoint is None:
+                train(config, data, **kwargs)
+            else:
+                with checkpoint.as_directory() as folder:
+                    train(config, data, resume=folder, **kwargs)
     except FloatingPointError as e:
         with contextlib.suppress(OSError):  # without the note a retry only repeats the epoch
             diverged.write_text(str(e))
@@ -133,6 +140,14 @@ def run_search(args: argparse.Namespace) -> int:
             f"--name: {folder} holds a search already; continue it with fer-tune --resume {folder}"
         )
 
+    wandb = {
+        "wandb_project": args.wandb_project or os.environ.get("WANDB_PROJECT"),
+        "wandb_mode": args.wandb_mode or os.environ.get("WANDB_MODE", "online"),
+    }
+    tracking = WandbTracking.from_state({"name": name, **wandb})
+    if tracking:
+        tracking.check()  # before the data and Ray: a missing key costs nothing
+
     from fer_tune.data import load_fer2013
 
     data = load_fer2013(data_path)
@@ -147,14 +162,13 @@ def run_search(args: argparse.Namespace) -> int:
             "data": str(data_path),
             "cpus": args.cpus,
             "gpus": args.gpus,
-            "wandb_project": args.wandb_project or os.environ.get("WANDB_PROJECT"),
-            "wandb_mode": args.wandb_mode or os.environ.get("WANDB_MODE", "online"),
+            **wandb,
             "started": datetime.now().isoformat(timespec="seconds"),
             "finished": False,
             "command": " ".join(sys.argv),
         }
         _write_state(folder, state)
-        tuner = _tuner(space, data, folder, cluster, state)
+        tuner = _tuner(space, data, folder, cluster, tracking)
         return _fit(tuner, space, folder, state)
 
 
@@ -177,6 +191,9 @@ def resume_search(path: str | Path, *, retry_errored: bool = False, address: str
     if not tune.Tuner.can_restore(str(folder)):
         raise DataError(f"{folder}: no saved Ray Tune state (experiment_state-*.json) to resume from")
     check_writable(folder, "search folder")  # Ray writes its state and the trials there
+    tracking = WandbTracking.from_state(state)
+    if tracking:
+        tracking.check()
 
     from fer_tune.data import load_fer2013
 
@@ -186,7 +203,7 @@ def resume_search(path: str | Path, *, retry_errored: bool = False, address: str
         # The trainable must have the name it had: re-wrap the same function around freshly loaded data.
         tuner = tune.Tuner.restore(
             str(folder),
-            _trainable(space, data),
+            _trainable(space, data, tracking),
             resume_unfinished=True,
             resume_errored=retry_errored,
             restart_errored=False,  # restarted trials get ids OptunaSearch never saw (KeyError in Ray 2.60)
@@ -276,13 +293,15 @@ def _slots(space: Space, cluster: dict[str, float]) -> int:
     return max(1, int(min(cpu, gpu, space.total_trials())))
 
 
-def _trainable(space: Space, data: FER2013) -> Any:
+def _trainable(space: Space, data: FER2013, tracking: WandbTracking | None = None) -> Any:
     from ray import tune
 
     r = space.resources
     resources = TrialResources(r.cpus_per_trial, r.gpus_per_trial, r.gpu_shares)
     # PrivateTest stays in the driver: no trial can score on it.
-    fn = tune.with_parameters(fer_trial, data=data.split(*TRIAL_SPLITS), resources=resources)
+    fn = tune.with_parameters(
+        fer_trial, data=data.split(*TRIAL_SPLITS), resources=resources, tracking=tracking
+    )
     return tune.with_resources(fn, resources)
 
 
@@ -323,7 +342,7 @@ def _trial_dirname(trial: Any) -> str:
 
 
 def _tuner(
-    space: Space, data: FER2013, folder: Path, cluster: dict[str, float], state: dict[str, Any]
+    space: Space, data: FER2013, folder: Path, cluster: dict[str, float], tracking: WandbTracking | None
 ) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -354,18 +373,6 @@ def _tuner(
     # Ray's TimeoutStopper stops running trials too; StopLog records them as stopped by the time budget.
     stopper = BudgetStopper(s.time_budget_s) if s.time_budget_s else None
     callbacks: list[Any] = [StopLog(stopper, search_alg if s.algorithm == "optuna" else None)]
-    if state["wandb_project"] and state["wandb_mode"] != "disabled":
-        from ray.air.integrations.wandb import WandbLoggerCallback
-
-        # upload_timeout: the default (30 min) makes an interrupted driver hang while wandb flushes.
-        callbacks.append(
-            WandbLoggerCallback(
-                project=state["wandb_project"],
-                group=state["name"],
-                mode=state["wandb_mode"],
-                upload_timeout=30,
-            )
-        )
     reporter = tune.CLIReporter(
         metric_columns=METRIC_COLUMNS,
         parameter_columns={k: k.split("/")[-1] for k in progress_columns(space)},
@@ -375,7 +382,7 @@ def _tuner(
         sort_by_metric=s.time_budget_s is None,
     )
     return tune.Tuner(
-        _trainable(space, data),
+        _trainable(space, data, tracking),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=s.metric,
