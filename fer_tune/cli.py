@@ -59,7 +59,9 @@ def _search(args: argparse.Namespace) -> int:
     if args.resume:
         from fer_tune.search import resume_search
 
-        return resume_search(args.resume, retry_errored=args.retry_errored, address=args.address)
+        return resume_search(
+            args.resume, retry_errored=args.retry_errored, address=args.address, verbose=args.verbose
+        )
     if not args.space:
         raise FerTuneError("give a search space (--space NAME|PATH) or a search to continue (--resume DIR)")
     return run_search(args)
@@ -68,7 +70,9 @@ def _search(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> int:
     from fer_tune.search import resume_search
 
-    return resume_search(args.path, retry_errored=args.retry_errored, address=args.address)
+    return resume_search(
+        args.path, retry_errored=args.retry_errored, address=args.address, verbose=args.verbose
+    )
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -141,6 +145,9 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wandb-mode", choices=["online", "offline", "disabled"], help="wandb mode")
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted search in DIR (results/<name>)")
     p.add_argument("--retry-errored", action="store_true", help="with --resume: run errored trials again")
+    p.add_argument(
+        "--verbose", action="store_true", help="Ray's status table and INFO lines instead of fer-tune's view"
+    )
 
 
 def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Namespace], int]]]:
@@ -178,6 +185,7 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     resume.add_argument("path", help="the search folder, results/<name>")
     resume.add_argument("--retry-errored", action="store_true", help="run errored trials again")
     resume.add_argument("--address", help="join a running Ray cluster: auto or ray://host:port")
+    resume.add_argument("--verbose", action="store_true", help="Ray's status table and INFO lines")
 
     export = parser("export", "Write the K-th best trial's complete run config, with provenance.")
     export.add_argument("search", help="the search folder, results/<name>")

@@ -35,7 +35,6 @@ DATA_CANDIDATES = ("fer2013.csv", "icml_face_data.csv", "fer2013")
 DIVERGED_NOTE = "diverged.txt"  # in a trial's working folder: its non-finite-loss error, not to be retried
 # What trials see: they train on Training and are selected on PublicTest. PrivateTest never reaches them.
 TRIAL_SPLITS = ("Training", "PublicTest")
-METRIC_COLUMNS = {"epoch": "epoch", "train_loss": "train_loss", "val_loss": "val_loss", "val_acc": "val_acc"}
 
 
 def find_data(flag: str | None, space_data: str | None) -> Path:
@@ -152,7 +151,8 @@ def run_search(args: argparse.Namespace) -> int:
 
     data = load_fer2013(data_path)
     _check_selectable(data, data_path)
-    with _ray(args.address, args.cpus, args.gpus) as cluster:
+    verbose = getattr(args, "verbose", False)
+    with _ray(args.address, args.cpus, args.gpus, verbose) as cluster:
         _fill_resources(space, cluster, gpus_flag=args.gpus_per_trial)
         folder.mkdir(parents=True, exist_ok=True)
         _write_space(space, folder)
@@ -169,10 +169,12 @@ def run_search(args: argparse.Namespace) -> int:
         }
         _write_state(folder, state)
         tuner = _tuner(space, data, folder, cluster, tracking)
-        return _fit(tuner, space, folder, state)
+        return _fit(tuner, space, folder, state, verbose)
 
 
-def resume_search(path: str | Path, *, retry_errored: bool = False, address: str | None = None) -> int:
+def resume_search(
+    path: str | Path, *, retry_errored: bool = False, address: str | None = None, verbose: bool = False
+) -> int:
     """`fer-tune --resume DIR`: continue an interrupted search where its saved state left it."""
     from ray import tune
 
@@ -199,7 +201,7 @@ def resume_search(path: str | Path, *, retry_errored: bool = False, address: str
 
     data = load_fer2013(state["data"])
     _check_selectable(data, state["data"])
-    with _ray(address, state.get("cpus"), state.get("gpus")):
+    with _ray(address, state.get("cpus"), state.get("gpus"), verbose):
         # The trainable must have the name it had: re-wrap the same function around freshly loaded data.
         tuner = tune.Tuner.restore(
             str(folder),
@@ -209,7 +211,7 @@ def resume_search(path: str | Path, *, retry_errored: bool = False, address: str
             restart_errored=False,  # restarted trials get ids OptunaSearch never saw (KeyError in Ray 2.60)
         )
         print(f"fer-tune: resuming {folder}" + (" (errored trials too)" if retry_errored else ""))
-        return _fit(tuner, space, folder, state)
+        return _fit(tuner, space, folder, state, verbose)
 
 
 def _check_selectable(data: FER2013, path: str | Path) -> None:
@@ -226,17 +228,28 @@ def _check_selectable(data: FER2013, path: str | Path) -> None:
 
 
 @contextmanager
-def _ray(address: str | None, cpus: int | None, gpus: float | None) -> Iterator[dict[str, float]]:
+def _ray(
+    address: str | None, cpus: int | None, gpus: float | None, verbose: bool = False
+) -> Iterator[dict[str, float]]:
     """Join `address`, reuse a running Ray (tests), or start a local one; yields the cluster's resources."""
     import ray
 
+    from fer_tune.live import quiet_ray
+
     started = False
     if not ray.is_initialized():
+        level = quiet_ray(verbose)
         if address:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level=level)
         else:
             num_gpus = None if gpus is None else (int(gpus) if float(gpus).is_integer() else gpus)
-            ray.init(num_cpus=cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False)
+            ray.init(
+                num_cpus=cpus,
+                num_gpus=num_gpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=level,
+            )
         started = True
     try:
         yield ray.cluster_resources()
@@ -349,6 +362,7 @@ def _tuner(
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     from fer_tune.hooks import BestEpochOptunaSearch, BudgetStopper, StopLog
+    from fer_tune.live import LiveReporter
 
     s = space.search
     slots = s.max_concurrent or _slots(space, cluster)
@@ -373,14 +387,6 @@ def _tuner(
     # Ray's TimeoutStopper stops running trials too; StopLog records them as stopped by the time budget.
     stopper = BudgetStopper(s.time_budget_s) if s.time_budget_s else None
     callbacks: list[Any] = [StopLog(stopper, search_alg if s.algorithm == "optuna" else None)]
-    reporter = tune.CLIReporter(
-        metric_columns=METRIC_COLUMNS,
-        parameter_columns={k: k.split("/")[-1] for k in progress_columns(space)},
-        max_report_frequency=30,
-        # By TuneConfig's metric and mode; Ray's sort raises TypeError on two finished trials without the
-        # metric, which a time budget makes: ones it stops before their first epoch.
-        sort_by_metric=s.time_budget_s is None,
-    )
     return tune.Tuner(
         _trainable(space, data, tracking),
         param_space=param_space,
@@ -398,7 +404,7 @@ def _tuner(
             storage_path=str(folder.parent),  # absolute: a relative one fails in pyarrow (ray#42968)
             stop=stopper,
             callbacks=callbacks,
-            progress_reporter=reporter,
+            progress_reporter=LiveReporter(),  # draws the view _fit installs (fer_tune.live)
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
@@ -424,7 +430,8 @@ def _graceful_sigterm() -> Iterator[list[int]]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _fit(tuner: Any, space: Space, folder: Path, state: dict[str, Any]) -> int:
+def _fit(tuner: Any, space: Space, folder: Path, state: dict[str, Any], verbose: bool = False) -> int:
+    from fer_tune.live import watch
     from fer_tune.results import summarize, write_results
 
     # The legacy output engine is the one that shows CLIReporter's parameter columns.
@@ -433,7 +440,9 @@ def _fit(tuner: Any, space: Space, folder: Path, state: dict[str, Any]) -> int:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     t0 = time.time()
-    with _graceful_sigterm() as signals:
+    s = space.search
+    view = watch(folder, s.metric, s.mode, progress_columns(space), s.time_budget_s, verbose)
+    with _graceful_sigterm() as signals, view:
         grid = tuner.fit()
     elapsed = time.time() - t0
     trials, _ = write_results(folder)
