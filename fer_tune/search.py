@@ -59,18 +59,14 @@ def find_data(flag: str | None, space_data: str | None) -> Path:
     )
 
 
-def fer_trial(
-    config: dict[str, Any], data: FER2013, resources: TrialResources, tracking: WandbTracking | None = None
-) -> None:
+def fer_trial(config: dict[str, Any], data: FER2013, resources: TrialResources) -> None:
     """The Ray Tune trainable: train the sampled run config, reporting and checkpointing every epoch.
 
-    `resources` is what the trial asked Ray for (its CPUs, and its model family's GPU share); `tracking`,
-    the wandb project its own run logs every epoch to (`fer_tune.tracking`).
+    `resources` is what the trial asked Ray for (its CPUs, and its model family's GPU share).
     """
     import ray.tune
 
     from fer_tune.device import trial_device
-    from fer_tune.tracking import trial_run
     from fer_tune.train import train
 
     cpus_per_trial, gpus_per_trial = resources.cpus, resources.gpus_for(config)
@@ -80,7 +76,6 @@ def fer_trial(
 
     def report(metrics: dict[str, Any], folder: Path) -> None:
         metrics = {**metrics, "cuda_visible_devices": visible, "device": str(device)}
-        log(metrics)  # before Ray's report: an ASHA stop arrives inside it
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(folder)))
 
     kwargs = dict(
@@ -97,12 +92,11 @@ def fer_trial(
         raise FloatingPointError(diverged.read_text())
     checkpoint = ray.tune.get_checkpoint()
     try:
-        with trial_run(tracking, config) as log:
-            if checkpoint is None:
-                train(config, data, **kwargs)
-            else:
-                with checkpoint.as_directory() as folder:
-                    train(config, data, resume=folder, **kwargs)
+        if checkpoint is None:
+            train(config, data, **kwargs)
+        else:
+            with checkpoint.as_directory() as folder:
+                train(config, data, resume=folder, **kwargs)
     except FloatingPointError as e:
         with contextlib.suppress(OSError):  # without the note a retry only repeats the epoch
             diverged.write_text(str(e))
@@ -205,7 +199,7 @@ def resume_search(
         # The trainable must have the name it had: re-wrap the same function around freshly loaded data.
         tuner = tune.Tuner.restore(
             str(folder),
-            _trainable(space, data, tracking),
+            _trainable(space, data),
             resume_unfinished=True,
             resume_errored=retry_errored,
             restart_errored=False,  # restarted trials get ids OptunaSearch never saw (KeyError in Ray 2.60)
@@ -306,15 +300,13 @@ def _slots(space: Space, cluster: dict[str, float]) -> int:
     return max(1, int(min(cpu, gpu, space.total_trials())))
 
 
-def _trainable(space: Space, data: FER2013, tracking: WandbTracking | None = None) -> Any:
+def _trainable(space: Space, data: FER2013) -> Any:
     from ray import tune
 
     r = space.resources
     resources = TrialResources(r.cpus_per_trial, r.gpus_per_trial, r.gpu_shares)
     # PrivateTest stays in the driver: no trial can score on it.
-    fn = tune.with_parameters(
-        fer_trial, data=data.split(*TRIAL_SPLITS), resources=resources, tracking=tracking
-    )
+    fn = tune.with_parameters(fer_trial, data=data.split(*TRIAL_SPLITS), resources=resources)
     return tune.with_resources(fn, resources)
 
 
@@ -387,8 +379,12 @@ def _tuner(
     # Ray's TimeoutStopper stops running trials too; StopLog records them as stopped by the time budget.
     stopper = BudgetStopper(s.time_budget_s) if s.time_budget_s else None
     callbacks: list[Any] = [StopLog(stopper, search_alg if s.algorithm == "optuna" else None)]
+    if tracking is not None:
+        from fer_tune.tracking import WandbRuns
+
+        callbacks.append(WandbRuns(tracking))  # one run per trial, written by the driver (see tracking.py)
     return tune.Tuner(
-        _trainable(space, data, tracking),
+        _trainable(space, data),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=s.metric,

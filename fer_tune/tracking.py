@@ -1,12 +1,18 @@
-"""wandb logging of a search: each trial owns its wandb run, logs every epoch to it and finishes it.
+"""wandb logging of a search: one run per trial, written by a thread of the driver, finished when it ends.
 
-Ray's `WandbLoggerCallback` logs through an actor that finishes the runs after the trials end, and its files
-are copied from Ray's staging folder into `results/` by a final sync that does not wait for it: runs were
-left with only their 7-byte header. Here the trial's own process calls `wandb.init` (run id `<search>-<trial
-id>`, `resume="allow"`: a trial resumed after an interrupt or a retry continues its run), logs each epoch
-before reporting it to Ray (so an ASHA stop, which Ray delivers inside that report as `SystemExit`, comes
-after the epoch is logged), and finishes the run whatever ends the trial. The run files are written straight
-into the trial's folder in the search folder (`results/<name>/trial_<id>/wandb/`), not into Ray's staging.
+Two designs lost data here. Ray's `WandbLoggerCallback` logs through an actor into Ray's staging folder, and
+Ray's final sync copies that folder into `results/` before the actor has finished the runs (runs were left
+with their 7-byte header). A run owned by the trial's own process (`setup_wandb`) is no better: wandb-core
+keeps a small run's records in memory until the run finishes, and Ray kills a worker's child processes
+(wandb-core among them) as soon as it stops the trial (ASHA, the end of the search), so `finish()` in the
+trial did not complete (3 of 8 runs kept their 7-byte header; seen with Ray 2.60 and wandb 0.31).
+
+So the driver owns the runs: `WandbRuns`, a Tune callback, is told every result of every trial (also the one
+on which ASHA stops it) and when each trial completes or errors; a thread of the driver (so a slow
+`wandb.init` never holds up the search) creates each run (id `<search>-<trial id>`, `resume="allow"`: a trial
+resumed after an interrupt continues its own run), logs each epoch at step `epoch`, and finishes it. At the
+end of a search, interrupted or not, it finishes every run still open and waits for wandb to write them.
+Offline runs are written straight into the trial's folder (`results/<name>/trial_<id>/wandb/`).
 
 No API key is looked up for `offline`: wandb needs none, and Ray's `_set_api_key` (which raises without one
 unless `WANDB_MODE` is set in the environment) is not called.
@@ -14,17 +20,21 @@ unless `WANDB_MODE` is set in the environment) is not called.
 
 from __future__ import annotations
 
+import queue
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fer_tune.errors import ConfigError
+from ray.tune import Callback
 
-LogFn = Callable[[dict[str, Any]], None]
+from fer_tune.errors import ConfigError
+from fer_tune.train import METRIC_KEYS
+
 MODES = ("online", "offline", "disabled")
+FINISH_TIMEOUT_S = 120  # the end of a search waits this long at most for wandb to write its runs
 
 
 @dataclass(frozen=True)
@@ -64,59 +74,103 @@ class WandbTracking:
         return re.sub(r"[^\w.-]", "-", f"{self.group}-{trial_id}")[:128]
 
 
-@contextmanager
-def trial_run(tracking: WandbTracking | None, config: dict[str, Any]) -> Iterator[LogFn]:
-    """Inside a Ray trial: yields `log(metrics)`, which logs one epoch at step `metrics["epoch"]`.
+class WandbRuns(Callback):
+    """Logs every trial of a search to its own wandb run (see the module docstring).
 
-    The run is finished however the block ends: normally, by an exception (exit code 1), or by Ray stopping
-    the trial (`SystemExit` raised in the trial's thread: exit code 0).
+    Pickled into Ray's `tuner.pkl` (a resumed search gets it back): keep its name and module; only the
+    tracking settings are pickled.
     """
-    if tracking is None:
-        yield lambda metrics: None
-        return
-    import ray.tune
+
+    def __init__(self, tracking: WandbTracking) -> None:
+        self.tracking = tracking
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"tracking": self.tracking}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["tracking"])
+
+    def setup(self, **info: Any) -> None:
+        self._queue = queue.Queue()
+        self._thread = threading.Thread(target=_write, args=(self.tracking, self._queue), daemon=True)
+        self._thread.start()
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._put("start", trial, None)  # a trial that fails before its first epoch still has its run
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        metrics = {k: result[k] for k in METRIC_KEYS if isinstance(result.get(k), (int, float))}
+        if "epoch" in metrics:
+            self._put("log", trial, metrics)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._put("finish", trial, 0)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._put("finish", trial, 1)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Finish the runs still open (trials the time budget stopped: 0; interrupted ones: 1), then wait."""
+        if self._thread is None:
+            return
+        for t in trials:
+            self._put("finish", t, 0 if t.status == "TERMINATED" else 1)
+        self._queue.put(None)
+        self._thread.join(timeout=FINISH_TIMEOUT_S)
+
+    def _put(self, kind: str, trial: Any, payload: Any) -> None:
+        if self._queue is None:
+            self.setup()
+        folder = None if kind == "finish" else _run_dir(trial)
+        self._queue.put((kind, trial.trial_id, folder, trial.config, payload))
+
+
+def _write(tracking: WandbTracking, todo: queue.Queue) -> None:
+    """The driver's wandb thread: creates, logs to and finishes the runs, in the order they were asked for."""
     import wandb
 
-    context = ray.tune.get_context()
-    trial_id = context.get_trial_id()
-    run = wandb.init(
-        project=tracking.project,
-        group=tracking.group,
-        name=f"trial_{trial_id}",
-        id=tracking.run_id(trial_id),
-        resume="allow",
-        reinit="finish_previous",  # a reused worker runs one trial after another
-        mode=tracking.mode,  # explicit: wins over a WANDB_MODE the Ray workers inherited
-        dir=str(_run_dir(context)),
-        config={**config, "trial_id": trial_id, "search": tracking.group},
-        settings=wandb.Settings(console="off", silent=True),  # Ray captures the trial's output already
-    )
-    exit_code = 0
-    try:
-        yield lambda metrics: run.log(_scalars(metrics), step=int(metrics["epoch"]))
-    except SystemExit:  # Ray's way of stopping a trial (ASHA, time budget) from inside its report
-        raise
-    except BaseException:
-        exit_code = 1
-        raise
-    finally:
-        run.finish(exit_code=exit_code)
+    runs: dict[str, Any] = {}
+    last_step: dict[str, int] = {}
+    while (item := todo.get()) is not None:
+        kind, trial_id, folder, config, payload = item
+        try:
+            if kind == "finish":
+                if trial_id in runs:
+                    runs.pop(trial_id).finish(exit_code=payload)
+                continue
+            if trial_id not in runs:
+                folder.mkdir(parents=True, exist_ok=True)
+                runs[trial_id] = wandb.init(
+                    project=tracking.project,
+                    group=tracking.group,
+                    name=f"trial_{trial_id}",
+                    id=tracking.run_id(trial_id),
+                    resume="allow",
+                    reinit="create_new",  # one run per trial, several open at once
+                    mode=tracking.mode,
+                    dir=str(folder),
+                    config={**config, "trial_id": trial_id, "search": tracking.group},
+                    settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+                )
+            if kind == "start":
+                continue
+            step = int(payload["epoch"])
+            if step > last_step.get(trial_id, 0):  # an epoch redone after a restore is logged once
+                runs[trial_id].log(payload, step=step)
+                last_step[trial_id] = step
+        except Exception as e:  # wandb failing must not end the search; the results folder has every epoch
+            print(f"fer-tune: wandb: trial {trial_id}: {type(e).__name__}: {e}", file=sys.stderr)
+    for run in runs.values():
+        run.finish(exit_code=1)
 
 
-def _run_dir(context: Any) -> Path:
-    """The trial's folder in the search folder when it is a local or mounted path (wandb's files then land
-    there directly, with no sync to race); Ray's trial working folder otherwise."""
+def _run_dir(trial: Any) -> Path:
+    """The trial's folder in the search folder when that is a local or mounted path (wandb's files then land
+    there directly, with no sync to race); Ray's driver-side staging folder of the trial otherwise."""
     import pyarrow.fs
 
-    storage = context.get_storage()  # Ray DeveloperAPI: where Ray persists this trial
-    if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
-        folder = Path(storage.trial_fs_path)
-    else:
-        folder = Path(context.get_trial_dir())
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The numbers of a report (strings such as the device name are kept out of the history)."""
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if isinstance(trial.storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+        return Path(trial.path)
+    return Path(trial.local_path)
