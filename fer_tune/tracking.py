@@ -20,6 +20,8 @@ unless `WANDB_MODE` is set in the environment) is not called.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import queue
 import re
 import sys
@@ -154,16 +156,37 @@ def _write(tracking: WandbTracking, todo: queue.Queue) -> None:
                     config={**config, "trial_id": trial_id, "search": tracking.group},
                     settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
                 )
-            if kind == "start":
-                continue
-            step = int(payload["epoch"])
-            if step > last_step.get(trial_id, 0):  # an epoch redone after a restore is logged once
-                runs[trial_id].log(payload, step=step)
-                last_step[trial_id] = step
+                # A trial resumed in a new driver: its epochs so far (result.json) go to the run first,
+                # where it lacks them (online: from its last step; offline: a new file, so all of them).
+                for epoch in _epochs_on_disk(folder):
+                    _log(runs[trial_id], epoch, last_step, trial_id)
+            if kind == "log":
+                _log(runs[trial_id], payload, last_step, trial_id)
         except Exception as e:  # wandb failing must not end the search; the results folder has every epoch
             print(f"fer-tune: wandb: trial {trial_id}: {type(e).__name__}: {e}", file=sys.stderr)
     for run in runs.values():
         run.finish(exit_code=1)
+
+
+def _log(run: Any, metrics: dict[str, Any], last_step: dict[str, int], trial_id: str) -> None:
+    step = int(metrics["epoch"])
+    if step > last_step.get(trial_id, 0) and step >= run.step:  # each epoch once, in order
+        run.log(metrics, step=step)
+        last_step[trial_id] = step
+
+
+def _epochs_on_disk(folder: Path) -> list[dict[str, Any]]:
+    """The per-epoch metrics in a trial folder's `result.json` (Ray's JSON lines), none when absent."""
+    try:
+        lines = (folder / "result.json").read_text().splitlines()
+    except OSError:
+        return []
+    epochs = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            result = json.loads(line)
+            epochs.append({k: result[k] for k in METRIC_KEYS if isinstance(result.get(k), (int, float))})
+    return [e for e in epochs if "epoch" in e]
 
 
 def _run_dir(trial: Any) -> Path:
