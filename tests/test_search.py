@@ -110,9 +110,10 @@ def test_asha_stops_trials_and_results_files_are_complete(
     views = watch_on_a_terminal(monkeypatch)
     t0 = time.monotonic()
     assert main([*argv, "--name", "asha"]) == 0
-    # The live view on a terminal: redrawn in place at most once a second, for < 2% of one core.
+    # The live view on a terminal: redrawn in place at most once a second (the first at once, and the final
+    # state), for < 2% of one core.
     elapsed, (view,) = time.monotonic() - t0, views
-    assert 1 <= view.redraws <= elapsed + 1 and view.cpu_s < 0.02 * elapsed
+    assert 1 <= view.redraws <= elapsed + 2 and view.cpu_s < 0.02 * elapsed
     screen = view.console.file.getvalue()
     assert re.search(r"[1-8] stopped", screen) and f"results: {folder}" in screen and "\x1b[2K" in screen
     for name in RESULT_FILES:
