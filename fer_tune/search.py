@@ -28,6 +28,7 @@ from fer_tune.data import FER2013
 from fer_tune.errors import ConfigError, DataError, check, check_writable
 from fer_tune.folder import STUDY_DB_ENV, Phase, SearchFolder, SearchState
 from fer_tune.spaces import Dist, Resources, Space, load_space, parse_duration
+from fer_tune.tracking import WandbTracking
 
 KAGGLE = (
     "https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge"
@@ -36,7 +37,6 @@ DATA_CANDIDATES = ("fer2013.csv", "icml_face_data.csv", "fer2013")
 DIVERGED_NOTE = "diverged.txt"  # in a trial's working folder: its non-finite-loss error, not to be retried
 # What trials see: they train on Training and are selected on PublicTest. PrivateTest never reaches them.
 TRIAL_SPLITS = ("Training", "PublicTest")
-METRIC_COLUMNS = {"epoch": "epoch", "train_loss": "train_loss", "val_loss": "val_loss", "val_acc": "val_acc"}
 
 
 def find_data(flag: str | None, space_data: str | None) -> Path:
@@ -137,6 +137,7 @@ def run_search(
     results: str | Path = "results",
     wandb_project: str | None = None,
     wandb_mode: str | None = None,
+    verbose: bool = False,
 ) -> Outcome:
     """Run a search of `space` (a Space, or a bundled name or YAML path) on `data` (FER2013, or a path) into
     `results/<name>/`. The space and data are checked before Ray starts."""
@@ -161,8 +162,11 @@ def run_search(
         raise ConfigError(
             f"--name: {folder.path} holds a search already; continue it with fer-tune --resume {folder.path}"
         )
+    wandb_project = wandb_project or os.environ.get("WANDB_PROJECT")
+    wandb_mode = wandb_mode or os.environ.get("WANDB_MODE", "online")
+    _check_tracking({"name": folder.name, "wandb_project": wandb_project, "wandb_mode": wandb_mode})
     data, data_path = _load(data)
-    with _ray(res.address, res.cpus, res.gpus) as cluster:
+    with _ray(res.address, res.cpus, res.gpus, verbose) as cluster:
         _fill_resources(space, cluster, gpus_flag=res.gpus_per_trial)
         folder.path.mkdir(parents=True, exist_ok=True)
         folder.write_space(space)
@@ -175,15 +179,15 @@ def run_search(
             started=now,
             cpus=res.cpus,
             gpus=res.gpus,
-            wandb_project=wandb_project or os.environ.get("WANDB_PROJECT"),
-            wandb_mode=wandb_mode or os.environ.get("WANDB_MODE", "online"),
+            wandb_project=wandb_project,
+            wandb_mode=wandb_mode,
             command=command,
             study=folder.name if space.search.algorithm == "optuna" else None,
             phases=[Phase(1, space.source, space.search.num_samples, now, command=command)],
         )
         folder.write_state(state)
         tuner = _tuner(space, data, folder, cluster, state)
-        return Outcome(folder.path, _fit(tuner, space, folder, state))
+        return Outcome(folder.path, _fit(tuner, space, folder, state, verbose))
 
 
 def extend_search(
@@ -194,6 +198,7 @@ def extend_search(
     time_budget: str | float | None = None,
     address: str | None = None,
     data: FER2013 | str | Path | None = None,
+    verbose: bool = False,
 ) -> Outcome:
     """`fer-tune extend DIR --num-samples N`: N more trials in the same folder and Optuna study, so TPE starts
     from every earlier trial; `space` may narrow ranges and fix values. Earlier trials the new space could
@@ -236,7 +241,8 @@ def extend_search(
         Phase(number, new.source, num_samples, now, command=" ".join(sys.argv), outside=sorted(out))
     )
     state.finished, state.ended = False, None
-    with _ray(address, state.cpus, state.gpus) as cluster:
+    _check_tracking(state.to_dict())
+    with _ray(address, state.cpus, state.gpus, verbose) as cluster:
         folder.write_space(new, number)
         folder.write_state(state)
         hidden = [numbers[t] for t in out if t in numbers]
@@ -245,7 +251,7 @@ def extend_search(
             f"{len(hidden)} earlier trials lie outside {new.source} and do not steer the sampler"
         )
         tuner = _tuner(new, data, folder, cluster, state, hidden=hidden)
-        return Outcome(folder.path, _fit(tuner, new, folder, state))
+        return Outcome(folder.path, _fit(tuner, new, folder, state, verbose))
 
 
 def _extension_space(
@@ -295,7 +301,9 @@ def _load(data: FER2013 | str | Path) -> tuple[FER2013, str]:
     return loaded, str(Path(data).resolve())
 
 
-def resume_search(path: str | Path, *, retry_errored: bool = False, address: str | None = None) -> int:
+def resume_search(
+    path: str | Path, *, retry_errored: bool = False, address: str | None = None, verbose: bool = False
+) -> int:
     """`fer-tune --resume DIR`: continue an interrupted search (its latest phase) where its saved state left
     it."""
     from ray import tune
@@ -310,11 +318,12 @@ def resume_search(path: str | Path, *, retry_errored: bool = False, address: str
     if not tune.Tuner.can_restore(str(experiment)):
         raise DataError(f"{experiment}: no saved Ray Tune state (experiment_state-*.json) to resume from")
     check_writable(folder.path, "search folder")  # Ray writes its state and the trials there
+    _check_tracking(state.to_dict())
 
     data, _ = _load(state.data)
     # Ray unpickles the searcher with the study storage it was saved with: open this folder's database.
     os.environ[STUDY_DB_ENV] = str(folder.db_path)
-    with _ray(address, state.cpus, state.gpus):
+    with _ray(address, state.cpus, state.gpus, verbose):
         # The trainable must have the name it had: re-wrap the same function around freshly loaded data.
         tuner = tune.Tuner.restore(
             str(experiment),
@@ -324,7 +333,14 @@ def resume_search(path: str | Path, *, retry_errored: bool = False, address: str
             restart_errored=False,  # restarted trials get ids OptunaSearch never saw (KeyError in Ray 2.60)
         )
         print(f"fer-tune: resuming {folder.path}" + (" (errored trials too)" if retry_errored else ""))
-        return _fit(tuner, space, folder, state)
+        return _fit(tuner, space, folder, state, verbose)
+
+
+def _check_tracking(state: dict[str, Any]) -> None:
+    """Fail before the data and Ray when the wandb logging asked for cannot work (online without a key)."""
+    tracking = WandbTracking.from_state(state)
+    if tracking is not None:
+        tracking.check()
 
 
 def _check_selectable(data: FER2013, path: str | Path) -> None:
@@ -341,17 +357,28 @@ def _check_selectable(data: FER2013, path: str | Path) -> None:
 
 
 @contextmanager
-def _ray(address: str | None, cpus: int | None, gpus: float | None) -> Iterator[dict[str, float]]:
+def _ray(
+    address: str | None, cpus: int | None, gpus: float | None, verbose: bool = False
+) -> Iterator[dict[str, float]]:
     """Join `address`, reuse a running Ray (tests), or start a local one; yields the cluster's resources."""
     import ray
 
+    from fer_tune.live import quiet_ray
+
     started = False
     if not ray.is_initialized():
+        level = quiet_ray(verbose)
         if address:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level=level)
         else:
             num_gpus = None if gpus is None else (int(gpus) if float(gpus).is_integer() else gpus)
-            ray.init(num_cpus=cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False)
+            ray.init(
+                num_cpus=cpus,
+                num_gpus=num_gpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=level,
+            )
         started = True
     try:
         yield ray.cluster_resources()
@@ -468,6 +495,7 @@ def _tuner(
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     from fer_tune.hooks import BestEpochOptunaSearch, BudgetStopper, InSpaceSampler, StopLog
+    from fer_tune.live import LiveReporter
 
     s = space.search
     slots = s.max_concurrent or _slots(space, cluster)
@@ -503,26 +531,11 @@ def _tuner(
     # Ray's TimeoutStopper stops running trials too; StopLog records them as stopped by the time budget.
     stopper = BudgetStopper(s.time_budget_s) if s.time_budget_s else None
     callbacks: list[Any] = [StopLog(stopper, search_alg if s.algorithm == "optuna" else None)]
-    if state.wandb_project and state.wandb_mode != "disabled":
-        from ray.air.integrations.wandb import WandbLoggerCallback
+    tracking = WandbTracking.from_state(state.to_dict())
+    if tracking is not None:
+        from fer_tune.tracking import WandbRuns
 
-        # upload_timeout: the default (30 min) makes an interrupted driver hang while wandb flushes.
-        callbacks.append(
-            WandbLoggerCallback(
-                project=state.wandb_project,
-                group=state.name,
-                mode=state.wandb_mode,
-                upload_timeout=30,
-            )
-        )
-    reporter = tune.CLIReporter(
-        metric_columns=METRIC_COLUMNS,
-        parameter_columns={k: k.split("/")[-1] for k in progress_columns(space)},
-        max_report_frequency=30,
-        # By TuneConfig's metric and mode; Ray's sort raises TypeError on two finished trials without the
-        # metric, which a time budget makes: ones it stops before their first epoch.
-        sort_by_metric=s.time_budget_s is None,
-    )
+        callbacks.append(WandbRuns(tracking))  # one run per trial, written by the driver (see tracking.py)
     experiment = folder.experiment_dir(state.phase.number)
     return tune.Tuner(
         _trainable(space, data),
@@ -541,7 +554,7 @@ def _tuner(
             storage_path=str(experiment.parent),  # absolute: a relative one fails in pyarrow (ray#42968)
             stop=stopper,
             callbacks=callbacks,
-            progress_reporter=reporter,
+            progress_reporter=LiveReporter(),  # draws the view _fit installs (fer_tune.live)
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
@@ -567,7 +580,8 @@ def _graceful_sigterm() -> Iterator[list[int]]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState) -> int:
+def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState, verbose: bool = False) -> int:
+    from fer_tune.live import watch
     from fer_tune.results import summarize, write_results
 
     # The legacy output engine is the one that shows CLIReporter's parameter columns.
@@ -576,7 +590,9 @@ def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState) -> 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     t0 = time.time()
-    with _graceful_sigterm() as signals:
+    s = space.search
+    view = watch(folder.path, s.metric, s.mode, progress_columns(space), s.time_budget_s, verbose)
+    with _graceful_sigterm() as signals, view:
         grid = tuner.fit()
     elapsed = time.time() - t0
     trials, _ = write_results(folder.path)
