@@ -162,7 +162,9 @@ def run_search(
         raise ConfigError(
             f"--name: {folder.path} holds a search already; continue it with fer-tune --resume {folder.path}"
         )
-    wandb_project = wandb_project or os.environ.get("WANDB_PROJECT")
+    # `--wandb-mode offline|online` alone asks for logging: it goes to the project "fer-tune".
+    asked = wandb_mode in ("online", "offline")
+    wandb_project = wandb_project or os.environ.get("WANDB_PROJECT") or ("fer-tune" if asked else None)
     wandb_mode = wandb_mode or os.environ.get("WANDB_MODE", "online")
     _check_tracking({"name": folder.name, "wandb_project": wandb_project, "wandb_mode": wandb_mode})
     data, data_path = _load(data)

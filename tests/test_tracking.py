@@ -141,9 +141,10 @@ def test_offline_as_a_new_user_does_no_key_no_env_no_traceback(tmp_path: Path, d
     sp = space(tmp_path, {"num_samples": 4, "scheduler": "none"}, train)
     folder = tmp_path / "results" / "user"
     args = ["--space", str(sp), "--data", str(data_csv), "--gpus", "0", "--cpus", "2"]
-    args += ["--results", str(folder.parent), "--name", "user", "--wandb-project", "p"]
+    args += ["--results", str(folder.parent)]
     run = subprocess.run(
-        [sys.executable, "-m", "fer_tune.cli", *args, "--wandb-mode", "offline"],
+        # no --wandb-project: `--wandb-mode offline` alone logs, to the project "fer-tune"
+        [sys.executable, "-m", "fer_tune.cli", *args, "--name", "user", "--wandb-mode", "offline"],
         env=env,
         capture_output=True,
         text=True,
@@ -161,7 +162,7 @@ def test_offline_as_a_new_user_does_no_key_no_env_no_traceback(tmp_path: Path, d
 
     # online without a key stops before the data is read or Ray starts, with one line.
     online = subprocess.run(
-        [sys.executable, "-m", "fer_tune.cli", *args[:-4], "--wandb-project", "p", "--wandb-mode", "online"],
+        [sys.executable, "-m", "fer_tune.cli", *args, "--name", "online", "--wandb-mode", "online"],
         env=env,
         capture_output=True,
         text=True,
