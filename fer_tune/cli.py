@@ -122,7 +122,7 @@ def _then_retrain(args: argparse.Namespace, folder: Path) -> int:
 
 
 def _extend(args: argparse.Namespace) -> int:
-    from fer_tune.search import extend_search
+    from fer_tune.extend import extend_search
 
     outcome = extend_search(
         args.path,
