@@ -8,13 +8,12 @@ starts from every earlier trial. See `fer_tune.folder` for the layout.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from datetime import datetime
 from pathlib import Path
 
 from fer_tune.data import FER2013
 from fer_tune.errors import ConfigError, DataError, check, check_writable
-from fer_tune.folder import Phase, SearchFolder
+from fer_tune.folder import Phase, SearchFolder, command_line
 from fer_tune.search import Outcome, _check_tracking, _fit, _load, _ray, _tuner
 from fer_tune.spaces import Resources, Space, load_space, parse_duration
 
@@ -67,7 +66,7 @@ def extend_search(
     number = state.phase.number + 1
     now = datetime.now().isoformat(timespec="seconds")
     state.phases.append(
-        Phase(number, new.source, num_samples, now, command=" ".join(sys.argv), outside=sorted(out))
+        Phase(number, new.source, num_samples, now, command=command_line(), outside=sorted(out))
     )
     state.finished, state.ended = False, None
     _check_tracking(state.to_dict())

@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,6 +310,11 @@ def _trial_params(trial_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: unreadable trial config: {e}") from None
     return config if isinstance(config, dict) else {}
+
+
+def command_line() -> str:
+    """The command as the user typed it (`fer-tune ...`), not the script's absolute path on this machine."""
+    return shlex.join(["fer-tune", *sys.argv[1:]])
 
 
 def study_storage(db: str | Path) -> Any:

@@ -13,7 +13,6 @@ import contextlib
 import math
 import os
 import signal
-import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from typing import Any
 
 from fer_tune.data import FER2013
 from fer_tune.errors import ConfigError, DataError, check_writable
-from fer_tune.folder import STUDY_DB_ENV, Phase, SearchFolder, SearchState
+from fer_tune.folder import STUDY_DB_ENV, Phase, SearchFolder, SearchState, command_line
 from fer_tune.spaces import Dist, Space, load_space
 from fer_tune.tracking import WandbTracking
 
@@ -172,7 +171,7 @@ def run_search(
         folder.path.mkdir(parents=True, exist_ok=True)
         folder.write_space(space)
         now = datetime.now().isoformat(timespec="seconds")
-        command = " ".join(sys.argv)
+        command = command_line()
         state = SearchState(
             name=folder.name,
             space=space.source,
