@@ -165,7 +165,11 @@ class SearchFolder:
         except FileNotFoundError:
             raise DataError(f"{path}: no such file; {self.path} is not a fer-tune search folder") from None
         except (OSError, ValueError, TypeError) as e:
-            raise DataError(f"{path}: unreadable search state: {e}") from None
+            # fer-tune writes it atomically: a damaged file was cut or edited by something else.
+            raise DataError(
+                f"{path}: unreadable search state ({e}); restore it from a backup, or move it aside: "
+                "report and export read the folder without it"
+            ) from None
 
     def write_state(self, state: SearchState) -> None:
         """Atomically: a reader sees the old record or the new one, never half of one."""

@@ -27,6 +27,7 @@ from fer_tune.metrics import METRIC_KEYS as METRICS
 from fer_tune.metrics import METRIC_MODES
 
 TIME_BUDGET = "time budget"
+TIMED_OUT = "timed out"  # no report for --trial-timeout: fer-tune stopped the trial (Ray saw it fail)
 _STATUS_REASON = {"RUNNING": "running", "PAUSED": "running", "PENDING": "pending"}
 
 
@@ -217,11 +218,11 @@ def _trial_row(
     epochs = int(hist["epoch"].max()) if len(hist) else 0
     status = trial["status"]
     if status == "ERROR":
-        reason = f"error: {_error(trial['path'])}"
+        reason = TIMED_OUT if stopped_by == TIMED_OUT else f"error: {_error(trial['path'])}"
     elif status == "TERMINATED":
         if epochs >= max_epochs:
             reason = "completed"
-        elif stopped_by:  # fer-tune's own record: the time budget ran out while it ran
+        elif stopped_by and stopped_by != TIMED_OUT:  # fer-tune's own record: the budget ran out as it ran
             reason = f"stopped by {stopped_by}"
         elif epochs == 0:  # no scheduler stops a trial before its first result: the search ended first
             reason = "ended before its first epoch"

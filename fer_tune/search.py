@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import signal
 import sys
 import time
 import warnings
@@ -26,6 +25,7 @@ from typing import Any
 
 from fer_tune.data import FER2013
 from fer_tune.errors import ConfigError, DataError, check, check_writable
+from fer_tune.faults import check_experiment_state, check_target, good_checkpoint, interrupts
 from fer_tune.folder import STUDY_DB_ENV, Phase, SearchFolder, SearchState
 from fer_tune.spaces import Dist, Resources, Space, load_space, parse_duration
 
@@ -97,7 +97,7 @@ def fer_trial(config: dict[str, Any], data: FER2013, resources: TrialResources) 
         if checkpoint is None:
             train(config, data, **kwargs)
         else:
-            with checkpoint.as_directory() as folder:
+            with good_checkpoint(checkpoint) as folder:  # a cut checkpoint: the one before it
                 train(config, data, resume=folder, **kwargs)
     except FloatingPointError as e:
         with contextlib.suppress(OSError):  # without the note a retry only repeats the epoch
@@ -155,6 +155,7 @@ def run_search(
             from fer_tune.device import check_gpu_count
 
             check_gpu_count(res.gpus)
+    check_target(results, name)
     out = check_writable(Path(results).expanduser().resolve(), "--results")  # before data and Ray
     folder = SearchFolder(out / (name or f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}"))
     if folder.is_search():
@@ -307,6 +308,7 @@ def resume_search(path: str | Path, *, retry_errored: bool = False, address: str
         return 0
     phase, experiment = folder.experiment_dirs()[-1]
     space = folder.read_space(phase)
+    check_experiment_state(experiment)
     if not tune.Tuner.can_restore(str(experiment)):
         raise DataError(f"{experiment}: no saved Ray Tune state (experiment_state-*.json) to resume from")
     check_writable(folder.path, "search folder")  # Ray writes its state and the trials there
@@ -502,7 +504,9 @@ def _tuner(
         )
     # Ray's TimeoutStopper stops running trials too; StopLog records them as stopped by the time budget.
     stopper = BudgetStopper(s.time_budget_s) if s.time_budget_s else None
-    callbacks: list[Any] = [StopLog(stopper, search_alg if s.algorithm == "optuna" else None)]
+    callbacks: list[Any] = [
+        StopLog(stopper, search_alg if s.algorithm == "optuna" else None, trial_timeout_s=s.trial_timeout_s)
+    ]
     if state.wandb_project and state.wandb_mode != "disabled":
         from ray.air.integrations.wandb import WandbLoggerCallback
 
@@ -551,22 +555,6 @@ def _tuner(
 # -- running -------------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _graceful_sigterm() -> Iterator[list[int]]:
-    """SIGTERM stops the search as Ctrl-C does (Ray saves its state and returns); yields the signals seen."""
-    seen: list[int] = []
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        seen.append(signum)
-        signal.raise_signal(signal.SIGINT)  # Ray Tune's handler: stop trials, save the experiment state
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield seen
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState) -> int:
     from fer_tune.results import summarize, write_results
 
@@ -576,8 +564,14 @@ def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState) -> 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     t0 = time.time()
-    with _graceful_sigterm() as signals:
-        grid = tuner.fit()
+    with interrupts() as signals:
+        try:
+            grid = tuner.fit()
+        except Exception:
+            from fer_tune.faults import raise_if_storage_fault
+
+            raise_if_storage_fault(folder.path)  # Optuna's commit or Ray's write failed on a full disk
+            raise
     elapsed = time.time() - t0
     trials, _ = write_results(folder.path)
     budget = space.search.time_budget_s
