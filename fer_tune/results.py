@@ -217,8 +217,11 @@ def _trial_row(
     row: dict[str, Any] = {"trial_id": trial["trial_id"], "phase": trial["phase"], "status": trial["status"]}
     epochs = int(hist["epoch"].max()) if len(hist) else 0
     status = trial["status"]
-    if status == "ERROR":
-        reason = TIMED_OUT if stopped_by == TIMED_OUT else f"error: {_error(trial['path'])}"
+    if stopped_by == TIMED_OUT and status != "TERMINATED":
+        # Killed as hung: Ray's last snapshot may still show it running when the search ended right after.
+        reason = TIMED_OUT
+    elif status == "ERROR":
+        reason = f"error: {_error(trial['path'])}"
     elif status == "TERMINATED":
         if epochs >= max_epochs:
             reason = "completed"

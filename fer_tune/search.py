@@ -572,8 +572,8 @@ def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState) -> 
 
             raise_if_storage_fault(folder.path)  # Optuna's commit or Ray's write failed on a full disk
             raise
-    elapsed = time.time() - t0
-    trials, _ = write_results(folder.path)
+        elapsed = time.time() - t0
+        trials, _ = write_results(folder.path)  # a second Ctrl-C still absorbed: the tables are whole
     budget = space.search.time_budget_s
     budget_hit = budget is not None and elapsed >= budget - 1
     unfinished = grid.num_terminated + grid.num_errors < len(grid)
