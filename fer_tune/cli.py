@@ -87,8 +87,7 @@ def _search(args: argparse.Namespace) -> int:
         gpus_per_trial=args.gpus_per_trial,
     )
     resources = SearchResources(args.cpus, args.gpus, args.address, args.gpus_per_trial)
-    check_target(args.results, args.name)  # before anything is created
-    check_writable(args.results, "--results")  # before the data is looked for
+    check_target(args.results, args.name)  # and test-written, before the data is looked for
     outcome = run_search(
         space,
         find_data(args.data, space.data),

@@ -40,7 +40,10 @@ class StorageFault(OutputError):
 
 
 def check_target(results: str | Path, name: str | None) -> None:
-    """Refuse a `--name` that is not one plain folder name and a `--results` inside the fer_tune package."""
+    """Refuse a `--name` that is not one plain folder name and a `--results` inside the fer_tune package;
+    then test-write `--results` (a folder, or a URI of an object store)."""
+    from fer_tune.remote import check_writable_uri, is_uri
+
     if name is not None:
         seps = {os.sep, os.altsep or os.sep, "/", "\\"}
         if not name.strip() or any(s in name for s in seps) or name in (".", "..") or "\0" in name:
@@ -48,6 +51,9 @@ def check_target(results: str | Path, name: str | None) -> None:
                 f"--name {name!r}: must be one folder name (no path separators, not . or ..); "
                 "choose the parent folder with --results"
             )
+    if is_uri(results):
+        check_writable_uri(str(results), "--results")
+        return
     package = Path(fer_tune.__file__).resolve().parent
     out = Path(results).expanduser().resolve()
     if out == package or package in out.parents:
@@ -55,6 +61,7 @@ def check_target(results: str | Path, name: str | None) -> None:
             f"--results {results}: inside the installed fer_tune package ({package}); results there are "
             "lost on reinstall and pollute the code: give a folder outside it (default ./results)"
         )
+    check_writable(out, "--results")
 
 
 def is_storage_error(text: str) -> bool:

@@ -34,7 +34,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import TimeoutStopper
 
 from fer_tune.faults import mark_loop_running, raise_if_storage_fault
-from fer_tune.folder import STOPPED_BY_FILE, SearchFolder
+from fer_tune.folder import FOLDER_ENV, STOPPED_BY_FILE, SearchFolder
 from fer_tune.results import TIME_BUDGET, TIMED_OUT
 
 LOST = (
@@ -311,8 +311,10 @@ def _check_storage(trial: Any) -> None:
 
 def _record(trials: list, cause: str) -> None:
     """Add `trial id -> cause` to the search's `stopped_by.json` (atomically)."""
-    # The search folder, wherever it was resumed from (a phase's trials sit in phase<N>/ below it).
-    folder = SearchFolder.of_experiment(Path(trials[0].path).parent)
+    # The search folder the driver works in (a remote search's mirror), else found from the trial: wherever
+    # it was resumed from (a phase's trials sit in phase<N>/ below it).
+    here = os.environ.get(FOLDER_ENV)
+    folder = SearchFolder(here) if here else SearchFolder.of_experiment(Path(trials[0].path).parent)
     stopped = folder.stopped_by() | {t.trial_id: cause for t in trials}
     path = folder / STOPPED_BY_FILE
     tmp = path.with_name(f".{path.name}.tmp")

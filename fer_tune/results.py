@@ -102,7 +102,9 @@ def trial_config(search_dir: str | Path, trial_id: str) -> dict[str, Any]:
 
 def export_config(search_dir: str | Path, rank: int = 1, out: str | Path = "best.yaml") -> Path:
     """Write the `rank`-th best trial's run config with a `provenance:` block; returns the path written."""
-    folder = Path(search_dir)
+    from fer_tune.remote import local_folder
+
+    folder = local_folder(search_dir)  # a search in an object store: a local copy
     trials, _ = load_results(folder)
     sel = selection(folder)
     ranked = sel.rank(trials)
@@ -180,7 +182,7 @@ def _history(trial_dir: Path) -> pd.DataFrame:
         except ValueError:
             if i < len(lines):  # a torn last line is a write in progress; anything else is damage
                 raise DataError(f"{path}: line {i}: not JSON") from None
-    keep = [*METRICS, "time_total_s", "time_this_iter_s", "cuda_visible_devices"]
+    keep = [*METRICS, "time_total_s", "time_this_iter_s", "cuda_visible_devices", "node_id"]
     hist = pd.DataFrame([{k: r.get(k) for k in keep} for r in rows], columns=keep)
     if len(hist):
         # A trial resumed from an older checkpoint reports some epochs again.
@@ -257,6 +259,8 @@ def _trial_row(
         else math.nan
     )
     row["cuda_visible_devices"] = hist["cuda_visible_devices"].iloc[-1] if len(hist) else None
+    # Every node it ran on, in order (a trial continued elsewhere after its node died has two).
+    row["node_ids"] = " ".join(dict.fromkeys(hist["node_id"].dropna())) if len(hist) else None
     resolved = run.to_dict() if run is not None else config
     for key, value in pd.json_normalize(resolved, sep="/").iloc[0].items():
         row[f"config/{key}"] = value
@@ -292,6 +296,7 @@ def _columns(rows: list[dict[str, Any]], sel: Selection) -> list[str]:
         "seconds",
         "start_seconds",
         "cuda_visible_devices",
+        "node_ids",
     ]
     for row in rows:
         cols += [k for k in row if k not in cols]

@@ -26,7 +26,7 @@ from typing import Any
 from fer_tune.data import FER2013
 from fer_tune.errors import ConfigError, DataError, check, check_writable
 from fer_tune.faults import check_experiment_state, check_target, good_checkpoint, interrupts
-from fer_tune.folder import STUDY_DB_ENV, Phase, SearchFolder, SearchState
+from fer_tune.folder import FOLDER_ENV, STUDY_DB_ENV, Phase, SearchFolder, SearchState
 from fer_tune.spaces import Dist, Resources, Space, load_space, parse_duration
 
 KAGGLE = (
@@ -76,8 +76,10 @@ def fer_trial(config: dict[str, Any], data: FER2013, resources: TrialResources) 
     device = trial_device(gpus_per_trial)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
 
+    node = ray.get_runtime_context().get_node_id()  # trials.csv tells on which node each trial ran
+
     def report(metrics: dict[str, Any], folder: Path) -> None:
-        metrics = {**metrics, "cuda_visible_devices": visible, "device": str(device)}
+        metrics = {**metrics, "cuda_visible_devices": visible, "device": str(device), "node_id": node}
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(folder)))
 
     kwargs = dict(
@@ -156,8 +158,8 @@ def run_search(
 
             check_gpu_count(res.gpus)
     check_target(results, name)
-    out = check_writable(Path(results).expanduser().resolve(), "--results")  # before data and Ray
-    folder = SearchFolder(out / (name or f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}"))
+    # A folder or a URI (s3://...), test-written before data and Ray.
+    folder = SearchFolder.create(results, name or f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}")
     if folder.is_search():
         raise ConfigError(
             f"--name: {folder.path} holds a search already; continue it with fer-tune --resume {folder.path}"
@@ -205,7 +207,7 @@ def extend_search(
     from fer_tune.hooks import LOST
     from fer_tune.translate import outside
 
-    folder = SearchFolder(path)
+    folder = SearchFolder.open(path)
     state = folder.read_state()
     before = folder.read_space()
     if not state.study or before.search.algorithm != "optuna":
@@ -301,7 +303,7 @@ def resume_search(path: str | Path, *, retry_errored: bool = False, address: str
     it."""
     from ray import tune
 
-    folder = SearchFolder(path)
+    folder = SearchFolder.open(path)
     state = folder.read_state()
     if state.finished and not (retry_errored and _has_errors(folder.path)):
         print(f"fer-tune: {folder.path} finished on {state.ended or '?'}; nothing to resume")
@@ -309,7 +311,7 @@ def resume_search(path: str | Path, *, retry_errored: bool = False, address: str
     phase, experiment = folder.experiment_dirs()[-1]
     space = folder.read_space(phase)
     check_experiment_state(experiment)
-    if not tune.Tuner.can_restore(str(experiment)):
+    if not tune.Tuner.can_restore(folder.experiment_location(phase)):
         raise DataError(f"{experiment}: no saved Ray Tune state (experiment_state-*.json) to resume from")
     check_writable(folder.path, "search folder")  # Ray writes its state and the trials there
 
@@ -319,7 +321,7 @@ def resume_search(path: str | Path, *, retry_errored: bool = False, address: str
     with _ray(address, state.cpus, state.gpus):
         # The trainable must have the name it had: re-wrap the same function around freshly loaded data.
         tuner = tune.Tuner.restore(
-            str(experiment),
+            folder.experiment_location(phase),
             _trainable(space, data),
             resume_unfinished=True,
             resume_errored=retry_errored,
@@ -527,7 +529,7 @@ def _tuner(
         # metric, which a time budget makes: ones it stops before their first epoch.
         sort_by_metric=s.time_budget_s is None,
     )
-    experiment = folder.experiment_dir(state.phase.number)
+    storage_path, experiment_name = folder.ray_storage(state.phase.number)
     return tune.Tuner(
         _trainable(space, data),
         param_space=param_space,
@@ -541,8 +543,8 @@ def _tuner(
             reuse_actors=True,  # a finished trial's worker (torch imported, data fetched) runs the next one
         ),
         run_config=tune.RunConfig(
-            name=experiment.name,
-            storage_path=str(experiment.parent),  # absolute: a relative one fails in pyarrow (ray#42968)
+            name=experiment_name,
+            storage_path=storage_path,
             stop=stopper,
             callbacks=callbacks,
             progress_reporter=reporter,
@@ -563,6 +565,7 @@ def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState) -> 
     # Snapshot the experiment state often: what finished after the last snapshot is redone after a SIGKILL.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ[FOLDER_ENV] = str(folder.path)  # StopLog records stops there (a remote search: the mirror)
     t0 = time.time()
     with interrupts() as signals:
         try:
@@ -573,6 +576,7 @@ def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState) -> 
             raise_if_storage_fault(folder.path)  # Optuna's commit or Ray's write failed on a full disk
             raise
         elapsed = time.time() - t0
+        folder.sync_down()  # a search in an object store: Ray's trial files, for the tables
         trials, _ = write_results(folder.path)  # a second Ctrl-C still absorbed: the tables are whole
     budget = space.search.time_budget_s
     budget_hit = budget is not None and elapsed >= budget - 1
@@ -580,11 +584,13 @@ def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState) -> 
     interrupted = bool(signals) or unfinished or (len(grid) < space.total_trials() and not budget_hit)
     print(summarize(trials, folder.path))
     if interrupted:
+        folder.sync_up()
         print(f"fer-tune: search interrupted; nothing is lost. Continue it with: fer-tune --resume {folder}")
         return 130
     state.finished, state.ended = True, datetime.now().isoformat(timespec="seconds")
     state.phase.finished, state.phase.ended = True, state.ended
     folder.write_state(state)
+    folder.sync_up()
     if len(trials) and (trials["status"] == "ERROR").all():
         print("fer-tune: every trial failed; see the stop reasons above and error.txt in each trial folder")
         return 1
