@@ -334,3 +334,63 @@ def test_two_nodes_results_in_s3_worker_node_killed_mid_trial(tmp_path: Path, s3
                 p.kill()
                 p.wait()
         cluster.close()
+
+
+def test_resume_extend_export_and_retrain_take_an_s3_uri(tmp_path: Path, s3) -> None:
+    """One node (fer-tune starts its own Ray), results in the store: interrupted, resumed, extended,
+    retrained, each command given the URI."""
+    env, client = s3
+    data = save_csv(make_fer({"Training": 20, "PublicTest": 6}), tmp_path / "fer2013.csv")
+    space = {
+        "search": {"num_samples": 3, "scheduler": "none", "seed": 0},
+        "resources": {"cpus_per_trial": 1},
+        "model": {"arch": "cnn", "kernels": [{"choice": [4, 8]}, 8], "head_width": 0, "pool_size": 1},
+        "train": {"epochs": 12, "batch_size": 16, "warmup_epochs": 0},
+        "augment": {"crop": 0, "rotation": 0},
+    }
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    run_env = {**os.environ, **env, "RAY_USAGE_STATS_ENABLED": "0", "WANDB_MODE": "disabled"}
+    run_env |= {"FER_TUNE_CACHE": str(tmp_path / "cache")}
+    run_env.pop("RAY_ADDRESS", None)
+    uri = f"s3://{BUCKET}/one/s"
+
+    def fer_tune(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "fer_tune.cli", *args]
+        return subprocess.run(cmd, env=run_env, capture_output=True, text=True, timeout=timeout)
+
+    def rows() -> pd.DataFrame:
+        (tmp_path / "t.csv").write_text(s3_text(client, "one/s/trials.csv"))
+        return pd.read_csv(tmp_path / "t.csv")
+
+    args = ["--space", str(tmp_path / "space.yaml"), "--data", str(data), "--gpus", "0", "--cpus", "2"]
+    with open(tmp_path / "search.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fer_tune.cli", *args, "--results", f"s3://{BUCKET}/one", "--name", "s"],
+            env=run_env,
+            stdout=log,
+            stderr=log,
+        )
+
+    def some_epochs() -> bool:
+        listed = client.list_objects_v2(Bucket=BUCKET, Prefix="one/s/").get("Contents", [])
+        results = [o["Key"] for o in listed if o["Key"].endswith("/result.json")]
+        return proc.poll() is None and any(len(s3_text(client, k).splitlines()) >= 3 for k in results)
+
+    wait_until("3 epochs of a trial in the store", some_epochs, 180)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, (tmp_path / "search.log").read_text()[-3000:]
+    assert f"Continue it with: fer-tune --resume {uri}" in (tmp_path / "search.log").read_text()
+    assert set(rows()["stop_reason"]) - {"completed"}  # some trials had not finished
+
+    done = fer_tune("resume", uri)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(rows()) == 3 and (rows()["stop_reason"] == "completed").all()
+    done = fer_tune("extend", uri, "--num-samples", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(rows()["phase"]) == [1, 1, 1, 2, 2] and (rows()["stop_reason"] == "completed").all()
+    assert fer_tune("export", uri, "-o", str(tmp_path / "best.yaml")).returncode == 0
+    done = fer_tune(
+        "retrain", f"{uri}/best_config.yaml", "--data", str(data), "--out", str(tmp_path / "final")
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "final" / "metrics.json").is_file()
