@@ -73,7 +73,9 @@ def _search(args: argparse.Namespace) -> int:
     if args.retrain is not None and args.retrain < 1:
         raise FerTuneError(f"--retrain: the number of seeds must be >= 1, got {args.retrain}")
     if args.resume:
-        code = resume_search(args.resume, retry_errored=args.retry_errored, address=args.address)
+        code = resume_search(
+            args.resume, retry_errored=args.retry_errored, address=args.address, verbose=args.verbose
+        )
         return _then_retrain(args, Path(args.resume)) if code == 0 else code
     if not args.space:
         raise FerTuneError("give a search space (--space NAME|PATH) or a search to continue (--resume DIR)")
@@ -96,6 +98,7 @@ def _search(args: argparse.Namespace) -> int:
         results=args.results,
         wandb_project=args.wandb_project,
         wandb_mode=args.wandb_mode,
+        verbose=args.verbose,
     )
     return _then_retrain(args, outcome.folder) if outcome.status == 0 else outcome.status
 
@@ -130,6 +133,7 @@ def _extend(args: argparse.Namespace) -> int:
         time_budget=args.time_budget,
         address=args.address,
         data=args.data,
+        verbose=args.verbose,
     )
     return outcome.status
 
@@ -137,7 +141,9 @@ def _extend(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> int:
     from fer_tune.search import resume_search
 
-    return resume_search(args.path, retry_errored=args.retry_errored, address=args.address)
+    return resume_search(
+        args.path, retry_errored=args.retry_errored, address=args.address, verbose=args.verbose
+    )
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -223,6 +229,9 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
         help="when the search has finished, retrain its best config with N seeds (its epochs, on Training) "
         "into <results>/<name>/final and score each seed and their ensemble",
     )
+    p.add_argument(
+        "--verbose", action="store_true", help="Ray's status table and INFO lines instead of fer-tune's view"
+    )
 
 
 def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Namespace], int]]]:
@@ -269,6 +278,7 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     resume.add_argument("path", help="the search folder, results/<name>")
     resume.add_argument("--retry-errored", action="store_true", help="run errored trials again")
     resume.add_argument("--address", help="join a running Ray cluster: auto or ray://host:port")
+    resume.add_argument("--verbose", action="store_true", help="Ray's status table and INFO lines")
 
     extend = parser("extend", "Run more trials of a search, in its folder and Optuna study (a new phase).")
     extend.add_argument("path", help="the search folder, results/<name>")
@@ -277,6 +287,7 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     extend.add_argument("--time-budget", help="stop this phase after this long (90m, 2h, 3600s)")
     extend.add_argument("--data", help="FER2013 CSV or image folder (default: the search's)")
     extend.add_argument("--address", help="join a running Ray cluster: auto or ray://host:port")
+    extend.add_argument("--verbose", action="store_true", help="Ray's status table and INFO lines")
 
     export = parser("export", "Write the K-th best trial's complete run config, with provenance.")
     export.add_argument("search", help="the search folder, results/<name>")

@@ -28,6 +28,7 @@ from fer_tune.errors import ConfigError, DataError, check, check_writable
 from fer_tune.faults import check_experiment_state, check_target, good_checkpoint, interrupts
 from fer_tune.folder import FOLDER_ENV, STUDY_DB_ENV, Phase, SearchFolder, SearchState
 from fer_tune.spaces import Dist, Resources, Space, load_space, parse_duration
+from fer_tune.tracking import WandbTracking
 
 KAGGLE = (
     "https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge"
@@ -36,7 +37,6 @@ DATA_CANDIDATES = ("fer2013.csv", "icml_face_data.csv", "fer2013")
 DIVERGED_NOTE = "diverged.txt"  # in a trial's working folder: its non-finite-loss error, not to be retried
 # What trials see: they train on Training and are selected on PublicTest. PrivateTest never reaches them.
 TRIAL_SPLITS = ("Training", "PublicTest")
-METRIC_COLUMNS = {"epoch": "epoch", "train_loss": "train_loss", "val_loss": "val_loss", "val_acc": "val_acc"}
 
 
 def find_data(flag: str | None, space_data: str | None) -> Path:
@@ -139,6 +139,7 @@ def run_search(
     results: str | Path = "results",
     wandb_project: str | None = None,
     wandb_mode: str | None = None,
+    verbose: bool = False,
 ) -> Outcome:
     """Run a search of `space` (a Space, or a bundled name or YAML path) on `data` (FER2013, or a path) into
     `results/<name>/`. The space and data are checked before Ray starts."""
@@ -164,8 +165,13 @@ def run_search(
         raise ConfigError(
             f"--name: {folder.path} holds a search already; continue it with fer-tune --resume {folder.path}"
         )
+    # `--wandb-mode offline|online` alone asks for logging: it goes to the project "fer-tune".
+    asked = wandb_mode in ("online", "offline")
+    wandb_project = wandb_project or os.environ.get("WANDB_PROJECT") or ("fer-tune" if asked else None)
+    wandb_mode = wandb_mode or os.environ.get("WANDB_MODE", "online")
+    _check_tracking({"name": folder.name, "wandb_project": wandb_project, "wandb_mode": wandb_mode})
     data, data_path = _load(data)
-    with _ray(res.address, res.cpus, res.gpus) as cluster:
+    with _ray(res.address, res.cpus, res.gpus, verbose) as cluster:
         _fill_resources(space, cluster, gpus_flag=res.gpus_per_trial)
         folder.path.mkdir(parents=True, exist_ok=True)
         folder.write_space(space)
@@ -178,15 +184,15 @@ def run_search(
             started=now,
             cpus=res.cpus,
             gpus=res.gpus,
-            wandb_project=wandb_project or os.environ.get("WANDB_PROJECT"),
-            wandb_mode=wandb_mode or os.environ.get("WANDB_MODE", "online"),
+            wandb_project=wandb_project,
+            wandb_mode=wandb_mode,
             command=command,
             study=folder.name if space.search.algorithm == "optuna" else None,
             phases=[Phase(1, space.source, space.search.num_samples, now, command=command)],
         )
         folder.write_state(state)
         tuner = _tuner(space, data, folder, cluster, state)
-        return Outcome(folder.path, _fit(tuner, space, folder, state))
+        return Outcome(folder.path, _fit(tuner, space, folder, state, verbose))
 
 
 def extend_search(
@@ -197,6 +203,7 @@ def extend_search(
     time_budget: str | float | None = None,
     address: str | None = None,
     data: FER2013 | str | Path | None = None,
+    verbose: bool = False,
 ) -> Outcome:
     """`fer-tune extend DIR --num-samples N`: N more trials in the same folder and Optuna study, so TPE starts
     from every earlier trial; `space` may narrow ranges and fix values. Earlier trials the new space could
@@ -239,7 +246,8 @@ def extend_search(
         Phase(number, new.source, num_samples, now, command=" ".join(sys.argv), outside=sorted(out))
     )
     state.finished, state.ended = False, None
-    with _ray(address, state.cpus, state.gpus) as cluster:
+    _check_tracking(state.to_dict())
+    with _ray(address, state.cpus, state.gpus, verbose) as cluster:
         folder.write_space(new, number)
         folder.write_state(state)
         hidden = [numbers[t] for t in out if t in numbers]
@@ -248,7 +256,7 @@ def extend_search(
             f"{len(hidden)} earlier trials lie outside {new.source} and do not steer the sampler"
         )
         tuner = _tuner(new, data, folder, cluster, state, hidden=hidden)
-        return Outcome(folder.path, _fit(tuner, new, folder, state))
+        return Outcome(folder.path, _fit(tuner, new, folder, state, verbose))
 
 
 def _extension_space(
@@ -298,7 +306,9 @@ def _load(data: FER2013 | str | Path) -> tuple[FER2013, str]:
     return loaded, str(Path(data).resolve())
 
 
-def resume_search(path: str | Path, *, retry_errored: bool = False, address: str | None = None) -> int:
+def resume_search(
+    path: str | Path, *, retry_errored: bool = False, address: str | None = None, verbose: bool = False
+) -> int:
     """`fer-tune --resume DIR`: continue an interrupted search (its latest phase) where its saved state left
     it."""
     from ray import tune
@@ -314,11 +324,12 @@ def resume_search(path: str | Path, *, retry_errored: bool = False, address: str
     if not tune.Tuner.can_restore(folder.experiment_location(phase)):
         raise DataError(f"{experiment}: no saved Ray Tune state (experiment_state-*.json) to resume from")
     check_writable(folder.path, "search folder")  # Ray writes its state and the trials there
+    _check_tracking(state.to_dict())
 
     data, _ = _load(state.data)
     # Ray unpickles the searcher with the study storage it was saved with: open this folder's database.
     os.environ[STUDY_DB_ENV] = str(folder.db_path)
-    with _ray(address, state.cpus, state.gpus):
+    with _ray(address, state.cpus, state.gpus, verbose):
         # The trainable must have the name it had: re-wrap the same function around freshly loaded data.
         tuner = tune.Tuner.restore(
             folder.experiment_location(phase),
@@ -328,7 +339,14 @@ def resume_search(path: str | Path, *, retry_errored: bool = False, address: str
             restart_errored=False,  # restarted trials get ids OptunaSearch never saw (KeyError in Ray 2.60)
         )
         print(f"fer-tune: resuming {folder.path}" + (" (errored trials too)" if retry_errored else ""))
-        return _fit(tuner, space, folder, state)
+        return _fit(tuner, space, folder, state, verbose)
+
+
+def _check_tracking(state: dict[str, Any]) -> None:
+    """Fail before the data and Ray when the wandb logging asked for cannot work (online without a key)."""
+    tracking = WandbTracking.from_state(state)
+    if tracking is not None:
+        tracking.check()
 
 
 def _check_selectable(data: FER2013, path: str | Path) -> None:
@@ -345,17 +363,28 @@ def _check_selectable(data: FER2013, path: str | Path) -> None:
 
 
 @contextmanager
-def _ray(address: str | None, cpus: int | None, gpus: float | None) -> Iterator[dict[str, float]]:
+def _ray(
+    address: str | None, cpus: int | None, gpus: float | None, verbose: bool = False
+) -> Iterator[dict[str, float]]:
     """Join `address`, reuse a running Ray (tests), or start a local one; yields the cluster's resources."""
     import ray
 
+    from fer_tune.live import quiet_ray
+
     started = False
     if not ray.is_initialized():
+        level = quiet_ray(verbose)
         if address:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level=level)
         else:
             num_gpus = None if gpus is None else (int(gpus) if float(gpus).is_integer() else gpus)
-            ray.init(num_cpus=cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False)
+            ray.init(
+                num_cpus=cpus,
+                num_gpus=num_gpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=level,
+            )
         started = True
     try:
         yield ray.cluster_resources()
@@ -472,6 +501,7 @@ def _tuner(
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     from fer_tune.hooks import BestEpochOptunaSearch, BudgetStopper, InSpaceSampler, StopLog
+    from fer_tune.live import LiveReporter
 
     s = space.search
     slots = s.max_concurrent or _slots(space, cluster)
@@ -509,26 +539,11 @@ def _tuner(
     callbacks: list[Any] = [
         StopLog(stopper, search_alg if s.algorithm == "optuna" else None, trial_timeout_s=s.trial_timeout_s)
     ]
-    if state.wandb_project and state.wandb_mode != "disabled":
-        from ray.air.integrations.wandb import WandbLoggerCallback
+    tracking = WandbTracking.from_state(state.to_dict())
+    if tracking is not None:
+        from fer_tune.tracking import WandbRuns
 
-        # upload_timeout: the default (30 min) makes an interrupted driver hang while wandb flushes.
-        callbacks.append(
-            WandbLoggerCallback(
-                project=state.wandb_project,
-                group=state.name,
-                mode=state.wandb_mode,
-                upload_timeout=30,
-            )
-        )
-    reporter = tune.CLIReporter(
-        metric_columns=METRIC_COLUMNS,
-        parameter_columns={k: k.split("/")[-1] for k in progress_columns(space)},
-        max_report_frequency=30,
-        # By TuneConfig's metric and mode; Ray's sort raises TypeError on two finished trials without the
-        # metric, which a time budget makes: ones it stops before their first epoch.
-        sort_by_metric=s.time_budget_s is None,
-    )
+        callbacks.append(WandbRuns(tracking))  # one run per trial, written by the driver (see tracking.py)
     storage_path, experiment_name = folder.ray_storage(state.phase.number)
     return tune.Tuner(
         _trainable(space, data),
@@ -547,7 +562,7 @@ def _tuner(
             storage_path=storage_path,
             stop=stopper,
             callbacks=callbacks,
-            progress_reporter=reporter,
+            progress_reporter=LiveReporter(),  # draws the view _fit installs (fer_tune.live)
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
@@ -557,7 +572,8 @@ def _tuner(
 # -- running -------------------------------------------------------------------------------------------------
 
 
-def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState) -> int:
+def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState, verbose: bool = False) -> int:
+    from fer_tune.live import watch
     from fer_tune.results import summarize, write_results
 
     # The legacy output engine is the one that shows CLIReporter's parameter columns.
@@ -567,14 +583,17 @@ def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState) -> 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ[FOLDER_ENV] = str(folder.path)  # StopLog records stops there (a remote search: the mirror)
     t0 = time.time()
+    s = space.search
+    view = watch(folder.path, s.metric, s.mode, progress_columns(space), s.time_budget_s, verbose)
     with interrupts() as signals:
-        try:
-            grid = tuner.fit()
-        except Exception:
-            from fer_tune.faults import raise_if_storage_fault
+        with view:
+            try:
+                grid = tuner.fit()
+            except Exception:
+                from fer_tune.faults import raise_if_storage_fault
 
-            raise_if_storage_fault(folder.path)  # Optuna's commit or Ray's write failed on a full disk
-            raise
+                raise_if_storage_fault(folder.path)  # Optuna's commit or Ray's write failed on a full disk
+                raise
         elapsed = time.time() - t0
         folder.sync_down()  # a search in an object store: Ray's trial files, for the tables
         trials, _ = write_results(folder.path)  # a second Ctrl-C still absorbed: the tables are whole
