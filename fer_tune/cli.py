@@ -76,7 +76,11 @@ def _search(args: argparse.Namespace) -> int:
         code = resume_search(
             args.resume, retry_errored=args.retry_errored, address=args.address, verbose=args.verbose
         )
-        return _then_retrain(args, Path(args.resume)) if code == 0 else code
+        if code != 0:
+            return code
+        from fer_tune.folder import SearchFolder
+
+        return _then_retrain(args, SearchFolder.open(args.resume).path)  # a URI: its local mirror
     if not args.space:
         raise FerTuneError("give a search space (--space NAME|PATH) or a search to continue (--resume DIR)")
     space = load_space(

@@ -103,9 +103,10 @@ class BestEpochOptunaSearch(OptunaSearch):
         if error and self._ot_study is not None:
             # Ray tells the searcher before any callback: a trial that failed because the disk is full or
             # read-only must not be told FAIL (the resumed search continues it), so the search ends here.
-            raise_if_storage_fault(
-                Path(self._ot_study._storage._backend.url.removeprefix("sqlite:///")).parent
-            )
+            storage = self._ot_study._storage
+            url = getattr(getattr(storage, "_backend", storage), "url", "")  # optuna.db's, in the folder
+            if url.startswith("sqlite:///"):
+                raise_if_storage_fault(Path(url.removeprefix("sqlite:///")).parent)
         if result and not error and trial_id in self._ot_trials and trial_id not in self._completed_trials:
             # Ray withholds the result on which the scheduler stopped a trial (ASHA at a rung, or at max_t)
             # from on_trial_result: it arrives only here.
