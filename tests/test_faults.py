@@ -413,3 +413,29 @@ def test_ctrl_c_twice_leaves_a_resumable_folder(tmp_path: Path, data_csv: Path, 
     assert proc.wait(timeout=120) == 130, proc.log.read_text()[-3000:]
     assert runner.start("--resume", str(folder)).wait(timeout=240) == 0
     assert_continued(folder, 4, 25)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_after_a_crash_cut_checkpoints_resume_from_the_last_good_one(
+    tmp_path: Path, data_csv: Path, runner: Runner
+) -> None:
+    sp = write_space(tmp_path, {"num_samples": 4, "scheduler": "none", "seed": 3}, {"epochs": 25})
+    folder = tmp_path / "results" / "cut"
+    args = ["--space", str(sp), "--data", str(data_csv), "--gpus", "0", "--cpus", "2"]
+    proc = runner.start(*args, "--results", str(folder.parent), "--name", "cut")
+    wait_for_epochs(folder, proc, 6)
+    os.killpg(proc.pid, signal.SIGKILL)  # the machine goes down
+    proc.wait(timeout=30)
+    # The crash cut every checkpoint of the unfinished trials but their oldest: whichever one Ray's last
+    # snapshot names, only an older one is whole.
+    cut = 0
+    for trial in folder.glob("trial_*"):
+        ckpts = sorted(trial.glob("checkpoint_*/checkpoint.pt"))
+        if len(epochs(trial)) < 25 and len(ckpts) > 1:
+            for ckpt in ckpts[1:]:
+                ckpt.write_bytes(ckpt.read_bytes()[:1000])
+                cut += 1
+    assert cut, "no unfinished trial had two checkpoints at the crash"
+    assert runner.start("--resume", str(folder)).wait(timeout=240) == 0
+    assert_continued(folder, 4, 25)
