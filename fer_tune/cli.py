@@ -66,6 +66,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
+    from fer_tune.faults import check_target
     from fer_tune.search import SearchResources, find_data, resume_search, run_search
     from fer_tune.spaces import load_space, parse_duration
 
@@ -75,19 +76,24 @@ def _search(args: argparse.Namespace) -> int:
         code = resume_search(
             args.resume, retry_errored=args.retry_errored, address=args.address, verbose=args.verbose
         )
-        return _then_retrain(args, Path(args.resume)) if code == 0 else code
+        if code != 0:
+            return code
+        from fer_tune.folder import SearchFolder
+
+        return _then_retrain(args, SearchFolder.open(args.resume).path)  # a URI: its local mirror
     if not args.space:
         raise FerTuneError("give a search space (--space NAME|PATH) or a search to continue (--resume DIR)")
     space = load_space(
         args.space,
         num_samples=args.num_samples,
         time_budget_s=parse_duration(args.time_budget, "--time-budget"),
+        trial_timeout_s=parse_duration(args.trial_timeout, "--trial-timeout"),
         max_failures=args.max_failures,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
     )
     resources = SearchResources(args.cpus, args.gpus, args.address, args.gpus_per_trial)
-    check_writable(args.results, "--results")  # before the data is looked for
+    check_target(args.results, args.name)  # and test-written, before the data is looked for
     outcome = run_search(
         space,
         find_data(args.data, space.data),
@@ -208,6 +214,11 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
         help="stop the search after this long (90m, 2h, 3600s): running trials are stopped when it runs out",
     )
     p.add_argument("--max-failures", type=int, help="retries of a trial that failed (default 0)")
+    p.add_argument(
+        "--trial-timeout",
+        help="stop a trial that has not reported an epoch for this long (10m, 1h; default: never): it is "
+        "marked timed out and the search goes on",
+    )
     p.add_argument("--name", help="experiment name (default: space name and time)")
     p.add_argument("--results", default="results", help="results directory (default: ./results)")
     p.add_argument("--address", help="join a running Ray cluster: auto or ray://host:port")

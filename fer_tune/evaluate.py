@@ -63,7 +63,9 @@ def predict_logits(
     crop = meta["config"]["augment"]["crop"]
     shift = max(1, crop // 2) if 1 <= crop <= 16 else 2
     dev = images.device
-    amp = Precision.select("auto", dev)  # this device's best, whatever the model was trained in
+    # A GPU's fast precision, whatever the model was trained in; fp32 on a CPU, where inference is cheap and
+    # bf16 (fast for training with AMX) would make scores depend on the CPU model.
+    amp = Precision.select("auto" if dev.type == "cuda" else "fp32", dev)
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):

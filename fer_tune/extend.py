@@ -37,7 +37,7 @@ def extend_search(
     from fer_tune.hooks import LOST
     from fer_tune.translate import outside
 
-    folder = SearchFolder(path)
+    folder = SearchFolder.open(path)
     state = folder.read_state()
     before = folder.read_space()
     if not state.study or before.search.algorithm != "optuna":

@@ -38,6 +38,8 @@ REPORT_DIR = "report"
 # Read in the driver when Ray unpickles a searcher: the study's database is the one of the folder being run
 # now, not the absolute path it was pickled with (a folder may have been moved since).
 STUDY_DB_ENV = "FER_TUNE_STUDY_DB"
+# The search folder the driver works in now (a remote search's local mirror): where StopLog records its stops.
+FOLDER_ENV = "FER_TUNE_SEARCH_FOLDER"
 
 
 @dataclass
@@ -96,14 +98,73 @@ class SearchState:
 class SearchFolder:
     """`results/<name>/`: its paths, state, spaces, study and Ray trials."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, remote: str | None = None) -> None:
         self.path = Path(path).expanduser().resolve()
+        # A search in an object store (fer_tune.remote): `path` is this machine's mirror of it.
+        self.remote = remote
+
+    @classmethod
+    def open(cls, path: str | Path) -> SearchFolder:
+        """An existing search: a local folder, or a URI downloaded into its local mirror."""
+        from fer_tune.remote import is_uri, local_folder
+
+        if is_uri(path):
+            return cls(local_folder(path), remote=str(path).rstrip("/"))
+        return cls(path)
+
+    @classmethod
+    def create(cls, results: str | Path, name: str) -> SearchFolder:
+        """A new search `name` under `results` (a folder or a URI), test-written first."""
+        from fer_tune.errors import ConfigError, check_writable
+        from fer_tune.remote import check_writable_uri, filesystem, is_uri, join, mirror_of
+
+        if is_uri(results):
+            uri = join(check_writable_uri(str(results), "--results"), name)
+            fs, path = filesystem(uri)
+            if fs.get_file_info(join(path, STATE_FILE)).is_file:
+                raise ConfigError(
+                    f"--name: {uri} holds a search already; continue it with fer-tune --resume {uri}"
+                )
+            import shutil
+
+            shutil.rmtree(mirror_of(uri), ignore_errors=True)  # a leftover of an earlier search of that name
+            return cls(mirror_of(uri), remote=uri)
+        return cls(check_writable(Path(results).expanduser().resolve(), "--results") / name)
+
+    def ray_storage(self, phase: int = 1) -> tuple[str, str]:
+        """(storage_path, name) of a phase's Ray experiment: local, or in the object store."""
+
+        if self.remote is None:
+            exp = self.experiment_dir(phase)
+            return str(exp.parent), exp.name  # absolute: a relative one fails in pyarrow (ray#42968)
+        if phase == 1:
+            return self.remote.rsplit("/", 1)[0], self.remote.rsplit("/", 1)[1]
+        return self.remote, self.phase_name(phase)
+
+    def experiment_location(self, phase: int = 1) -> str:
+        """What `Tuner.restore` takes for a phase: its folder or its URI."""
+        storage, name = self.ray_storage(phase)
+        return f"{storage}/{name}"
+
+    def sync_down(self) -> None:
+        """A remote search: download Ray's files (not checkpoints) into the mirror, for the tables."""
+        from fer_tune.remote import pull
+
+        if self.remote is not None:
+            pull(self.remote, self.path, require=None)
+
+    def sync_up(self) -> None:
+        """A remote search: upload fer-tune's own files from the mirror to the store."""
+        from fer_tune.remote import push
+
+        if self.remote is not None:
+            push(self.path, self.remote)
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
-    def __str__(self) -> str:
-        return str(self.path)
+    def __str__(self) -> str:  # what messages show: the URI of a search in an object store
+        return self.remote or str(self.path)
 
     def __fspath__(self) -> str:  # a SearchFolder goes wherever a path does
         return str(self.path)
@@ -167,7 +228,11 @@ class SearchFolder:
         except FileNotFoundError:
             raise DataError(f"{path}: no such file; {self.path} is not a fer-tune search folder") from None
         except (OSError, ValueError, TypeError) as e:
-            raise DataError(f"{path}: unreadable search state: {e}") from None
+            # fer-tune writes it atomically: a damaged file was cut or edited by something else.
+            raise DataError(
+                f"{path}: unreadable search state ({e}); restore it from a backup, or move it aside: "
+                "report and export read the folder without it"
+            ) from None
 
     def write_state(self, state: SearchState) -> None:
         """Atomically: a reader sees the old record or the new one, never half of one."""

@@ -7,8 +7,11 @@ stops are recorded.
   the study through `OptunaSearch.on_trial_result`).
 - `BudgetStopper`: Ray's `TimeoutStopper` (it stops running trials too), remembering that it fired.
 - `StopLog`: a driver-side callback that writes `stopped_by.json` in the search folder (trial id -> "time
-  budget") so the results tables can tell a trial cut by the budget from one ASHA stopped. Ray stops those
-  trials without telling the searcher either: StopLog tells it, so Optuna records them as pruned.
+  budget" or "timed out") so the results tables can tell a trial cut by the budget from one ASHA stopped. Ray
+  stops those trials without telling the searcher either: StopLog tells it, so Optuna records them as pruned.
+  It also stops a trial that has not reported for `--trial-timeout` (a hung trial: its actor is killed, so
+  Ray ends it as failed, and retries it from its last checkpoint under `--max-failures`), and ends the search
+  with one error when a trial failed because the results disk is full or read-only (`fer_tune.faults`).
 
 These objects are pickled into Ray's `tuner.pkl` and searcher state: keep their names and modules.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,8 +33,9 @@ from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import TimeoutStopper
 
-from fer_tune.folder import STOPPED_BY_FILE, SearchFolder
-from fer_tune.results import TIME_BUDGET
+from fer_tune.faults import mark_loop_running, raise_if_storage_fault
+from fer_tune.folder import FOLDER_ENV, STOPPED_BY_FILE, SearchFolder
+from fer_tune.results import TIME_BUDGET, TIMED_OUT
 
 LOST = (
     "fer_tune_lost"  # user attr of a study trial whose Ray trial was never saved (asked just before a kill)
@@ -95,6 +100,13 @@ class BestEpochOptunaSearch(OptunaSearch):
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
+        if error and self._ot_study is not None:
+            # Ray tells the searcher before any callback: a trial that failed because the disk is full or
+            # read-only must not be told FAIL (the resumed search continues it), so the search ends here.
+            storage = self._ot_study._storage
+            url = getattr(getattr(storage, "_backend", storage), "url", "")  # optuna.db's, in the folder
+            if url.startswith("sqlite:///"):
+                raise_if_storage_fault(Path(url.removeprefix("sqlite:///")).parent)
         if result and not error and trial_id in self._ot_trials and trial_id not in self._completed_trials:
             # Ray withholds the result on which the scheduler stopped a trial (ASHA at a rung, or at max_t)
             # from on_trial_result: it arrives only here.
@@ -208,22 +220,32 @@ class BudgetStopper(TimeoutStopper):
 
 
 class StopLog(Callback):
-    """Records the trials the time budget stopped in `<search>/stopped_by.json` and tells the searcher.
+    """Records the trials fer-tune stopped in `<search>/stopped_by.json` and tells the searcher; stops hung
+    trials; ends the search when the results disk refuses writes.
 
-    Ray stops them without `on_trial_complete` (for callbacks and searchers alike), so the trials that had
-    not ended at the start of the step in which the budget ran out are the ones it stopped. This runs at the
-    end of that step, before Ray's final save of the searcher state.
+    The time budget: Ray stops those trials without `on_trial_complete` (for callbacks and searchers alike),
+    so the trials that had not ended at the start of the step in which the budget ran out are the ones it
+    stopped. This runs at the end of that step, before Ray's final save of the searcher state.
+
+    `trial_timeout_s`: a running trial with no report for that long (counted from its start or last report) is
+    stopped by killing its actor, which Ray handles as a failed trial; it is recorded as timed out.
     """
 
-    def __init__(self, stopper: BudgetStopper | None, searcher: Any = None):
+    def __init__(
+        self, stopper: BudgetStopper | None, searcher: Any = None, trial_timeout_s: float | None = None
+    ):
         self.stopper = stopper
         self.searcher = searcher  # told the stopped trials as OptunaSearch is told ASHA's (pruned)
+        self.trial_timeout_s = trial_timeout_s
         self.ended: set[str] = set()
         self.logged = False
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        mark_loop_running()  # Ray Tune's SIGINT handler is installed: see fer_tune.faults.interrupts
         if self.stopper is not None and not self.stopper.fired:
             self.ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+        if getattr(self, "trial_timeout_s", None):  # absent in a StopLog pickled by an older fer-tune
+            self._stop_hung(trials)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if self.stopper is None or not self.stopper.fired or self.logged:
@@ -237,10 +259,65 @@ class StopLog(Callback):
 
             for t in cut:
                 self.searcher.on_trial_complete(t.trial_id, result=flatten_dict(t.last_result or {}))
-        # The search folder, wherever it was resumed from (a phase's trials sit in phase<N>/ below it).
-        folder = SearchFolder.of_experiment(Path(cut[0].path).parent)
-        stopped = folder.stopped_by() | {t.trial_id: TIME_BUDGET for t in cut}
-        path = folder / STOPPED_BY_FILE
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(stopped, indent=1) + "\n")
-        os.replace(tmp, path)
+        _record(cut, TIME_BUDGET)
+
+    # -- hung trials --------------------------------------------------------------------------------------
+
+    def _seen(self) -> dict[str, float]:
+        """Trial id -> monotonic time of its start or last report (this process's clock: not pickled)."""
+        return self.__dict__.setdefault("_fer_seen", {})
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_fer_seen"}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._seen()[trial.trial_id] = time.monotonic()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self._seen()[trial.trial_id] = time.monotonic()
+
+    def _stop_hung(self, trials: list) -> None:
+        import ray
+
+        now, seen = time.monotonic(), self._seen()
+        for t in trials:
+            if t.status != "RUNNING":
+                seen.pop(t.trial_id, None)
+                continue
+            since = seen.setdefault(t.trial_id, now)
+            actor = t.temporary_state.ray_actor
+            if now - since > self.trial_timeout_s and actor is not None:
+                print(f"fer-tune: trial {t.trial_id}: no report for {self.trial_timeout_s:g} s; stopping it")
+                _record([t], TIMED_OUT)
+                seen.pop(t.trial_id)
+                # Ray has no per-trial stopper that runs without a result; a killed actor is a failed trial.
+                ray.kill(actor, no_restart=True)
+
+    # -- a full or read-only results disk -----------------------------------------------------------------
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        _check_storage(trial)  # random and grid searches (OptunaSearch raised before this)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        _check_storage(trial)  # --max-failures: a retry would fail the same way
+
+
+def _check_storage(trial: Any) -> None:
+    """StorageFault when the trial's experiment folder is on a local disk that refuses writes."""
+    from pyarrow.fs import LocalFileSystem
+
+    if isinstance(trial.storage.storage_filesystem, LocalFileSystem):  # an object store: no disk to probe
+        raise_if_storage_fault(Path(trial.path).parent)
+
+
+def _record(trials: list, cause: str) -> None:
+    """Add `trial id -> cause` to the search's `stopped_by.json` (atomically)."""
+    # The search folder the driver works in (a remote search's mirror), else found from the trial: wherever
+    # it was resumed from (a phase's trials sit in phase<N>/ below it).
+    here = os.environ.get(FOLDER_ENV)
+    folder = SearchFolder(here) if here else SearchFolder.of_experiment(Path(trials[0].path).parent)
+    stopped = folder.stopped_by() | {t.trial_id: cause for t in trials}
+    path = folder / STOPPED_BY_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(stopped, indent=1) + "\n")
+    os.replace(tmp, path)

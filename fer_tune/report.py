@@ -23,6 +23,7 @@ from matplotlib.figure import Figure  # object API: no pyplot, no global backend
 
 from fer_tune.errors import DataError, check_writable
 from fer_tune.folder import REPORT_DIR, SearchFolder
+from fer_tune.remote import local_folder
 from fer_tune.results import VAL_ACC, Selection, load_results, selection
 
 TOP_TRIALS = 4  # trials whose curves and diagnosis are shown
@@ -545,6 +546,7 @@ def write_report(search_dirs: Sequence[str | Path], out_dir: str | Path | None =
     """
     if not search_dirs:
         raise DataError("no search folder given")
+    search_dirs = [local_folder(d) for d in search_dirs]  # a search in an object store: a local copy
     slugs = _slug([Path(d).resolve().name for d in search_dirs])
     results = {s: _load(d) for s, d in zip(slugs, search_dirs, strict=True)}
     sels = {s: selection(d) for s, d in zip(slugs, search_dirs, strict=True)}

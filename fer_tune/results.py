@@ -27,6 +27,7 @@ from fer_tune.metrics import METRIC_KEYS as METRICS
 from fer_tune.metrics import METRIC_MODES
 
 TIME_BUDGET = "time budget"
+TIMED_OUT = "timed out"  # no report for --trial-timeout: fer-tune stopped the trial (Ray saw it fail)
 _STATUS_REASON = {"RUNNING": "running", "PAUSED": "running", "PENDING": "pending"}
 
 
@@ -101,7 +102,9 @@ def trial_config(search_dir: str | Path, trial_id: str) -> dict[str, Any]:
 
 def export_config(search_dir: str | Path, rank: int = 1, out: str | Path = "best.yaml") -> Path:
     """Write the `rank`-th best trial's run config with a `provenance:` block; returns the path written."""
-    folder = Path(search_dir)
+    from fer_tune.remote import local_folder
+
+    folder = local_folder(search_dir)  # a search in an object store: a local copy
     trials, _ = load_results(folder)
     sel = selection(folder)
     ranked = sel.rank(trials)
@@ -179,7 +182,7 @@ def _history(trial_dir: Path) -> pd.DataFrame:
         except ValueError:
             if i < len(lines):  # a torn last line is a write in progress; anything else is damage
                 raise DataError(f"{path}: line {i}: not JSON") from None
-    keep = [*METRICS, "time_total_s", "time_this_iter_s", "cuda_visible_devices"]
+    keep = [*METRICS, "time_total_s", "time_this_iter_s", "cuda_visible_devices", "node_id"]
     hist = pd.DataFrame([{k: r.get(k) for k in keep} for r in rows], columns=keep)
     if len(hist):
         # A trial resumed from an older checkpoint reports some epochs again.
@@ -216,12 +219,15 @@ def _trial_row(
     row: dict[str, Any] = {"trial_id": trial["trial_id"], "phase": trial["phase"], "status": trial["status"]}
     epochs = int(hist["epoch"].max()) if len(hist) else 0
     status = trial["status"]
-    if status == "ERROR":
+    if stopped_by == TIMED_OUT and status != "TERMINATED":
+        # Killed as hung: Ray's last snapshot may still show it running when the search ended right after.
+        reason = TIMED_OUT
+    elif status == "ERROR":
         reason = f"error: {_error(trial['path'])}"
     elif status == "TERMINATED":
         if epochs >= max_epochs:
             reason = "completed"
-        elif stopped_by:  # fer-tune's own record: the time budget ran out while it ran
+        elif stopped_by and stopped_by != TIMED_OUT:  # fer-tune's own record: the budget ran out as it ran
             reason = f"stopped by {stopped_by}"
         elif epochs == 0:  # no scheduler stops a trial before its first result: the search ended first
             reason = "ended before its first epoch"
@@ -253,6 +259,8 @@ def _trial_row(
         else math.nan
     )
     row["cuda_visible_devices"] = hist["cuda_visible_devices"].iloc[-1] if len(hist) else None
+    # Every node it ran on, in order (a trial continued elsewhere after its node died has two).
+    row["node_ids"] = " ".join(dict.fromkeys(hist["node_id"].dropna())) if len(hist) else None
     resolved = run.to_dict() if run is not None else config
     for key, value in pd.json_normalize(resolved, sep="/").iloc[0].items():
         row[f"config/{key}"] = value
@@ -288,6 +296,7 @@ def _columns(rows: list[dict[str, Any]], sel: Selection) -> list[str]:
         "seconds",
         "start_seconds",
         "cuda_visible_devices",
+        "node_ids",
     ]
     for row in rows:
         cols += [k for k in row if k not in cols]

@@ -134,7 +134,9 @@ def retrain(
     Writes `out_dir/config.yaml` (the resolved config, with the file's provenance), `out_dir/metrics.json`
     (per split and seed, and mean/std over seeds) and `out_dir/confusion_<split>.png`. Returns the metrics.
     """
-    config_path, out = Path(config_path), Path(out_dir)
+    from fer_tune.remote import local_file
+
+    config_path, out = local_file(config_path), Path(out_dir)  # a URI: a remote search's best_config.yaml
     if seeds < 1:
         raise ConfigError(f"seeds: must be >= 1, got {seeds}")
     if jobs < 1:

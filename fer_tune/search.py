@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import time
 import warnings
 from collections.abc import Iterator
@@ -24,7 +23,8 @@ from typing import Any
 
 from fer_tune.data import FER2013
 from fer_tune.errors import ConfigError, DataError, check_writable
-from fer_tune.folder import STUDY_DB_ENV, Phase, SearchFolder, SearchState, command_line
+from fer_tune.faults import check_experiment_state, check_target, good_checkpoint, interrupts
+from fer_tune.folder import FOLDER_ENV, STUDY_DB_ENV, Phase, SearchFolder, SearchState, command_line
 from fer_tune.spaces import Dist, Space, load_space
 from fer_tune.tracking import WandbTracking
 
@@ -74,8 +74,10 @@ def fer_trial(config: dict[str, Any], data: FER2013, resources: TrialResources) 
     device = trial_device(gpus_per_trial)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
 
+    node = ray.get_runtime_context().get_node_id()  # trials.csv tells on which node each trial ran
+
     def report(metrics: dict[str, Any], folder: Path) -> None:
-        metrics = {**metrics, "cuda_visible_devices": visible, "device": str(device)}
+        metrics = {**metrics, "cuda_visible_devices": visible, "device": str(device), "node_id": node}
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(folder)))
 
     kwargs = dict(
@@ -95,7 +97,7 @@ def fer_trial(config: dict[str, Any], data: FER2013, resources: TrialResources) 
         if checkpoint is None:
             train(config, data, **kwargs)
         else:
-            with checkpoint.as_directory() as folder:
+            with good_checkpoint(checkpoint) as folder:  # a cut checkpoint: the one before it
                 train(config, data, resume=folder, **kwargs)
     except FloatingPointError as e:
         with contextlib.suppress(OSError):  # without the note a retry only repeats the epoch
@@ -154,8 +156,9 @@ def run_search(
             from fer_tune.device import check_gpu_count
 
             check_gpu_count(res.gpus)
-    out = check_writable(Path(results).expanduser().resolve(), "--results")  # before data and Ray
-    folder = SearchFolder(out / (name or f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}"))
+    check_target(results, name)
+    # A folder or a URI (s3://...), test-written before data and Ray.
+    folder = SearchFolder.create(results, name or f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}")
     if folder.is_search():
         raise ConfigError(
             f"--name: {folder.path} holds a search already; continue it with fer-tune --resume {folder.path}"
@@ -209,14 +212,15 @@ def resume_search(
     it."""
     from ray import tune
 
-    folder = SearchFolder(path)
+    folder = SearchFolder.open(path)
     state = folder.read_state()
     if state.finished and not (retry_errored and _has_errors(folder.path)):
         print(f"fer-tune: {folder.path} finished on {state.ended or '?'}; nothing to resume")
         return 0
     phase, experiment = folder.experiment_dirs()[-1]
     space = folder.read_space(phase)
-    if not tune.Tuner.can_restore(str(experiment)):
+    check_experiment_state(experiment)
+    if not tune.Tuner.can_restore(folder.experiment_location(phase)):
         raise DataError(f"{experiment}: no saved Ray Tune state (experiment_state-*.json) to resume from")
     check_writable(folder.path, "search folder")  # Ray writes its state and the trials there
     _check_tracking(state.to_dict())
@@ -227,7 +231,7 @@ def resume_search(
     with _ray(address, state.cpus, state.gpus, verbose):
         # The trainable must have the name it had: re-wrap the same function around freshly loaded data.
         tuner = tune.Tuner.restore(
-            str(experiment),
+            folder.experiment_location(phase),
             _trainable(space, data),
             resume_unfinished=True,
             resume_errored=retry_errored,
@@ -431,13 +435,15 @@ def _tuner(
         )
     # Ray's TimeoutStopper stops running trials too; StopLog records them as stopped by the time budget.
     stopper = BudgetStopper(s.time_budget_s) if s.time_budget_s else None
-    callbacks: list[Any] = [StopLog(stopper, search_alg if s.algorithm == "optuna" else None)]
+    callbacks: list[Any] = [
+        StopLog(stopper, search_alg if s.algorithm == "optuna" else None, trial_timeout_s=s.trial_timeout_s)
+    ]
     tracking = WandbTracking.from_state(state.to_dict())
     if tracking is not None:
         from fer_tune.tracking import WandbRuns
 
         callbacks.append(WandbRuns(tracking))  # one run per trial, written by the driver (see tracking.py)
-    experiment = folder.experiment_dir(state.phase.number)
+    storage_path, experiment_name = folder.ray_storage(state.phase.number)
     return tune.Tuner(
         _trainable(space, data),
         param_space=param_space,
@@ -451,8 +457,8 @@ def _tuner(
             reuse_actors=True,  # a finished trial's worker (torch imported, data fetched) runs the next one
         ),
         run_config=tune.RunConfig(
-            name=experiment.name,
-            storage_path=str(experiment.parent),  # absolute: a relative one fails in pyarrow (ray#42968)
+            name=experiment_name,
+            storage_path=storage_path,
             stop=stopper,
             callbacks=callbacks,
             progress_reporter=LiveReporter(),  # draws the view _fit installs (fer_tune.live)
@@ -465,22 +471,6 @@ def _tuner(
 # -- running -------------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _graceful_sigterm() -> Iterator[list[int]]:
-    """SIGTERM stops the search as Ctrl-C does (Ray saves its state and returns); yields the signals seen."""
-    seen: list[int] = []
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        seen.append(signum)
-        signal.raise_signal(signal.SIGINT)  # Ray Tune's handler: stop trials, save the experiment state
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield seen
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState, verbose: bool = False) -> int:
     from fer_tune.live import watch
     from fer_tune.results import summarize, write_results
@@ -490,24 +480,35 @@ def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState, ver
     # Snapshot the experiment state often: what finished after the last snapshot is redone after a SIGKILL.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ[FOLDER_ENV] = str(folder.path)  # StopLog records stops there (a remote search: the mirror)
     t0 = time.time()
     s = space.search
     view = watch(folder.path, s.metric, s.mode, progress_columns(space), s.time_budget_s, verbose)
-    with _graceful_sigterm() as signals, view:
-        grid = tuner.fit()
-    elapsed = time.time() - t0
-    trials, _ = write_results(folder.path)
+    with interrupts() as signals:
+        with view:
+            try:
+                grid = tuner.fit()
+            except Exception:
+                from fer_tune.faults import raise_if_storage_fault
+
+                raise_if_storage_fault(folder.path)  # Optuna's commit or Ray's write failed on a full disk
+                raise
+        elapsed = time.time() - t0
+        folder.sync_down()  # a search in an object store: Ray's trial files, for the tables
+        trials, _ = write_results(folder.path)  # a second Ctrl-C still absorbed: the tables are whole
     budget = space.search.time_budget_s
     budget_hit = budget is not None and elapsed >= budget - 1
     unfinished = grid.num_terminated + grid.num_errors < len(grid)
     interrupted = bool(signals) or unfinished or (len(grid) < space.total_trials() and not budget_hit)
     print(summarize(trials, folder.path))
     if interrupted:
+        folder.sync_up()
         print(f"fer-tune: search interrupted; nothing is lost. Continue it with: fer-tune --resume {folder}")
         return 130
     state.finished, state.ended = True, datetime.now().isoformat(timespec="seconds")
     state.phase.finished, state.phase.ended = True, state.ended
     folder.write_state(state)
+    folder.sync_up()
     if len(trials) and (trials["status"] == "ERROR").all():
         print("fer-tune: every trial failed; see the stop reasons above and error.txt in each trial folder")
         return 1

@@ -31,6 +31,8 @@ class SearchSettings:
     grace_period: int = 1  # epochs every trial runs before ASHA may stop it
     reduction_factor: int = 3  # ASHA keeps 1/reduction_factor of the trials at each rung
     time_budget_s: float | None = None  # stop the search after this many seconds
+    # stop a trial that has not reported for this many seconds (a hung trial); None: never
+    trial_timeout_s: float | None = None
     seed: int = 0  # seeds Optuna's sampler or Ray's random search
     max_concurrent: int | None = None  # default: as many trials as the resources hold
     max_failures: int = 0  # retries of a failed trial
@@ -82,10 +84,12 @@ def _parse_search(raw: Any) -> SearchSettings:
             setattr(s, key, value)
         elif key == "time_budget":
             s.time_budget_s = parse_duration(value, k)
+        elif key == "trial_timeout":
+            s.trial_timeout_s = parse_duration(value, k)
         elif key == "scheduler":
             _parse_scheduler(value, s)
         else:
-            known = [*simple, "time_budget", "scheduler"]
+            known = [*simple, "time_budget", "trial_timeout", "scheduler"]
             raise ConfigError(f"{k}: unknown key; known keys: {', '.join(known)}")
     check(s.algorithm in ALGORITHMS, "search.algorithm", f"must be one of {ALGORITHMS}, got {s.algorithm!r}")
     if "num_samples" not in raw:

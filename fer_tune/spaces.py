@@ -125,6 +125,7 @@ class Space:
             "scheduler": {"type": search.pop("scheduler")}
             | {k: search.pop(k) for k in ("max_t", "grace_period", "reduction_factor")},
             "time_budget": search.pop("time_budget_s"),
+            "trial_timeout": search.pop("trial_timeout_s"),
             **search,
         }
         out["resources"] = {k: v for k, v in dataclasses.asdict(self.resources).items() if v is not None}

@@ -131,9 +131,10 @@ def test_results_export_and_report_rank_by_the_configured_metric(smoke_copy: Pat
 def test_the_committed_search_still_reads_as_it_did(smoke_copy: Path) -> None:
     trials, _ = load_results(smoke_copy)
     before = pd.read_csv(SMOKE / "trials.csv")
-    # Config keys added since (with their defaults) and the phase add columns; nothing else changes.
+    # Config keys added since (with their defaults), the phase and the nodes add columns; nothing else.
     added = {"precision", "class_weights", "loss", "focal_gamma", "sampler"}
-    assert set(trials.columns) - set(before.columns) == {f"config/train/{k}" for k in added} | {"phase"}
+    new = {f"config/train/{k}" for k in added} | {"config/model/res_blocks", "phase", "node_ids"}
+    assert set(trials.columns) - set(before.columns) == new
     assert (trials["phase"] == 1).all()
     assert [c for c in trials.columns if c in set(before.columns)] == before.columns.tolist()
     for col in ("trial_id", "status", "stop_reason", "best_epoch", "epochs"):

@@ -361,5 +361,9 @@ def test_disk_full_mid_run_is_one_error_and_keeps_the_last_checkpoint(
 def test_a_one_epoch_onecycle_run_ignores_the_warmup_it_does_not_use() -> None:
     """`fer-tune train configs/cpu_small.yaml --epochs 1`: onecycle warms up by itself."""
     assert RunConfig.from_dict({"model": TINY_MODEL, "train": {"epochs": 1, "schedule": "onecycle"}})
+    # cosine warms up: its default warm-up fits one epoch, a warm-up as long as the run does not
+    assert RunConfig.from_dict({"model": TINY_MODEL, "train": {"epochs": 1, "schedule": "cosine"}})
     with pytest.raises(ConfigError, match="train.warmup_epochs: must be in"):
-        RunConfig.from_dict({"model": TINY_MODEL, "train": {"epochs": 1, "schedule": "cosine"}})
+        RunConfig.from_dict(
+            {"model": TINY_MODEL, "train": {"epochs": 1, "schedule": "cosine", "warmup_epochs": 1.0}}
+        )

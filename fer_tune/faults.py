@@ -1,0 +1,198 @@
+"""The faults that end searches, turned into one line and a folder that can still be resumed.
+
+- `check_target`: `--name` must be one folder name, and `--results` must not lie inside the installed
+  package.
+- `storage_fault` / `raise_if_storage_fault`: a results disk that is full or read-only. Ray's own writes to
+  it fail in pieces (a trial's checkpoint upload raises in the worker, the experiment-state sync logs an
+  error, Optuna's SQLite commit raises in the driver); fer-tune probes the folder when one of them fails
+  and, if the disk is at fault, ends the search at once with one `StorageFault`, before Ray or Optuna record
+  the trial as failed: the last experiment-state snapshot on disk still has it running, so a resume
+  continues it.
+- `good_checkpoint`: Ray's latest checkpoint of a trial, or, when that one is truncated or corrupt (a crash
+  while it was written), the newest readable one before it.
+- `check_experiment_state`: the newest Ray experiment state of a search to be resumed is whole JSON.
+- `interrupts`: SIGTERM stops a search as Ctrl-C does, and a second Ctrl-C while Ray saves its state is
+  absorbed instead of cutting that save short.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import fer_tune
+from fer_tune.errors import ConfigError, DataError, OutputError, check_writable
+
+# errno values that mean "the disk", not the trial: full, read-only, over quota.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
+_STORAGE_WORDS = tuple(os.strerror(e) for e in STORAGE_ERRNOS) + ("database or disk is full",)
+
+
+class StorageFault(OutputError):
+    """The search folder's disk refuses writes: the search stopped; its last saved state is resumable."""
+
+
+def check_target(results: str | Path, name: str | None) -> None:
+    """Refuse a `--name` that is not one plain folder name and a `--results` inside the fer_tune package;
+    then test-write `--results` (a folder, or a URI of an object store)."""
+    from fer_tune.remote import check_writable_uri, is_uri
+
+    if name is not None:
+        seps = {os.sep, os.altsep or os.sep, "/", "\\"}
+        if not name.strip() or any(s in name for s in seps) or name in (".", "..") or "\0" in name:
+            raise ConfigError(
+                f"--name {name!r}: must be one folder name (no path separators, not . or ..); "
+                "choose the parent folder with --results"
+            )
+    if is_uri(results):
+        check_writable_uri(str(results), "--results")
+        return
+    package = Path(fer_tune.__file__).resolve().parent
+    out = Path(results).expanduser().resolve()
+    if out == package or package in out.parents:
+        raise ConfigError(
+            f"--results {results}: inside the installed fer_tune package ({package}); results there are "
+            "lost on reinstall and pollute the code: give a folder outside it (default ./results)"
+        )
+    check_writable(out, "--results")
+
+
+def is_storage_error(text: str) -> bool:
+    """Whether an error message says the disk is full or read-only (not that the trial is broken)."""
+    return any(word in text for word in _STORAGE_WORDS)
+
+
+def storage_fault(folder: str | Path) -> str | None:
+    """Why `folder` refuses writes (`No space left on device`, `Read-only file system`), or None."""
+    try:
+        check_writable(folder, "results")
+    except OutputError as e:
+        return str(e).rsplit(": ", 1)[-1]
+    return None
+
+
+def raise_if_storage_fault(folder: str | Path) -> None:
+    """StorageFault when `folder` refuses writes: the one error a full or read-only results disk gives."""
+    why = storage_fault(folder)
+    if why is not None:
+        raise StorageFault(
+            f"{folder}: cannot write there: {why}; the search stopped and its last saved state is kept: "
+            f"free space (or make it writable), then continue with: fer-tune --resume {folder}"
+        )
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def good_checkpoint(checkpoint: Any) -> Iterator[str]:
+    """A local folder holding a readable `checkpoint.pt`: Ray's `checkpoint` (a `ray.tune.Checkpoint`), or the
+    newest earlier `checkpoint_*` of the same trial when it is truncated or corrupt.
+
+    Ray records a checkpoint once its upload finished, but a crash of the machine can still leave its file cut
+    (written, not yet flushed). Raises the first DataError (naming the file) when none is readable.
+    """
+    from pyarrow.fs import FileSelector, FileType
+    from ray.tune import Checkpoint
+
+    from fer_tune.checkpoint import CHECKPOINT_KEYS, read_torch_file
+
+    fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
+    try:
+        found = fs.get_file_info(FileSelector(parent or "/"))
+        older = sorted(
+            (i.path for i in found if i.type == FileType.Directory and i.base_name.startswith("checkpoint_")),
+            reverse=True,
+        )
+    except OSError:
+        older = []
+    candidates = [path, *(p for p in older if p.rsplit("/", 1)[-1] < name)]
+    first: DataError | None = None
+    for candidate in candidates:
+        with Checkpoint(candidate, filesystem=fs).as_directory() as folder:
+            try:
+                read_torch_file(Path(folder) / "checkpoint.pt", "fer-tune checkpoint", CHECKPOINT_KEYS)
+            except DataError as e:
+                first = first or DataError(f"{candidate}/checkpoint.pt: {str(e).split(': ', 1)[-1]}")
+                continue
+            if candidate != path:
+                print(f"fer-tune: {first}; resuming from {candidate} instead", file=sys.stderr)
+            yield folder
+            return
+    assert first is not None
+    raise first
+
+
+# -- Ray's experiment state ----------------------------------------------------------------------------------
+
+
+def check_experiment_state(experiment: Path) -> None:
+    """One line naming the newest `experiment_state-*.json` when it is not whole JSON (a crash while Ray wrote
+    it), and what to do; Ray itself would fail with a JSON traceback."""
+    states = sorted(experiment.glob("experiment_state-*.json"))
+    if not states:
+        return
+    newest = states[-1]
+    try:
+        raw = json.loads(newest.read_text())
+        if not isinstance(raw, dict) or not isinstance(raw.get("trial_data"), list):
+            raise ValueError("no trial_data list")
+    except (OSError, ValueError) as e:
+        todo = (
+            f"move it aside to resume from the older snapshot {states[-2].name}"
+            if len(states) > 1
+            else "it is the only snapshot, so the search cannot continue; its trials' results are still "
+            "read by fer-tune report and export: start a new search to run more"
+        )
+        raise DataError(f"{newest}: truncated or corrupt Ray Tune experiment state ({e}); {todo}") from None
+
+
+# -- signals -------------------------------------------------------------------------------------------------
+
+# Ray Tune's loop has started (set by hooks.StopLog), so its own SIGINT handler is installed.
+_LOOP_RUNNING = False
+
+
+def mark_loop_running(running: bool = True) -> None:
+    """Called from the driver's Tune callback: a SIGINT fer-tune's handler sees now is a second one."""
+    global _LOOP_RUNNING
+    _LOOP_RUNNING = running
+
+
+@contextmanager
+def interrupts() -> Iterator[list[int]]:
+    """SIGTERM stops the search as Ctrl-C does; a second Ctrl-C is absorbed while Ray stops and saves.
+
+    Ray Tune's SIGINT handler stops the trials, saves the experiment state and then puts the previous handler
+    back, so a second Ctrl-C would raise KeyboardInterrupt in the middle of that save and could leave the
+    state file cut short. The handler installed here is that previous one: once Tune's loop runs it is only
+    reached by a second Ctrl-C, which it reports and ignores. Yields the signals seen.
+    """
+    seen: list[int] = []
+    mark_loop_running(False)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        signal.raise_signal(signal.SIGINT)  # Ray Tune's handler: stop trials, save the experiment state
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if not _LOOP_RUNNING:
+            raise KeyboardInterrupt  # before Tune's loop: nothing to save yet
+        seen.append(signum)
+        print("fer-tune: stopping; saving the search state so it can be resumed (a moment)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm), signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield seen
+    finally:
+        mark_loop_running(False)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])

@@ -1,0 +1,441 @@
+"""The faults that end searches (README, "When things go wrong"): each ends with one line and a folder that
+still resumes.
+
+The fast tests build broken folders by hand. The slow ones run `fer-tune` in subprocesses with their own Ray:
+a results disk that fills up or turns read-only mid-search (a real tmpfs in a private mount namespace), a
+trial that hangs, Ctrl-C pressed twice.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import make_fer
+from ray.tune import Checkpoint
+
+import fer_tune
+from fer_tune.cli import main
+from fer_tune.data import save_csv
+from fer_tune.errors import DataError
+from fer_tune.faults import good_checkpoint
+from fer_tune.folder import SearchFolder, SearchState
+from fer_tune.results import load_results
+from fer_tune.spaces import parse_space
+from fer_tune.train import train
+
+TINY = {
+    "model": {"arch": "cnn", "kernels": [8], "head_width": 0},
+    "train": {"epochs": 2, "batch_size": 32, "warmup_epochs": 0},
+}
+
+
+def one_line(capsys: pytest.CaptureFixture) -> str:
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+def space_doc(search: dict, train: dict) -> dict:
+    return {
+        "search": search,
+        "resources": {"cpus_per_trial": 1},
+        "model": {"arch": "cnn", "kernels": [{"choice": [4, 8]}, 8], "head_width": 0, "pool_size": 1},
+        "train": {"batch_size": 16, "warmup_epochs": 0, **train},
+        "augment": {"crop": 0, "rotation": 0},
+    }
+
+
+# -- refused before anything is written ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "../up", ".", "a\\b"])
+def test_a_name_with_a_path_in_it_is_refused(name: str, tmp_path: Path, capsys) -> None:
+    argv = ["--space", "smoke", "--data", str(tmp_path / "absent.csv"), "--gpus", "0"]
+    assert main([*argv, "--results", str(tmp_path / "r"), "--name", name]) == 2
+    assert one_line(capsys).startswith(f"fer-tune: error: --name {name!r}: must be one folder name")
+    assert not (tmp_path / "r").exists()
+
+
+def test_results_inside_the_package_are_refused(tmp_path: Path, capsys) -> None:
+    inside = Path(fer_tune.__file__).resolve().parent / "results-test"
+    argv = [
+        "--space",
+        "smoke",
+        "--data",
+        str(tmp_path / "absent.csv"),
+        "--gpus",
+        "0",
+        "--results",
+        str(inside),
+    ]
+    assert main(argv) == 2
+    assert "inside the installed fer_tune package" in one_line(capsys)
+    assert not inside.exists()
+
+
+# -- damaged files after a crash -----------------------------------------------------------------------------
+
+
+def search_folder(tmp_path: Path) -> SearchFolder:
+    """A search folder as a crash leaves it: state, space and one Ray experiment-state snapshot."""
+    folder = SearchFolder(tmp_path / "s")
+    folder.path.mkdir()
+    space = parse_space(space_doc({"num_samples": 2, "scheduler": "none"}, {"epochs": 2}), name="s")
+    folder.write_space(space)
+    folder.write_state(SearchState(name="s", space="s.yaml", data=str(tmp_path / "d.csv"), started="now"))
+    (folder / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": []}))
+    return folder
+
+
+def test_a_corrupt_fer_tune_json_stops_resume_with_one_line(tmp_path: Path, capsys) -> None:
+    folder = search_folder(tmp_path)
+    folder.state_path.write_text(folder.state_path.read_text()[:40])  # cut mid-write by something else
+    assert main(["resume", str(folder)]) == 2
+    line = one_line(capsys)
+    assert line.startswith(f"fer-tune: error: {folder.state_path}: unreadable search state (")
+    assert line.endswith(
+        "restore it from a backup, or move it aside: report and export read the folder without it"
+    )
+
+
+def test_a_cut_experiment_state_stops_resume_with_one_line(tmp_path: Path, capsys) -> None:
+    folder = search_folder(tmp_path)
+    newest = folder / "experiment_state-2026-01-02_00-00-00.json"
+    newest.write_text('{"trial_data": [["{\\"trial_id\\": ')
+    assert main(["resume", str(folder)]) == 2
+    line = one_line(capsys)
+    assert line.startswith(f"fer-tune: error: {newest}: truncated or corrupt Ray Tune experiment state (")
+    assert line.endswith(
+        "move it aside to resume from the older snapshot experiment_state-2026-01-01_00-00-00.json"
+    )
+    (folder / "experiment_state-2026-01-01_00-00-00.json").unlink()
+    assert main(["resume", str(folder)]) == 2
+    assert "it is the only snapshot, so the search cannot continue" in one_line(capsys)
+
+
+@pytest.fixture(scope="module")
+def trial_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trial folder with checkpoint_000001 and checkpoint_000002, both whole (real fer-tune checkpoints)."""
+    trial = tmp_path_factory.mktemp("trial")
+    for epochs, name in ((1, "checkpoint_000001"), (2, "checkpoint_000002")):
+        out = trial / f"run{epochs}"
+        train(
+            {**TINY, "train": {**TINY["train"], "epochs": epochs}},
+            make_fer({"Training": 5, "PublicTest": 2}),
+            out_dir=out,
+        )
+        (trial / name).mkdir()
+        shutil.copy(out / "checkpoint.pt", trial / name / "checkpoint.pt")
+    return trial
+
+
+def test_a_cut_checkpoint_falls_back_to_the_one_before(tmp_path: Path, trial_checkpoints: Path) -> None:
+    trial = tmp_path / "trial"
+    shutil.copytree(trial_checkpoints, trial)
+    latest, before = trial / "checkpoint_000002", trial / "checkpoint_000001"
+    with good_checkpoint(Checkpoint(str(latest))) as folder:
+        assert folder == str(latest)  # whole: used as it is
+    ckpt = latest / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # a crash before the write reached disk
+    with good_checkpoint(Checkpoint(str(latest))) as folder:
+        assert folder == str(before)
+    cut = before / "checkpoint.pt"
+    cut.write_bytes(cut.read_bytes()[:100])
+    with (
+        pytest.raises(
+            DataError, match=rf"^{latest}/checkpoint.pt: not a fer-tune checkpoint, truncated or corrupt"
+        ),
+        good_checkpoint(Checkpoint(str(latest))),
+    ):
+        pass
+
+
+# -- faults in a running search (subprocesses) ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_csv(
+        make_fer({"Training": 20, "PublicTest": 6}), tmp_path_factory.mktemp("data") / "fer2013.csv"
+    )
+
+
+def write_space(tmp_path: Path, search: dict, train: dict) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space_doc(search, train)))
+    return path
+
+
+class Runner:
+    """`fer-tune ARGS` subprocesses (optionally inside a mount namespace), output in tmp_path/log-N.txt."""
+
+    def __init__(self, tmp_path: Path, prefix: list[str] | None = None) -> None:
+        self.tmp_path, self.prefix, self.procs = tmp_path, prefix or [], []
+
+    def start(self, *args: str, env: dict | None = None) -> subprocess.Popen:
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "WANDB_MODE": "disabled", **(env or {})}
+        env.pop("RAY_ADDRESS", None)
+        log = self.tmp_path / f"log-{len(self.procs)}.txt"
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                [*self.prefix, sys.executable, "-m", "fer_tune.cli", *args],
+                env=env,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,  # its own process group: killpg is what a terminal's Ctrl-C does
+            )
+        proc.log = log  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.fixture
+def runner(tmp_path: Path):
+    r = Runner(tmp_path)
+    yield r
+    r.close()
+
+
+def epochs(trial_dir: Path) -> list[int]:
+    path = trial_dir / "result.json"
+    return [json.loads(ln)["epoch"] for ln in path.read_text().splitlines()] if path.is_file() else []
+
+
+def wait_for_epochs(folder: Path, proc: subprocess.Popen, n: int, timeout: float = 150) -> None:
+    """Until a state snapshot exists and some trial has reported n epochs (fails if the search ends first)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+        if list(folder.glob("experiment_state-*.json")) and any(
+            len(epochs(t)) >= n for t in folder.glob("trial_*")
+        ):
+            return
+    raise AssertionError(f"no trial reached {n} epochs; exit {proc.poll()}: {proc.log.read_text()[-3000:]}")
+
+
+def assert_continued(folder: Path, n_trials: int, n_epochs: int) -> None:
+    """Every trial completed, and none restarted at epoch 1 after the fault (each epoch once or redone)."""
+    trials, history = load_results(folder)
+    assert len(trials) == n_trials and (trials["stop_reason"] == "completed").all(), trials["stop_reason"]
+    for t in trials["trial_id"]:
+        assert epochs(folder / f"trial_{t}").count(1) == 1
+        assert sorted(history[history["trial_id"] == t]["epoch"]) == list(range(1, n_epochs + 1))
+
+
+class Namespace:
+    """A private mount namespace holding a small tmpfs at `mount`: the results disk that fills up."""
+
+    def __init__(self, mount: Path, size: str = "24m") -> None:
+        mount.mkdir(parents=True)
+        script = 'mount -t tmpfs -o size="$1" tmpfs "$0" && echo ready && exec sleep 900'
+        self.proc = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", script, str(mount), size],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        if self.proc.stdout.readline().strip() != "ready":
+            pytest.skip(f"no private tmpfs here (unshare -m needs root): {self.proc.stderr.read()}")
+        self.mount = mount
+        self.enter = ["nsenter", "-t", str(self.proc.pid), "-m", "--"]
+
+    def run(self, *cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.enter, *cmd], capture_output=True, text=True)
+
+    def read_only(self, on: bool) -> None:
+        """Make the disk read-only, or writable again. A remount of the tmpfs itself is refused while the
+        search holds files open for writing (EBUSY), so a read-only bind mount of it is laid over it: every
+        new write there fails with EROFS, as on a disk the kernel turned read-only after an error."""
+        m = str(self.mount)
+        cmds = [["mount", "--bind", m, m], ["mount", "-o", "remount,bind,ro", m]] if on else [["umount", m]]
+        for cmd in cmds:
+            done = self.run(*cmd)
+            assert done.returncode == 0, done.stderr
+
+    def copy_out(self, src: Path, dst: Path) -> Path:
+        """`src` as the namespace sees it, copied to `dst` on the real disk (visible outside)."""
+        shutil.rmtree(dst, ignore_errors=True)
+        dst.mkdir()
+        self.run("cp", "-a", f"{src}/.", str(dst))  # a file vanishing mid-copy (Ray's temp files) is no fault
+        return dst
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def whole_lines(text: str) -> list[str]:
+    """The lines of a JSON-lines file that were completely written (a copy may catch the last one torn)."""
+    lines = text.splitlines()
+    return lines if text.endswith("\n") else lines[:-1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_a_full_or_read_only_results_disk_stops_with_one_error_and_resumes(
+    fault: str, tmp_path: Path, data_csv: Path
+) -> None:
+    ns = Namespace(tmp_path / "disk")
+    runner = Runner(tmp_path, prefix=ns.enter)
+    try:
+        sp = write_space(tmp_path, {"num_samples": 4, "scheduler": "none", "seed": 1}, {"epochs": 25})
+        folder = ns.mount / "s"
+        args = ["--space", str(sp), "--data", str(data_csv), "--gpus", "0", "--cpus", "2"]
+        proc = runner.start(*args, "--results", str(ns.mount), "--name", "s")
+        deadline = time.time() + 150
+        before = ns.copy_out(folder, tmp_path / "before")
+        while not (
+            list(before.glob("experiment_state-*.json"))
+            and any(len(epochs(t)) >= 3 for t in before.glob("trial_*"))
+        ):
+            assert time.time() < deadline and proc.poll() is None, proc.log.read_text()[-3000:]
+            time.sleep(0.5)
+            before = ns.copy_out(folder, tmp_path / "before")
+        if fault == "full":
+            ns.run("sh", "-c", f"cat /dev/zero > {ns.mount}/filler")  # until ENOSPC
+        else:
+            ns.read_only(True)
+        assert proc.wait(timeout=120) == 2
+        log = proc.log.read_text()
+        why = os.strerror(errno.ENOSPC if fault == "full" else errno.EROFS)
+        errors = [ln for ln in log.splitlines() if ln.startswith("fer-tune: error:")]
+        assert errors == [
+            f"fer-tune: error: {folder}: cannot write there: {why}; the search stopped and its last saved "
+            f"state is kept: free space (or make it writable), then continue with: fer-tune --resume {folder}"
+        ]
+        assert log.rstrip().endswith(errors[0])  # the last word
+        after = ns.copy_out(folder, tmp_path / "after")
+        # Nothing written before the fault was damaged: the state record, the space, every epoch line.
+        for name in ("fer_tune.json", "space.yaml"):
+            assert (after / name).read_text() == (before / name).read_text()
+        for trial in before.glob("trial_*"):
+            old, new = (
+                whole_lines((trial / "result.json").read_text()),
+                (after / trial.name / "result.json").read_text(),
+            )
+            assert new.splitlines()[: len(old)] == old
+            [json.loads(ln) for ln in whole_lines(new)]
+        json.loads(max(after.glob("experiment_state-*.json")).read_text())
+        with sqlite3.connect(after / "optuna.db") as db:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        # Space freed (or the disk writable again): the search resumes and every trial completes.
+        if fault == "full":
+            ns.run("rm", f"{ns.mount}/filler")
+        else:
+            ns.read_only(False)
+        assert runner.start("--resume", str(folder)).wait(timeout=240) == 0
+        assert_continued(ns.copy_out(folder, tmp_path / "resumed"), 4, 25)
+    finally:
+        runner.close()
+        ns.close()
+
+
+HANG_HOOK = """
+import os, sys, time
+if sys.argv and sys.argv[0].endswith("default_worker.py"):
+    import fer_tune.train as t
+    _train_one_epoch = t.train_one_epoch
+    def train_one_epoch(model, opt, sched, images, labels, cfg, norm, epoch, *args, **kwargs):
+        if cfg.train.lr == 0.0123 and epoch == 2:
+            time.sleep(3600)  # a hung trial: a dead NFS mount, a deadlocked data loader, a stuck GPU
+        return _train_one_epoch(model, opt, sched, images, labels, cfg, norm, epoch, *args, **kwargs)
+    t.train_one_epoch = train_one_epoch
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_hung_trial_is_stopped_after_the_trial_timeout_and_the_search_goes_on(
+    tmp_path: Path, data_csv: Path, runner: Runner
+) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HANG_HOOK)
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)}
+    sp = write_space(
+        tmp_path,
+        {"algorithm": "grid", "num_samples": 1, "scheduler": "none"},
+        {"epochs": 3, "lr": {"grid": [0.05, 0.0123, 0.02]}},
+    )
+    folder = tmp_path / "results" / "hang"
+    args = [
+        "--space",
+        str(sp),
+        "--data",
+        str(data_csv),
+        "--gpus",
+        "0",
+        "--cpus",
+        "2",
+        "--trial-timeout",
+        "25s",
+    ]
+    t0 = time.time()
+    proc = runner.start(*args, "--results", str(folder.parent), "--name", "hang", env=env)
+    assert proc.wait(timeout=240) == 0, proc.log.read_text()[-3000:]
+    assert time.time() - t0 < 200  # not the hour the trial would have slept
+    trials = load_results(folder)[0]
+    reasons = dict(zip(trials["config/train/lr"], trials["stop_reason"], strict=True))
+    assert reasons == {0.05: "completed", 0.0123: "timed out", 0.02: "completed"}
+    assert (trials[trials["config/train/lr"] == 0.0123]["epochs"] == 1).all()
+    assert "timed out" in set(__import__("pandas").read_csv(folder / "trials.csv")["stop_reason"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_ctrl_c_twice_leaves_a_resumable_folder(tmp_path: Path, data_csv: Path, runner: Runner) -> None:
+    sp = write_space(tmp_path, {"num_samples": 4, "scheduler": "none", "seed": 2}, {"epochs": 25})
+    folder = tmp_path / "results" / "cc"
+    args = ["--space", str(sp), "--data", str(data_csv), "--gpus", "0", "--cpus", "2"]
+    proc = runner.start(*args, "--results", str(folder.parent), "--name", "cc")
+    wait_for_epochs(folder, proc, 3)
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
+    time.sleep(0.05)  # while Ray stops the trials and saves its state (0.1-0.5 s here)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, proc.log.read_text()[-3000:]
+    assert runner.start("--resume", str(folder)).wait(timeout=240) == 0
+    assert_continued(folder, 4, 25)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_after_a_crash_cut_checkpoints_resume_from_the_last_good_one(
+    tmp_path: Path, data_csv: Path, runner: Runner
+) -> None:
+    sp = write_space(tmp_path, {"num_samples": 4, "scheduler": "none", "seed": 3}, {"epochs": 25})
+    folder = tmp_path / "results" / "cut"
+    args = ["--space", str(sp), "--data", str(data_csv), "--gpus", "0", "--cpus", "2"]
+    proc = runner.start(*args, "--results", str(folder.parent), "--name", "cut")
+    wait_for_epochs(folder, proc, 6)
+    os.killpg(proc.pid, signal.SIGKILL)  # the machine goes down
+    proc.wait(timeout=30)
+    # The crash cut every checkpoint of the unfinished trials but their oldest: whichever one Ray's last
+    # snapshot names, only an older one is whole.
+    cut = 0
+    for trial in folder.glob("trial_*"):
+        ckpts = sorted(trial.glob("checkpoint_*/checkpoint.pt"))
+        if len(epochs(trial)) < 25 and len(ckpts) > 1:
+            for ckpt in ckpts[1:]:
+                ckpt.write_bytes(ckpt.read_bytes()[:1000])
+                cut += 1
+    assert cut, "no unfinished trial had two checkpoints at the crash"
+    assert runner.start("--resume", str(folder)).wait(timeout=240) == 0
+    assert_continued(folder, 4, 25)
