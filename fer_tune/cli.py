@@ -1,7 +1,7 @@
 """`fer-tune`: parses the command line and calls the library. No logic lives here.
 
 `fer-tune --space resnet.yaml --gpus 2` (no subcommand) runs a search; the other commands are
-data, train, evaluate, resume, extend, export, retrain and report.
+data, train, evaluate, resume, extend, export, retrain, report, predict and export-model.
 """
 
 from __future__ import annotations
@@ -185,6 +185,25 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from fer_tune.photos import predict_files
+    from fer_tune.predict import load
+
+    _check_device(args.device)
+    predictor = load(args.model, device=args.device)
+    return predict_files(
+        predictor, args.inputs, out=args.out, detect=not args.no_detect, tta=args.tta, every=args.every
+    )
+
+
+def _export_model(args: argparse.Namespace) -> int:
+    from fer_tune.export_model import export_model
+
+    out = args.output or ("model.onnx" if args.format == "onnx" else "model.torchscript.pt")
+    print(f"wrote {export_model(args.model, out, args.format)}")
+    return 0
+
+
 def _gpu_share(value: str) -> float | str:
     if value == "auto":
         return value
@@ -245,7 +264,18 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     search = parser("", "Search hyperparameters of FER2013 models with Ray Tune (ASHA + Optuna).")
     _add_search_args(search)
     search.epilog = "other commands: " + ", ".join(
-        ["data", "train", "evaluate", "resume", "extend", "export", "retrain", "report"]
+        [
+            "data",
+            "train",
+            "evaluate",
+            "resume",
+            "extend",
+            "export",
+            "retrain",
+            "report",
+            "predict",
+            "export-model",
+        ]
     )
 
     data = parser("data", "Print images per Usage and class of a FER2013 copy, and the cache location.")
@@ -324,6 +354,26 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     report.add_argument("searches", nargs="+", help="search folders, results/<name>")
     report.add_argument("--out", help="output folder (default: <search>/report, or ./report for several)")
 
+    predict = parser("predict", "Find the faces in photos, folders and videos and classify their emotions.")
+    predict.add_argument(
+        "model", help="a run folder (model.pt), a retrain folder (seed ensemble) or an exported .onnx file"
+    )
+    predict.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="images (jpg, png, webp, bmp, tiff), folders, videos"
+    )
+    predict.add_argument("--out", help="write annotated copies and predictions.csv here")
+    predict.add_argument("--no-detect", action="store_true", help="each image is one face crop")
+    predict.add_argument("--tta", choices=["none", "flip"], default="none", help="test-time augmentation")
+    predict.add_argument("--every", type=int, default=10, help="videos: classify every N-th frame (10)")
+    predict.add_argument("--device", help="cpu, cuda (default: cuda when available; ONNX runs on cpu)")
+
+    export_model = parser("export-model", "Export a trained model or a retrain's seed ensemble (ONNX, ...).")
+    export_model.add_argument("model", help="a run folder (model.pt), a model.pt file or a retrain folder")
+    export_model.add_argument(
+        "-o", "--output", help="output file (default: model.onnx, or model.torchscript.pt)"
+    )
+    export_model.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+
     return {
         "": (search, _search),
         "data": (data, _data),
@@ -334,6 +384,8 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
         "export": (export, _export),
         "retrain": (retrain, _retrain),
         "report": (report, _report),
+        "predict": (predict, _predict),
+        "export-model": (export_model, _export_model),
     }
 
 

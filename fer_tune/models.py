@@ -466,7 +466,8 @@ class ConvAttention(nn.Module):
             pos = F.interpolate(pos, size=x.shape[-2:], mode="bicubic", align_corners=False)
         x = (x + pos).flatten(2).transpose(1, 2)  # (B, H*W, C)
         if self.cls is not None:
-            x = torch.cat([self.cls.expand(len(x), -1, -1).to(x.dtype), x], dim=1)
+            # x.shape[0], not len(x): len() is a Python int, which fixes an exported graph's batch size.
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         for block in self.blocks:
             x = block(x)
         x = self.norm(x)

@@ -1,0 +1,148 @@
+"""`fer-tune export-model`: a trained model (or a retrain's seed ensemble, one graph) as ONNX or TorchScript.
+
+The exported graph takes what the model itself takes: float32 (B, 1, S, S) with a dynamic batch B, a 48x48
+grayscale face normalised as `(pixel - mean) / std` and center-cropped to S. It returns logits (B, 7) (for
+an ensemble, the log of the mean of its members' probabilities). The file's metadata says how to feed it:
+`METADATA_KEYS` below, strings (numbers and lists as JSON), in ONNX's `metadata_props` or TorchScript's
+extra file `fer_tune.json`. `fer_tune.predict.load` reads both kinds of ONNX file back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fer_tune.data import EMOTIONS
+from fer_tune.ensemble import load
+from fer_tune.errors import DataError, OutputError
+from fer_tune.faces import FRAMING
+
+FORMATS = ("onnx", "torchscript")
+METADATA_KEYS = ("classes", "input_size", "crop_from", "mean", "std", "arch", "members", "config", "framing")
+TORCHSCRIPT_META = "fer_tune.json"  # the extra file inside a TorchScript archive
+OPSET = 18
+
+
+def metadata(meta: dict[str, Any]) -> dict[str, str]:
+    """What the exported file says about its input and origin, as strings."""
+    values = {
+        "classes": list(EMOTIONS),
+        "input_size": int(meta["input_size"]),
+        "crop_from": 48,
+        "mean": float(meta["mean"]),
+        "std": float(meta["std"]),
+        "arch": meta["arch"],
+        "members": meta.get("members", []),
+        "config": meta["config"],
+        "framing": FRAMING,
+    }
+    return {k: json.dumps(v) for k, v in values.items()}
+
+
+def read_metadata(props: dict[str, str]) -> dict[str, Any]:
+    """The inverse of `metadata`: a meta dict as `fer_tune.ensemble.load` gives (for predict_logits)."""
+    missing = [k for k in METADATA_KEYS if k not in props]
+    if missing:
+        raise DataError(f"not exported by fer-tune export-model: no metadata {', '.join(missing)}")
+    return {k: json.loads(props[k]) for k in METADATA_KEYS}
+
+
+def export_model(model_path: str | Path, out: str | Path, fmt: str = "onnx", *, check: bool = True) -> Path:
+    """Write the model (or ensemble) at `model_path` to `out` as `fmt`; returns `out`.
+
+    With `check` (ONNX only, needs onnxruntime), ONNX Runtime's logits on random faces are compared with
+    PyTorch's and a difference above 1e-4 is an error.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    model, meta = load(model_path, device="cpu")
+    model = model.float().to(memory_format=torch.contiguous_format).eval()
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{out}: cannot write there: {e.strerror or e}") from None
+    example = torch.randn(2, 1, meta["input_size"], meta["input_size"])
+    props = metadata(meta)
+    if fmt == "torchscript":
+        _export_torchscript(model, example, out, props)
+    else:
+        _export_onnx(model, example, out, props)
+        if check:
+            diff = onnx_parity(out, model, meta["input_size"])
+            if diff > 1e-4:
+                raise DataError(f"{out}: ONNX Runtime's logits differ from PyTorch's by {diff:.2e} (> 1e-4)")
+    return out
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, out: Path, props: dict[str, str]) -> None:
+    try:
+        import onnx
+    except ImportError as e:
+        raise DataError(f"ONNX export needs the deploy extra: pip install 'fer-tune[deploy]' ({e})") from None
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with warnings.catch_warnings(), _quiet("torch.onnx", "onnxscript"):
+        warnings.simplefilter("ignore")  # the exporter's progress notes and deprecation chatter
+        program = torch.onnx.export(
+            model,
+            (example,),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            opset_version=OPSET,
+            dynamo=True,
+            verbose=False,
+        )
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, props)
+    _write(out, proto.SerializeToString())
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor, out: Path, props: dict[str, str]) -> None:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+        traced = torch.jit.trace(model, example)
+    try:
+        torch.jit.save(traced, str(out), _extra_files={TORCHSCRIPT_META: json.dumps(props)})
+    except (OSError, RuntimeError) as e:
+        raise OutputError(f"{out}: cannot write: {e}") from None
+
+
+def _write(out: Path, data: bytes) -> None:
+    try:
+        out.write_bytes(data)
+    except OSError as e:
+        raise OutputError(f"{out}: cannot write: {e.strerror or e}") from None
+
+
+class _quiet:
+    """Silence loggers (the ONNX exporter logs each step at INFO/WARNING) for the duration of a block."""
+
+    def __init__(self, *names: str) -> None:
+        self.loggers = [logging.getLogger(n) for n in names]
+
+    def __enter__(self) -> None:
+        self.levels = [lg.level for lg in self.loggers]
+        for lg in self.loggers:
+            lg.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        for lg, level in zip(self.loggers, self.levels, strict=True):
+            lg.setLevel(level)
+
+
+@torch.no_grad()
+def onnx_parity(path: str | Path, model: nn.Module, input_size: int, n: int = 5, seed: int = 0) -> float:
+    """Max abs difference between ONNX Runtime's and PyTorch's logits on n random normalised faces."""
+    from fer_tune.predict import onnx_session
+
+    x = torch.randn(n, 1, input_size, input_size, generator=torch.Generator().manual_seed(seed))
+    want = model.float().eval()(x).numpy()
+    got = onnx_session(path).run(None, {"image": x.numpy()})[0]
+    return float(abs(got - want).max())
