@@ -54,15 +54,22 @@ def read_metadata(props: dict[str, str]) -> dict[str, Any]:
 
 
 def export_model(model_path: str | Path, out: str | Path, fmt: str = "onnx", *, check: bool = True) -> Path:
-    """Write the model (or ensemble) at `model_path` to `out` as `fmt`; returns `out`.
+    """Write the model (or seed ensemble) at `model_path` to `out` as `fmt`; returns `out`.
 
-    With `check` (ONNX only, needs onnxruntime), ONNX Runtime's logits on random faces are compared with
-    PyTorch's and a difference above 1e-4 is an error.
+    With `check` (ONNX only), ONNX Runtime's logits on random faces are compared with PyTorch's and a
+    difference above 1e-4 is an error.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
     model, meta = load(model_path, device="cpu")
-    model = model.float().to(memory_format=torch.contiguous_format).eval()
+    return export(model, meta, out, fmt, check=check)
+
+
+def export(
+    model: nn.Module, meta: dict[str, Any], out: str | Path, fmt: str = "onnx", *, check: bool = True
+) -> Path:
+    """`export_model` of a model in memory with its meta (`mean`, `std`, `input_size`, `arch`, `config`)."""
+    model = model.float().cpu().to(memory_format=torch.contiguous_format).eval()
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -106,12 +113,12 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, out: Path, props: dict
 
 def _export_torchscript(model: nn.Module, example: torch.Tensor, out: Path, props: dict[str, str]) -> None:
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notices (trace and save)
         traced = torch.jit.trace(model, example)
-    try:
-        torch.jit.save(traced, str(out), _extra_files={TORCHSCRIPT_META: json.dumps(props)})
-    except (OSError, RuntimeError) as e:
-        raise OutputError(f"{out}: cannot write: {e}") from None
+        try:
+            torch.jit.save(traced, str(out), _extra_files={TORCHSCRIPT_META: json.dumps(props)})
+        except (OSError, RuntimeError) as e:
+            raise OutputError(f"{out}: cannot write: {e}") from None
 
 
 def _write(out: Path, data: bytes) -> None:

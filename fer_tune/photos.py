@@ -53,14 +53,15 @@ def expand(inputs: list[str]) -> tuple[list[Input], list[str]]:
     return found, errors
 
 
-def frames(path: Path, every: int) -> Iterator[tuple[int, np.ndarray, float]]:
-    """(index, RGB frame, fps) of every `every`-th frame of a video; DataError if it cannot be opened."""
+def frames(path: Path, every: int) -> Iterator[tuple[int, np.ndarray, float, int]]:
+    """(index, RGB frame, fps, frames in the file) of every `every`-th frame; DataError if unreadable."""
     import cv2
 
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise DataError(f"{path}: cannot read video (OpenCV/FFmpeg cannot open it)")
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))  # from the container: an estimate for some formats
     try:
         i, read = 0, 0
         while True:
@@ -70,7 +71,7 @@ def frames(path: Path, every: int) -> Iterator[tuple[int, np.ndarray, float]]:
                 break
             if ok[1] is not None:
                 read += 1
-                yield i, cv2.cvtColor(ok[1], cv2.COLOR_BGR2RGB), fps
+                yield i, cv2.cvtColor(ok[1], cv2.COLOR_BGR2RGB), fps, count
             i += 1
         if read == 0:
             raise DataError(f"{path}: cannot read video (no frame could be decoded)")
@@ -163,12 +164,18 @@ def _image(pred: Predictor, item: Input, w: _Writer, write: Any, detect: bool, t
         Image.fromarray(annotate(rgb, faces)).save(w.path(item.name))
 
 
-def _video(pred: Predictor, item: Input, w: _Writer, write: Any, detect: bool, tta: str, every: int) -> None:
+def _video(
+    pred: Predictor, item: Input, w: _Writer, write: Any, detect: bool, tta: str, every: int, bar: bool
+) -> None:
     import cv2
+    from tqdm import tqdm
 
     writer = None
+    progress = tqdm(desc=item.path.name, unit="frame", leave=False, disable=not bar, file=sys.stderr)
     try:
-        for i, rgb, fps in frames(item.path, every):
+        for i, rgb, fps, count in frames(item.path, every):
+            progress.total = -(-count // every) or None
+            progress.update()
             faces = pred.faces(rgb, detect=detect, tta=tta)
             w.rows(_rows(str(item.path), i, faces), write)
             if w.out:
@@ -179,6 +186,7 @@ def _video(pred: Predictor, item: Input, w: _Writer, write: Any, detect: bool, t
                     writer = cv2.VideoWriter(dest, cv2.VideoWriter_fourcc(*"mp4v"), rate, size)
                 writer.write(cv2.cvtColor(annotate(rgb, faces), cv2.COLOR_RGB2BGR))
     finally:
+        progress.close()
         if writer is not None:
             writer.release()
 
@@ -197,7 +205,8 @@ def predict_files(
 ) -> int:
     """Classify the faces in every input; 0 when all were read, 1 when any failed (each said on stderr).
 
-    `progress`: a bar on stderr (None: only when stderr is a terminal and there is a folder or a video).
+    `progress`: bars on stderr, of files and of a video's frames (None: when stderr is a terminal and
+    there is a folder or a video).
     """
     from tqdm import tqdm
 
@@ -211,8 +220,10 @@ def predict_files(
         print(f"fer-tune: error: {e}", file=stderr)
         status = 1
     w = _Writer(folder, stdout)
-    many = any(i.video for i in items) or any(Path(a).is_dir() for a in inputs)
-    bar = tqdm(items, unit="file", file=stderr, disable=(not many) if progress is None else not progress)
+    if progress is None:
+        many = any(i.video for i in items) or any(Path(a).is_dir() for a in inputs)
+        progress = many and stderr.isatty()
+    bar = tqdm(items, unit="file", file=stderr, disable=not progress)
 
     def write(line: str, file: IO[str]) -> None:
         tqdm.write(line, file=file)  # keeps the bar below the lines instead of tearing it
@@ -221,7 +232,7 @@ def predict_files(
         for item in bar:
             try:
                 if item.video:
-                    _video(pred, item, w, write, detect, tta, every)
+                    _video(pred, item, w, write, detect, tta, every, progress)
                 else:
                     _image(pred, item, w, write, detect, tta)
             except (DataError, OSError, ValueError) as e:
