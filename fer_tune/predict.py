@@ -26,6 +26,8 @@ from fer_tune.errors import DataError, DeviceError
 from fer_tune.evaluate import predict_logits
 from fer_tune.faces import Box, FaceDetector, crop, to_gray, to_uint8_rgb
 
+FER_MEAN, FER_STD = 129.48, 64.97  # FER2013 Training pixels (0..255), as results/reference's model.pt says
+
 
 @dataclass(frozen=True)
 class Face:
@@ -148,6 +150,24 @@ class Predictor:
             return []
         crops = np.stack([crop(gray, b) if detect else as_face(gray) for b in boxes])
         return [Face(b, p) for b, p in zip(boxes, self.predict_crops(crops, tta), strict=True)]
+
+
+def untrained(config: str | Path | dict[str, Any], device: str | torch.device | None = "cpu") -> Predictor:
+    """A `Predictor` of a run config's model with random weights and FER2013's Training mean and std.
+
+    For benchmarks and tests: speed and file handling do not depend on the weights.
+    """
+    from fer_tune.checkpoint import model_meta
+    from fer_tune.config import RunConfig
+    from fer_tune.models import build_model
+
+    cfg = RunConfig.from_dict(config) if isinstance(config, dict) else RunConfig.from_yaml(config)
+    torch.manual_seed(cfg.seed)
+    dev = resolve_device(device)
+    state = {"mean": FER_MEAN, "std": FER_STD, "input_size": cfg.augment.input_size}
+    meta = model_meta(cfg, [], state) | {"members": ["untrained"]}
+    model = build_model(cfg.model).to(dev, memory_format=torch.channels_last).eval()
+    return Predictor(model, meta, dev, f"untrained {cfg.model.arch}")
 
 
 def load(model: str | Path, device: str | torch.device | None = None) -> Predictor:

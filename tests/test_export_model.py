@@ -1,0 +1,85 @@
+"""`fer-tune export-model`: ONNX Runtime gives PyTorch's logits (<= 1e-4) for every registered family, the
+seed ensemble is one graph, the batch is dynamic, and the metadata is enough to feed the file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_models import EXTREMES
+from test_predict import save_untrained
+
+from fer_tune.cli import main
+from fer_tune.ensemble import Ensemble, load
+from fer_tune.export_model import TORCHSCRIPT_META, export_model, onnx_parity
+from fer_tune.models import list_models
+from fer_tune.predict import load as load_predictor
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+
+def family_config(arch: str) -> dict:
+    """The family's smallest structure (test_models.EXTREMES), trained on 44-px crops (a center crop)."""
+    model = {"arch": arch, **EXTREMES[arch]["small"]}
+    if arch == "attention":
+        model["pool"] = "cls"  # the class token's path is the one that once fixed the batch size
+    return {"model": model, "augment": {"crop": 44}, "seed": 1}
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_onnx_runtime_matches_pytorch(arch, tmp_path, one_thread):
+    run = save_untrained(family_config(arch), tmp_path / "run")
+    out = export_model(run, tmp_path / "m.onnx", check=False)
+    model, meta = load(run, device="cpu")
+    assert onnx_parity(out, model, 44, n=7) <= 1e-4  # a batch of 7: the export's example had 2
+    # Through the predictors: uint8 faces -> normalise, crop -> logits -> probabilities, flip TTA too.
+    faces = np.random.default_rng(0).integers(0, 256, (9, 48, 48), dtype=np.uint8)
+    torch_pred, onnx_pred = load_predictor(run, device="cpu"), load_predictor(out)
+    for tta in ("none", "flip"):
+        assert np.abs(onnx_pred.predict(faces, tta) - torch_pred.predict(faces, tta)).max() <= 1e-4
+    assert onnx_pred.classes == torch_pred.classes
+
+
+def test_seed_ensemble_is_one_graph_with_metadata(tmp_path, capsys):
+    for seed in (0, 1):
+        save_untrained({**family_config("cnn"), "seed": seed}, tmp_path / "final" / f"seed_{seed}")
+    assert main(["export-model", str(tmp_path / "final"), "-o", str(tmp_path / "ens.onnx")]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'ens.onnx'}"
+    proto = onnx.load(tmp_path / "ens.onnx")
+    assert [i.name for i in proto.graph.input] == ["image"] and [o.name for o in proto.graph.output] == [
+        "logits"
+    ]
+    batch = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param and not batch.dim_value  # symbolic: any batch size
+    props = {p.key: json.loads(p.value) for p in proto.metadata_props}
+    assert (
+        props["classes"][3] == "happy"
+        and props["input_size"] == 44
+        and props["members"] == ["seed_0", "seed_1"]
+    )
+    assert props["mean"] == pytest.approx(129.48) and props["config"]["augment"]["crop"] == 44
+    model, _ = load(tmp_path / "final", device="cpu")
+    assert isinstance(model, Ensemble)
+    assert onnx_parity(tmp_path / "ens.onnx", model, 44, n=3) <= 1e-4
+
+
+def test_torchscript_keeps_metadata_and_dynamic_batch(tmp_path, one_thread):
+    run = save_untrained(family_config("attention"), tmp_path / "run")
+    out = export_model(run, tmp_path / "m.pt", "torchscript")
+    extra = {TORCHSCRIPT_META: ""}
+    scripted = torch.jit.load(str(out), _extra_files=extra)
+    meta = {k: json.loads(v) for k, v in json.loads(extra[TORCHSCRIPT_META]).items()}
+    assert meta["input_size"] == 44 and meta["arch"] == "attention"
+    model, _ = load(run, device="cpu")
+    x = torch.randn(5, 1, 44, 44)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), model(x), atol=1e-5)
+
+
+def test_export_errors_are_one_line(tmp_path, capsys):
+    assert main(["export-model", str(tmp_path / "missing"), "-o", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing" in err
