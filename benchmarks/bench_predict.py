@@ -1,0 +1,151 @@
+"""Benchmark `fer-tune predict`'s three targets on the CPU, and print them as a markdown table.
+
+    python benchmarks/bench_predict.py [MODEL] [--threads 2] [--seconds 5]
+
+1. classification of pre-cut 48x48 faces in batches of 256 (`Predictor.predict_crops`): faces/s;
+2. detection + classification of 640x480 JPEG photos, decoding included (`read_image`, `Predictor.faces`):
+   photos/s; the photo is scikit-image's astronaut (one face) resized to 640x480, or, without scikit-image,
+   three FER2013-sized faces of random pixels on gray (detection then finds none: a lower bound on work);
+3. single-face latency (batch 1, median) of the model through ONNX Runtime and through PyTorch eager, the
+   graph alone and the whole `predict_crops` (normalise, crop, softmax), measured in the same run.
+
+MODEL defaults to results/cpu-reference/final when present, else an untrained model of
+configs/cpu_small.yaml (speed does not depend on the weights); the first line says which was used, and the
+load average before and after is printed (other jobs on shared cores slow every figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fer_tune.export_model import export
+from fer_tune.faces import read_image
+from fer_tune.predict import OnnxModule, Predictor, load, onnx_session, untrained
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = ROOT / "results" / "cpu-reference" / "final"
+FALLBACK_CONFIG = ROOT / "configs" / "cpu_small.yaml"
+TARGETS = {"faces": 2000.0, "photos": 10.0, "onnx_speedup": 1.5}
+
+
+def rate(fn: Callable[[], int], seconds: float) -> float:
+    """Items per second of `fn` (which returns the items it did), after one warm-up call."""
+    fn()
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        done += fn()
+    return done / (time.perf_counter() - start)
+
+
+def latency(fn: Callable[[], object], seconds: float) -> float:
+    """Median seconds of one call of `fn`, after 10 warm-up calls."""
+    for _ in range(10):
+        fn()
+    times, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds or len(times) < 20:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def photo() -> np.ndarray:
+    """A 640x480 RGB photo with a face in it (see the module docstring)."""
+    import cv2
+
+    try:
+        from skimage.data import astronaut
+
+        return cv2.resize(astronaut(), (640, 480), interpolation=cv2.INTER_AREA)
+    except ImportError:
+        img = np.full((480, 640, 3), 128, np.uint8)
+        rng = np.random.default_rng(0)
+        for x in (40, 260, 470):
+            img[100:244, x : x + 144] = rng.integers(0, 256, (144, 144, 1), dtype=np.uint8)
+        return img
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", nargs="?", help=f"model to time (default: {DEFAULT_MODEL.relative_to(ROOT)})")
+    ap.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads (default 2)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="timed seconds per figure (default 5)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    if args.model or DEFAULT_MODEL.exists():
+        pred = load(args.model or DEFAULT_MODEL, device="cpu")
+    else:
+        pred = untrained(FALLBACK_CONFIG, device="cpu")
+    print(f"model: {pred.source} ({pred.meta['arch']}, {pred.meta['input_size']} px input)")
+    print(f"threads: {args.threads}, load average before: {' '.join(f'{v:.2f}' for v in load_before)}\n")
+
+    faces = np.random.default_rng(0).integers(0, 256, (256, 48, 48), dtype=np.uint8)
+    faces_per_s = rate(lambda: len(pred.predict_crops(faces)), args.seconds)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        from PIL import Image
+
+        jpg = Path(tmp) / "photo.jpg"
+        Image.fromarray(photo()).save(jpg, quality=90)
+        found = len(pred.faces(read_image(jpg)))
+
+        def one_photo() -> int:
+            pred.faces(read_image(jpg))
+            return 1
+
+        photos_per_s = rate(one_photo, args.seconds)
+
+        onnx_file = export(pred.model, pred.meta, Path(tmp) / "model.onnx")
+        onnx_pred = Predictor(
+            OnnxModule(onnx_session(onnx_file, args.threads)), pred.meta, pred.device, "onnx"
+        )
+        one = faces[:1]
+        s = pred.meta["input_size"]
+        x = torch.randn(1, 1, s, s).contiguous(memory_format=torch.channels_last)
+        feed = {"image": x.numpy().copy()}
+        session = onnx_pred.model.session
+
+        def eager() -> None:
+            with torch.no_grad():
+                pred.model(x)
+
+        graph = {
+            "onnx": latency(lambda: session.run(None, feed), args.seconds),
+            "torch": latency(eager, args.seconds),
+        }
+        whole = {
+            "onnx": latency(lambda: onnx_pred.predict_crops(one), args.seconds),
+            "torch": latency(lambda: pred.predict_crops(one), args.seconds),
+        }
+    load_after = os.getloadavg()
+
+    print("| figure | measured | target |")
+    print("|---|---:|---:|")
+    print(
+        f"| pre-cut 48x48 faces, batches of 256 | {faces_per_s:,.0f} faces/s | >= {TARGETS['faces']:,.0f} |"
+    )
+    print(
+        f"| 640x480 JPEG photos, decode + detect + classify ({found} face) | {photos_per_s:.1f} photos/s "
+        f"| >= {TARGETS['photos']:.0f} |"
+    )
+    for name, t in (("model graph", graph), ("predict_crops", whole)):
+        print(
+            f"| single face, {name}: ONNX Runtime {t['onnx'] * 1e3:.2f} ms, PyTorch eager "
+            f"{t['torch'] * 1e3:.2f} ms | {t['torch'] / t['onnx']:.2f}x faster "
+            f"| >= {TARGETS['onnx_speedup']}x |"
+        )
+    print(f"\nload average after: {' '.join(f'{v:.2f}' for v in load_after)}")
+
+
+if __name__ == "__main__":
+    main()
