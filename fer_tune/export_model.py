@@ -9,6 +9,7 @@ extra file `fer_tune.json`. `fer_tune.predict.load` reads both kinds of ONNX fil
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import warnings
@@ -69,7 +70,8 @@ def export(
     model: nn.Module, meta: dict[str, Any], out: str | Path, fmt: str = "onnx", *, check: bool = True
 ) -> Path:
     """`export_model` of a model in memory with its meta (`mean`, `std`, `input_size`, `arch`, `config`)."""
-    model = model.float().cpu().to(memory_format=torch.contiguous_format).eval()
+    # A copy: .float()/.cpu() convert a module in place, and the caller may go on using theirs.
+    model = copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format).eval()
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

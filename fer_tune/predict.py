@@ -167,11 +167,13 @@ def untrained(config: str | Path | dict[str, Any], device: str | torch.device | 
     from fer_tune.models import build_model
 
     cfg = RunConfig.from_dict(config) if isinstance(config, dict) else RunConfig.from_yaml(config)
-    torch.manual_seed(cfg.seed)
     dev = resolve_device(device)
     state = {"mean": FER_MEAN, "std": FER_STD, "input_size": cfg.augment.input_size}
     meta = model_meta(cfg, [], state) | {"members": ["untrained"]}
-    model = build_model(cfg.model).to(dev, memory_format=torch.channels_last).eval()
+    with torch.random.fork_rng(devices=[]):  # the config's seed, without moving the caller's RNG
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model)
+    model = model.to(dev, memory_format=torch.channels_last).eval()
     return Predictor(model, meta, dev, f"untrained {cfg.model.arch}")
 
 
