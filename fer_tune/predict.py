@@ -130,16 +130,14 @@ class Predictor:
 
         A (N, 48, 48) uint8 array is taken as N crops; any other image is made 48x48 gray first.
         """
-        if isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[1:] == (SIZE, SIZE):
-            crops = images if images.dtype == np.uint8 else np.stack([as_face(a) for a in images])
-        elif isinstance(images, np.ndarray) and images.ndim == 4:  # (N, H, W, C)
-            crops = np.stack([as_face(a) for a in images])
-        elif isinstance(images, np.ndarray) or not isinstance(images, Sequence):
-            crops = as_face(images)[None]
+        if isinstance(images, np.ndarray):
+            stack = images.ndim == 4 or (images.ndim == 3 and images.shape[1:] == (SIZE, SIZE))
+            if stack and images.dtype == np.uint8 and images.shape[1:] == (SIZE, SIZE):
+                return self.predict_crops(images, tta)  # already crops: no per-image work
+            items = list(images) if stack else [images]
         else:
-            crops = np.stack([as_face(a) for a in images] or [np.zeros((SIZE, SIZE), np.uint8)])[
-                : len(images)
-            ]
+            items = list(images) if isinstance(images, Sequence) else [images]
+        crops = np.stack([as_face(a) for a in items]) if items else np.zeros((0, SIZE, SIZE), np.uint8)
         return self.predict_crops(crops, tta)
 
     def faces(self, image: Any, *, detect: bool = True, tta: str = "none") -> list[Face]:

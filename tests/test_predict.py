@@ -263,7 +263,8 @@ def test_python_api_numpy_and_pil(run, astronaut):
     assert np.allclose(probs[0], probs[1], atol=1e-6) and np.allclose(probs[0], probs[3], atol=1e-2)
     batch = np.stack([face] * 300)  # more than one batch of 256
     assert np.allclose(pred.predict(batch), probs[0], atol=1e-5)
-    assert pred.predict(face).shape == (1, 7)
+    assert pred.predict(face).shape == (1, 7) and pred.predict([]).shape == (0, 7)
+    assert pred.predict(np.stack([astronaut[64:162, 175:273]] * 2)).shape == (2, 7)  # (N, H, W, 3)
     (found,) = pred.faces(Image.fromarray(astronaut))
     assert near(found.box, ASTRONAUT_FACE) and found.emotion in EMOTIONS
     flip = pred.predict(face, tta="flip")
