@@ -199,11 +199,12 @@ def test_corrupt_files_are_named_and_the_rest_is_processed(tmp_path, run, astron
     (folder / "b_truncated.jpg").write_bytes(data[: len(data) // 2])
     (folder / "c_not_an_image.png").write_text("hello")
     Image.fromarray(astronaut).save(folder / "d_good.png")
+    (folder / "e_broken.mp4").write_bytes(b"\x00" * 1000)
     code, out, err = run_cli(run, folder, tmp_path / "missing.jpg", "--out", tmp_path / "out", capsys=capsys)
     assert code == 1
     errors = err.strip().splitlines()
-    assert len(errors) == 3 and all(e.startswith("fer-tune: error: ") for e in errors)
-    for name in ("b_truncated.jpg", "c_not_an_image.png", "missing.jpg"):
+    assert len(errors) == 4 and all(e.startswith("fer-tune: error: ") for e in errors)
+    for name in ("b_truncated.jpg", "c_not_an_image.png", "e_broken.mp4", "missing.jpg"):
         assert sum(name in e for e in errors) == 1, err
     assert [Path(r["file"]).name for r in read_csv(tmp_path / "out")] == ["a_good.jpg", "d_good.png"]
     assert len(out.splitlines()) == 2
