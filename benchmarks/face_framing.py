@@ -26,8 +26,8 @@ def measure(images: np.ndarray, upscale: int) -> tuple[np.ndarray, int]:
     """(found, 3) rows of scale, dx, dy for the faces the detector found, and how many it missed."""
     import cv2
 
-    det = FaceDetector(min_face=0.2)  # a FER2013 face fills its crop: smaller boxes are features, not faces
     side = 48 * upscale
+    det = FaceDetector(min_face=side // 2)  # a FER2013 face fills its crop: smaller boxes are features
     pad = side // 2
     rows, missed = [], 0
     for img in images:

@@ -26,7 +26,10 @@ CASCADE = "haarcascade_frontalface_default.xml"
 # face detection. A scale near 1 is measured, not assumed: other detectors' boxes are looser.
 FRAMING = {"scale": 1.021, "dx": -0.003, "dy": 0.0}
 DETECT_SIDE = 960  # longer side (px) an image is shrunk to before detection: Haar time grows with area
-MIN_FACE = 0.06  # smallest face side found, as a fraction of the shorter image side (and >= 24 px)
+# Smallest face looked for (px of the image): FER2013's faces are 48 px, so a smaller one has less detail than
+# the model learned from. The cascade's time grows fast as this shrinks: its first scale is its largest image.
+MIN_FACE = 40
+CASCADE_WINDOW = 24  # the cascade's own window (px): the smallest face it can find in the image it is given
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ def _cv2() -> Any:
 class FaceDetector:
     """OpenCV's frontal-face cascade; `detect(gray)` gives FER2013-framed boxes, largest first."""
 
-    def __init__(self, min_face: float = MIN_FACE, detect_side: int = DETECT_SIDE) -> None:
+    def __init__(self, min_face: int = MIN_FACE, detect_side: int = DETECT_SIDE) -> None:
         cv2 = _cv2()
         path = os.path.join(cv2.data.haarcascades, CASCADE)
         self.cascade = cv2.CascadeClassifier(path)
@@ -70,7 +73,7 @@ class FaceDetector:
         small = gray
         if shrink < 1.0:
             small = cv2.resize(gray, (round(w * shrink), round(h * shrink)), interpolation=cv2.INTER_AREA)
-        side = max(24, round(self.min_face * min(small.shape)))
+        side = max(CASCADE_WINDOW, round(self.min_face * shrink))
         found = self.cascade.detectMultiScale(small, scaleFactor=1.1, minNeighbors=5, minSize=(side, side))
         boxes = np.asarray(found, dtype=np.float64).reshape(-1, 4) / shrink
         return boxes[np.argsort(-boxes[:, 2], kind="stable")]
