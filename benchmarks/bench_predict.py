@@ -112,29 +112,25 @@ def main() -> None:
 
         photos_per_s = rate(one_photo, args.seconds)
 
-        onnx_file = export(pred.model, pred.meta, Path(tmp) / "model.onnx")
-        onnx_pred = Predictor(
-            OnnxModule(onnx_session(onnx_file, args.threads)), pred.meta, pred.device, "onnx"
-        )
-        onnx_faces_per_s = rate(lambda: len(onnx_pred.predict_crops(faces)), args.seconds)
         one = faces[:1]
         s = pred.meta["input_size"]
         x = torch.randn(1, 1, s, s).contiguous(memory_format=torch.channels_last)
-        feed = {"image": x.numpy().copy()}
-        session = onnx_pred.model.session
 
         def eager() -> None:
             with torch.no_grad():
                 pred.model(x)
 
-        graph = {
-            "onnx": latency(lambda: session.run(None, feed), args.seconds),
-            "torch": latency(eager, args.seconds),
-        }
-        whole = {
-            "onnx": latency(lambda: onnx_pred.predict_crops(one), args.seconds),
-            "torch": latency(lambda: pred.predict_crops(one), args.seconds),
-        }
+        # PyTorch first, then ONNX Runtime: each runtime's idle threads spin for a while after its last
+        # call, and interleaving the two made PyTorch's single-face latency 100x worse on 2 cores.
+        graph, whole = {"torch": latency(eager, args.seconds)}, {}
+        whole["torch"] = latency(lambda: pred.predict_crops(one), args.seconds)
+        onnx_file = export(pred.model, pred.meta, Path(tmp) / "model.onnx")
+        session = onnx_session(onnx_file, args.threads)
+        onnx_pred = Predictor(OnnxModule(session), pred.meta, pred.device, "onnx")
+        onnx_faces_per_s = rate(lambda: len(onnx_pred.predict_crops(faces)), args.seconds)
+        feed = {"image": x.numpy().copy()}
+        graph["onnx"] = latency(lambda: session.run(None, feed), args.seconds)
+        whole["onnx"] = latency(lambda: onnx_pred.predict_crops(one), args.seconds)
     load_after = os.getloadavg()
 
     print("| figure | measured | target |")
