@@ -120,8 +120,8 @@ def main() -> None:
             with torch.no_grad():
                 pred.model(x)
 
-        # PyTorch first, then ONNX Runtime: each runtime's idle threads spin for a while after its last
-        # call, and interleaving the two made PyTorch's single-face latency 100x worse on 2 cores.
+        # PyTorch first, then ONNX Runtime: interleaving the two made PyTorch's single-face latency 100x
+        # worse on 2 cores (likely each runtime's idle threads spinning after its last call).
         graph, whole = {"torch": latency(eager, args.seconds)}, {}
         whole["torch"] = latency(lambda: pred.predict_crops(one), args.seconds)
         onnx_file = export(pred.model, pred.meta, Path(tmp) / "model.onnx")
