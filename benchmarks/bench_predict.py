@@ -8,7 +8,8 @@
    photos/s; the photo is scikit-image's astronaut (one face) resized to 640x480, or, without scikit-image,
    three FER2013-sized faces of random pixels on gray (detection then finds none: a lower bound on work);
 3. single-face latency (batch 1, median) of the model through ONNX Runtime and through PyTorch eager, the
-   graph alone and the whole `predict_crops` (normalise, crop, softmax), measured in the same run.
+   graph alone (both fp32) and the whole `predict_crops` (normalise, crop, softmax; PyTorch in the precision
+   `predict_logits` picks: bf16 autocast on CPUs with AMX), measured in the same run.
 
 MODEL defaults to results/cpu-reference/final when present, else an untrained model of
 configs/cpu_small.yaml (speed does not depend on the weights); the first line says which was used, and the
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fer_tune.device import Precision
 from fer_tune.export_model import export
 from fer_tune.faces import read_image
 from fer_tune.predict import OnnxModule, Predictor, load, onnx_session, untrained
@@ -94,7 +96,9 @@ def main() -> None:
     else:
         pred = untrained(FALLBACK_CONFIG, device="cpu")
     print(f"model: {pred.source} ({pred.meta['arch']}, {pred.meta['input_size']} px input)")
-    print(f"threads: {args.threads}, load average before: {' '.join(f'{v:.2f}' for v in load_before)}\n")
+    amp = Precision.select("auto", pred.device).name  # what predict_logits runs PyTorch in here
+    print(f"threads: {args.threads}, PyTorch predicts in {amp} (the graph row: fp32), ONNX Runtime in fp32")
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in load_before)}\n")
 
     faces = np.random.default_rng(0).integers(0, 256, (256, 48, 48), dtype=np.uint8)
     faces_per_s = rate(lambda: len(pred.predict_crops(faces)), args.seconds)
@@ -144,7 +148,7 @@ def main() -> None:
         f"| 640x480 JPEG photos, decode + detect + classify ({found} face) | {photos_per_s:.1f} photos/s "
         f"| >= {TARGETS['photos']:.0f} |"
     )
-    for name, t in (("model graph", graph), ("predict_crops", whole)):
+    for name, t in (("model graph, fp32", graph), (f"predict_crops, PyTorch {amp}", whole)):
         print(
             f"| single face, {name}: ONNX Runtime {t['onnx'] * 1e3:.2f} ms, PyTorch eager "
             f"{t['torch'] * 1e3:.2f} ms | {t['torch'] / t['onnx']:.2f}x faster "
