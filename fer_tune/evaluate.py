@@ -57,15 +57,22 @@ def tta_views(x: torch.Tensor, input_size: int, tta: str, shift: int = 2) -> lis
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, meta: Mapping[str, Any], images: torch.Tensor, tta: str = "none", batch_size: int = 256
+    model: nn.Module,
+    meta: Mapping[str, Any],
+    images: torch.Tensor,
+    tta: str = "none",
+    batch_size: int = 256,
+    precision: str | None = None,
 ) -> torch.Tensor:
-    """Logits (N, 7) float32 for uint8 images (N, 48, 48) on the model's device, averaged over TTA views."""
+    """Logits (N, 7) float32 for uint8 images (N, 48, 48) on the model's device, averaged over TTA views.
+
+    `precision` (a `train.precision` value) defaults to the GPU's autocast precision on a GPU and to fp32 on a
+    CPU: scores then do not depend on the CPU model (bf16 with AMX). `fer_tune.predict` asks for `auto`.
+    """
     crop = meta["config"]["augment"]["crop"]
     shift = max(1, crop // 2) if 1 <= crop <= 16 else 2
     dev = images.device
-    # A GPU's fast precision, whatever the model was trained in; fp32 on a CPU, where inference is cheap and
-    # bf16 (fast for training with AMX) would make scores depend on the CPU model.
-    amp = Precision.select("auto" if dev.type == "cuda" else "fp32", dev)
+    amp = Precision.select(precision or ("auto" if dev.type == "cuda" else "fp32"), dev)
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
