@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -171,3 +173,47 @@ def test_offline_as_a_new_user_does_no_key_no_env_no_traceback(tmp_path: Path, d
     assert online.returncode == 2
     assert online.stderr.startswith("fer-tune: error: --wandb-mode online: no wandb API key"), online.stderr
     assert len(online.stderr.splitlines()) == 1
+
+
+def test_a_trial_resumed_in_a_new_driver_continues_its_own_run(tmp_path: Path, monkeypatch) -> None:
+    """Interrupt, then resume: the trial's run keeps its id, and the new segment holds every epoch so far."""
+    import pyarrow.fs
+
+    from fer_tune.tracking import WandbRuns, WandbTracking
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    folder = tmp_path / "search" / "trial_abc"
+    folder.mkdir(parents=True)
+    trial = SimpleNamespace(
+        trial_id="abc",
+        config={"train": {"lr": 0.1}},
+        storage=SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem()),
+        path=str(folder),
+        local_path=str(folder),
+        status="RUNNING",
+    )
+    tracking = WandbTracking(project="p", mode="offline", group="search")
+
+    def epoch(n: int) -> dict:
+        return {"epoch": n, "val_acc": 0.1 * n, "train_loss": 2.0 - n / 10}
+
+    first = WandbRuns(tracking)  # the driver before the interrupt: epochs 1 and 2, then Ctrl-C
+    for n in (1, 2):
+        first.on_trial_result(n, [trial], trial, epoch(n))
+        with (folder / "result.json").open("a") as f:  # what Ray writes beside the run
+            f.write(json.dumps(epoch(n)) + "\n")
+    first.on_experiment_end([trial])
+
+    second = pickle.loads(pickle.dumps(first))  # the resumed search gets the callback back from tuner.pkl
+    second.on_trial_start(0, [trial], trial)
+    for n in (3, 4):
+        second.on_trial_result(n, [trial], trial, epoch(n))
+    trial.status = "TERMINATED"
+    second.on_trial_complete(0, [trial], trial)
+    second.on_experiment_end([trial])
+
+    segments = read_runs(tmp_path / "search")["abc"]
+    assert len(segments) == 2 and {r["run_id"] for r in segments} == {"search-abc"}
+    by_epochs = sorted(segments, key=lambda r: len(r["epochs"]))
+    assert by_epochs[0]["epochs"] == [1, 2] and by_epochs[0]["exit_code"] == 1  # interrupted
+    assert by_epochs[1]["epochs"] == [1, 2, 3, 4] and by_epochs[1]["exit_code"] == 0
