@@ -481,6 +481,9 @@ def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState, ver
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ[FOLDER_ENV] = str(folder.path)  # StopLog records stops there (a remote search: the mirror)
+    # A searcher unpickled in this process reopens this search's study: never one an earlier search (a resume
+    # in the same process, as in the tests or a notebook) left in the environment.
+    os.environ[STUDY_DB_ENV] = str(folder.db_path)
     t0 = time.time()
     s = space.search
     view = watch(folder.path, s.metric, s.mode, progress_columns(space), s.time_budget_s, verbose)

@@ -83,6 +83,7 @@ def test_retrain_needs_a_positive_number_of_seeds(capsys) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_bench_search_quick_budget_on_tiny_data(small_csv, tmp_path) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
