@@ -84,6 +84,11 @@ def predict_logits(
     return torch.cat(out) if out else torch.zeros(0, len(EMOTIONS), device=dev)
 
 
+def _check_labels(data: FER2013) -> None:
+    if len(data) and (data.labels.min() < 0 or data.labels.max() >= len(EMOTIONS)):
+        raise DataError(f"{data.source or 'dataset'}: images without labels (0..6) cannot be evaluated")
+
+
 def evaluate_model(
     model: nn.Module,
     meta: Mapping[str, Any],
@@ -93,8 +98,7 @@ def evaluate_model(
     device: str | torch.device | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Metrics for each Usage split present in `data`: {split: {n, accuracy, macro_f1, recall, confusion}}."""
-    if len(data) and (data.labels.min() < 0 or data.labels.max() >= len(EMOTIONS)):
-        raise DataError(f"{data.source or 'dataset'}: images without labels (0..6) cannot be evaluated")
+    _check_labels(data)
     dev = resolve_device(device)
     model = model.to(dev)
     results = {}
@@ -196,8 +200,7 @@ def evaluate_ensemble(
     out = Path(out_dir) if out_dir is not None else path
     check_writable(out, "--out" if out_dir is not None else "model folder")
     data = data if isinstance(data, FER2013) else load_fer2013(data)
-    if len(data) and (data.labels.min() < 0 or data.labels.max() >= len(EMOTIONS)):
-        raise DataError(f"{data.source or 'dataset'}: images without labels (0..6) cannot be evaluated")
+    _check_labels(data)
     dev = resolve_device(device)
     meta = members[0][2]
     results: dict[str, dict[str, Any]] = {name: {} for name, _, _ in members} | {"ensemble": {}}
