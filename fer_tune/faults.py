@@ -99,22 +99,13 @@ def good_checkpoint(checkpoint: Any) -> Iterator[str]:
     Ray records a checkpoint once its upload finished, but a crash of the machine can still leave its file cut
     (written, not yet flushed). Raises the first DataError (naming the file) when none is readable.
     """
-    from pyarrow.fs import FileSelector, FileType
     from ray.tune import Checkpoint
 
     from fer_tune.checkpoint import CHECKPOINT_KEYS, read_torch_file
 
     fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
-    parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
-    try:
-        found = fs.get_file_info(FileSelector(parent or "/"))
-        older = sorted(
-            (i.path for i in found if i.type == FileType.Directory and i.base_name.startswith("checkpoint_")),
-            reverse=True,
-        )
-    except OSError:
-        older = []
-    candidates = [path, *(p for p in older if p.rsplit("/", 1)[-1] < name)]
+    name = path.rsplit("/", 1)[-1]
+    candidates = [path, *(p for p in _checkpoint_dirs(fs, path) if p.rsplit("/", 1)[-1] < name)]
     first: DataError | None = None
     for candidate in candidates:
         with Checkpoint(candidate, filesystem=fs).as_directory() as folder:
@@ -129,6 +120,73 @@ def good_checkpoint(checkpoint: Any) -> Iterator[str]:
             return
     assert first is not None
     raise first
+
+
+def _checkpoint_dirs(fs: Any, checkpoint_path: str) -> list[str]:
+    """The `checkpoint_*` folders beside `checkpoint_path` (its trial's), newest first; [] when unlistable."""
+    from pyarrow.fs import FileSelector, FileType
+
+    parent = checkpoint_path.rsplit("/", 1)[0] if "/" in checkpoint_path else ""
+    try:
+        found = fs.get_file_info(FileSelector(parent or "/"))
+    except OSError:
+        return []
+    dirs = (i.path for i in found if i.type == FileType.Directory and i.base_name.startswith("checkpoint_"))
+    return sorted(dirs, reverse=True)
+
+
+def heal_stale_checkpoint(trial: Any) -> str | None:
+    """Point a trial being resumed at its newest checkpoint when the one its saved state names is gone.
+
+    Ray saves the experiment state every few seconds, but deletes a trial's older checkpoints as soon as newer
+    ones exist (`num_to_keep`). A search killed when a trial had saved two more checkpoints since the last
+    snapshot resumes from a snapshot naming a deleted checkpoint, and Ray fails that trial ("Could not recover
+    from checkpoint"). The newer checkpoints are whole: continue from the newest, so no epoch is lost. Its Ray
+    metrics are the snapshot's, moved on by as many reports as checkpoints (one per report), with the epoch's
+    own metrics from the checkpoint. Returns what was done, or None when nothing needed doing.
+    """
+    from pyarrow.fs import FileType
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint
+
+    from fer_tune.checkpoint import CHECKPOINT_KEYS, read_torch_file
+
+    manager = trial.run_metadata.checkpoint_manager
+    stale = manager.latest_checkpoint_result if manager is not None else None
+    if stale is None:
+        return None
+    fs, path = stale.checkpoint.filesystem, stale.checkpoint.path.rstrip("/")
+    try:
+        if fs.get_file_info(path).type != FileType.NotFound:
+            return None
+    except OSError:
+        return None
+    name = path.rsplit("/", 1)[-1]
+    newer = [p for p in _checkpoint_dirs(fs, path) if p.rsplit("/", 1)[-1] > name]
+    index = lambda p: int(p.rsplit("_", 1)[-1])  # noqa: E731
+    for candidate in newer:
+        with Checkpoint(candidate, filesystem=fs).as_directory() as folder:
+            try:
+                ckpt = read_torch_file(Path(folder) / "checkpoint.pt", "fer-tune checkpoint", CHECKPOINT_KEYS)
+                history = ckpt["history"]
+            except DataError:
+                continue  # cut: an older one
+        steps = index(candidate) - index(path)
+        metrics = {**stale.metrics, **(history[-1] if history else {})}
+        metrics["training_iteration"] = stale.metrics.get("training_iteration", 0) + steps
+        metrics["time_total_s"] = stale.metrics.get("time_total_s", 0.0) + sum(
+            h.get("epoch_seconds", 0.0) for h in history[-steps:]
+        )
+        manager._latest_checkpoint_result = _TrainingResult(Checkpoint(candidate, filesystem=fs), metrics)
+        manager._checkpoint_results = [manager._latest_checkpoint_result]
+        trial.storage.current_checkpoint_index = index(candidate)  # its next checkpoint is the one after
+        trial.invalidate_json_state()
+        trial.run_metadata.invalidate_cache()
+        return (
+            f"trial {trial.trial_id}: the saved search state names {name}, which Ray had already replaced; "
+            f"resuming from {candidate.rsplit('/', 1)[-1]} (epoch {len(history)})"
+        )
+    return None
 
 
 # -- Ray's experiment state ----------------------------------------------------------------------------------

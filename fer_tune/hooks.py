@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,7 +34,7 @@ from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import TimeoutStopper
 
-from fer_tune.faults import mark_loop_running, raise_if_storage_fault
+from fer_tune.faults import heal_stale_checkpoint, mark_loop_running, raise_if_storage_fault
 from fer_tune.folder import FOLDER_ENV, STOPPED_BY_FILE, SearchFolder
 from fer_tune.results import TIME_BUDGET, TIMED_OUT
 
@@ -242,6 +243,13 @@ class StopLog(Callback):
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         mark_loop_running()  # Ray Tune's SIGINT handler is installed: see fer_tune.faults.interrupts
+        checked = self.__dict__.setdefault("_fer_checked", set())  # once per trial and process
+        for t in trials:
+            if t.trial_id not in checked and t.status in ("PENDING", "PAUSED", "ERROR"):
+                checked.add(t.trial_id)
+                healed = heal_stale_checkpoint(t)
+                if healed:
+                    print(f"fer-tune: {healed}", file=sys.stderr)
         if self.stopper is not None and not self.stopper.fired:
             self.ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
         if getattr(self, "trial_timeout_s", None):  # absent in a StopLog pickled by an older fer-tune
@@ -268,7 +276,7 @@ class StopLog(Callback):
         return self.__dict__.setdefault("_fer_seen", {})
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_fer_seen"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_fer_seen", "_fer_checked")}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._seen()[trial.trial_id] = time.monotonic()

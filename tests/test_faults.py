@@ -28,7 +28,7 @@ import fer_tune
 from fer_tune.cli import main
 from fer_tune.data import save_csv
 from fer_tune.errors import DataError
-from fer_tune.faults import good_checkpoint
+from fer_tune.faults import good_checkpoint, heal_stale_checkpoint
 from fer_tune.folder import SearchFolder, SearchState
 from fer_tune.results import load_results
 from fer_tune.spaces import parse_space
@@ -159,6 +159,62 @@ def test_a_cut_checkpoint_falls_back_to_the_one_before(tmp_path: Path, trial_che
         good_checkpoint(Checkpoint(str(latest))),
     ):
         pass
+
+
+def test_a_snapshot_naming_a_deleted_checkpoint_resumes_from_the_newest(
+    tmp_path: Path, trial_checkpoints: Path
+) -> None:
+    """Ray deletes old checkpoints (num_to_keep=2) faster than it saves its state: the state it resumes from
+    can name a checkpoint that is gone. fer-tune continues the trial from the newest one instead."""
+    from ray.train._internal.session import _TrainingResult
+    from ray.train._internal.storage import StorageContext
+    from ray.tune import CheckpointConfig, PlacementGroupFactory
+    from ray.tune.experiment import Trial
+
+    storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="exp", trial_dir_name="trial_t1")
+    trial = Trial(
+        "fer_trial",
+        stub=True,
+        trial_id="t1",
+        storage=storage,
+        checkpoint_config=CheckpointConfig(num_to_keep=2),
+        placement_group_factory=PlacementGroupFactory([{"CPU": 1}]),
+    )
+    trial.placement_group_factory = trial._default_placement_group_factory  # as Ray's controller sets it
+    folder = tmp_path / "exp" / "trial_t1"
+    snapshot = None
+    for k in range(4):  # one checkpoint per report, as fer-tune's trainable makes them
+        ckpt = folder / f"checkpoint_00000{k}"
+        ckpt.mkdir(parents=True)
+        shutil.copy(trial_checkpoints / "checkpoint_000002" / "checkpoint.pt", ckpt / "checkpoint.pt")
+        metrics = {"training_iteration": k + 1, "time_total_s": k}
+        trial.on_checkpoint(_TrainingResult(Checkpoint(str(ckpt)), metrics))
+        if k == 1:
+            snapshot = trial.get_json_state()  # Ray's last save of its state before the kill
+    assert not (folder / "checkpoint_000001").exists() and (folder / "checkpoint_000003").exists()
+
+    def resumed() -> Trial:
+        t = Trial.from_json_state(snapshot[0], stub=True)
+        t.restore_run_metadata(snapshot[1])
+        return t
+
+    t = resumed()
+    assert t.checkpoint.path.endswith("checkpoint_000001")  # what Ray would fail to restore
+    assert heal_stale_checkpoint(t) == (
+        "trial t1: the saved search state names checkpoint_000001, which Ray had already replaced; "
+        "resuming from checkpoint_000003 (epoch 2)"
+    )
+    assert t.checkpoint.path == str(folder / "checkpoint_000003")
+    assert t.latest_checkpoint_result.metrics["training_iteration"] == 4
+    assert t.storage.current_checkpoint_index == 3  # its next checkpoint: checkpoint_000004
+    assert t.latest_checkpoint_result.metrics["val_acc"] >= 0  # the epoch's own metrics
+    assert heal_stale_checkpoint(t) is None  # whole now: nothing to do
+
+    cut = folder / "checkpoint_000003" / "checkpoint.pt"
+    cut.write_bytes(cut.read_bytes()[:100])  # the newest cut too: the one before it
+    t = resumed()
+    assert heal_stale_checkpoint(t).endswith("resuming from checkpoint_000002 (epoch 2)")
+    assert t.latest_checkpoint_result.metrics["training_iteration"] == 3
 
 
 # -- faults in a running search (subprocesses) ---------------------------------------------------------------
