@@ -6,6 +6,8 @@ stops are recorded.
   (stopped by ASHA or by the time budget) is told as `TrialState.PRUNED` (its per-epoch values already reached
   the study through `OptunaSearch.on_trial_result`).
 - `BudgetStopper`: Ray's `TimeoutStopper` (it stops running trials too), remembering that it fired.
+- `StuckStopper`: Ray's `TrialPlateauStopper` for a trial that collapsed to predicting one class: ASHA lets
+  the first trial to reach each rung through, so one such trial could otherwise spend a CPU search's budget.
 - `StopLog`: a driver-side callback that writes `stopped_by.json` in the search folder (trial id -> "time
   budget" or "timed out") so the results tables can tell a trial cut by the budget from one ASHA stopped. Ray
   stops those trials without telling the searcher either: StopLog tells it, so Optuna records them as pruned.
@@ -32,11 +34,11 @@ from optuna.samplers import BaseSampler, TPESampler
 from optuna.trial import FrozenTrial
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
-from ray.tune.stopper import TimeoutStopper
+from ray.tune.stopper import TimeoutStopper, TrialPlateauStopper
 
 from fer_tune.faults import heal_stale_checkpoint, mark_loop_running, raise_if_storage_fault
 from fer_tune.folder import FOLDER_ENV, STOPPED_BY_FILE, SearchFolder
-from fer_tune.results import TIME_BUDGET, TIMED_OUT
+from fer_tune.results import STUCK, TIME_BUDGET, TIMED_OUT
 
 LOST = (
     "fer_tune_lost"  # user attr of a study trial whose Ray trial was never saved (asked just before a kill)
@@ -220,6 +222,27 @@ class BudgetStopper(TimeoutStopper):
         return self.fired
 
 
+class StuckStopper(TrialPlateauStopper):
+    """Stops a trial whose val_acc stayed flat (std < 0.01) for `epochs` epochs at or below `chance`.
+
+    `chance`: the majority class's share plus 5 points, the accuracy of a model that answers one class.
+    """
+
+    def __init__(self, epochs: int, chance: float) -> None:
+        # Ray's threshold is one the metric must have *reached* to be stopped: for "at or below chance" it is
+        # given as a minimised one (a val_acc above `chance` is never stopped).
+        super().__init__(
+            "val_acc", std=0.01, num_results=epochs, grace_period=epochs, metric_threshold=chance, mode="min"
+        )
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        stop = super().__call__(trial_id, result)
+        if stop:
+            print(f"fer-tune: trial {trial_id}: val_acc stuck at chance level; stopping it")
+            _record_ids([trial_id], STUCK, None)
+        return stop
+
+
 class StopLog(Callback):
     """Records the trials fer-tune stopped in `<search>/stopped_by.json` and tells the searcher; stops hung
     trials; ends the search when the results disk refuses writes.
@@ -320,11 +343,17 @@ def _check_storage(trial: Any) -> None:
 
 def _record(trials: list, cause: str) -> None:
     """Add `trial id -> cause` to the search's `stopped_by.json` (atomically)."""
+    _record_ids([t.trial_id for t in trials], cause, Path(trials[0].path).parent)
+
+
+def _record_ids(ids: list[str], cause: str, experiment: Path | None) -> None:
     # The search folder the driver works in (a remote search's mirror), else found from the trial: wherever
     # it was resumed from (a phase's trials sit in phase<N>/ below it).
     here = os.environ.get(FOLDER_ENV)
-    folder = SearchFolder(here) if here else SearchFolder.of_experiment(Path(trials[0].path).parent)
-    stopped = folder.stopped_by() | {t.trial_id: cause for t in trials}
+    if not here and experiment is None:
+        return
+    folder = SearchFolder(here) if here else SearchFolder.of_experiment(experiment)
+    stopped = folder.stopped_by() | dict.fromkeys(ids, cause)
     path = folder / STOPPED_BY_FILE
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(stopped, indent=1) + "\n")

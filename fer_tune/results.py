@@ -27,6 +27,7 @@ from fer_tune.metrics import METRIC_KEYS as METRICS
 from fer_tune.metrics import METRIC_MODES
 
 TIME_BUDGET = "time budget"
+STUCK = "stuck at chance"  # val_acc flat near chance for search.stuck_epochs: fer-tune stopped it
 TIMED_OUT = "timed out"  # no report for --trial-timeout: fer-tune stopped the trial (Ray saw it fail)
 _STATUS_REASON = {"RUNNING": "running", "PAUSED": "running", "PENDING": "pending"}
 
@@ -227,6 +228,8 @@ def _trial_row(
     elif status == "TERMINATED":
         if epochs >= max_epochs:
             reason = "completed"
+        elif stopped_by == STUCK:
+            reason = STUCK
         elif stopped_by and stopped_by != TIMED_OUT:  # fer-tune's own record: the budget ran out as it ran
             reason = f"stopped by {stopped_by}"
         elif epochs == 0:  # no scheduler stops a trial before its first result: the search ended first

@@ -398,8 +398,9 @@ def _tuner(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+    from ray.tune.stopper import CombinedStopper
 
-    from fer_tune.hooks import BestEpochOptunaSearch, BudgetStopper, InSpaceSampler, StopLog
+    from fer_tune.hooks import BestEpochOptunaSearch, BudgetStopper, InSpaceSampler, StopLog, StuckStopper
     from fer_tune.live import LiveReporter
 
     s = space.search
@@ -435,6 +436,14 @@ def _tuner(
         )
     # Ray's TimeoutStopper stops running trials too; StopLog records them as stopped by the time budget.
     stopper = BudgetStopper(s.time_budget_s) if s.time_budget_s else None
+    stop: Any = stopper
+    if s.stuck_epochs:
+        import numpy as np
+
+        labels = data.split(*TRIAL_SPLITS).labels  # what trials see: PrivateTest stays out of every decision
+        chance = float(np.bincount(labels).max() / max(len(labels), 1)) + 0.05
+        stop = StuckStopper(s.stuck_epochs, chance)
+        stop = CombinedStopper(stopper, stop) if stopper is not None else stop
     callbacks: list[Any] = [
         StopLog(stopper, search_alg if s.algorithm == "optuna" else None, trial_timeout_s=s.trial_timeout_s)
     ]
@@ -459,7 +468,7 @@ def _tuner(
         run_config=tune.RunConfig(
             name=experiment_name,
             storage_path=storage_path,
-            stop=stopper,
+            stop=stop,
             callbacks=callbacks,
             progress_reporter=LiveReporter(),  # draws the view _fit installs (fer_tune.live)
             failure_config=tune.FailureConfig(max_failures=s.max_failures),

@@ -36,6 +36,8 @@ class SearchSettings:
     seed: int = 0  # seeds Optuna's sampler or Ray's random search
     max_concurrent: int | None = None  # default: as many trials as the resources hold
     max_failures: int = 0  # retries of a failed trial
+    # stop a trial whose val_acc stayed flat near chance this many epochs (collapsed to one class); 0: never
+    stuck_epochs: int = 0
 
 
 @dataclass
@@ -73,7 +75,7 @@ def _parse_search(raw: Any) -> SearchSettings:
         return s
     check(isinstance(raw, Mapping), "search", f"expected a mapping, got {raw!r}")
     simple = {"algorithm": str, "num_samples": int, "metric": str, "mode": str, "seed": int}
-    simple |= {"max_concurrent": int, "max_failures": int}
+    simple |= {"max_concurrent": int, "max_failures": int, "stuck_epochs": int}
     for key, value in raw.items():
         k = f"search.{key}"
         if key in simple:
@@ -97,6 +99,11 @@ def _parse_search(raw: Any) -> SearchSettings:
     _check_metric(s)
     check(s.num_samples >= 1, "search.num_samples", f"must be >= 1, got {s.num_samples}")
     check(s.max_failures >= 0, "search.max_failures", f"must be >= 0, got {s.max_failures}")
+    check(
+        s.stuck_epochs == 0 or s.stuck_epochs >= 2,
+        "search.stuck_epochs",
+        f"must be 0 or >= 2, got {s.stuck_epochs}",
+    )
     check(s.max_concurrent is None or s.max_concurrent >= 1, "search.max_concurrent", "must be >= 1")
     return s
 

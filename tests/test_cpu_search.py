@@ -24,6 +24,7 @@ def test_cpu_space_fits_a_cpu_evening() -> None:
     assert space.search.time_budget_s == 45 * 60 and space.search.algorithm == "optuna"
     assert space.resources.cpus_per_trial == 2 and not space.resources.gpus_per_trial
     assert space.search.scheduler == "asha" and space.max_epochs() == 20
+    assert space.search.stuck_epochs == 3  # a trial collapsed to one class cannot hold the one 2-core slot
     # ASHA's rungs (2, 6, 18) leave most configs at 2 epochs: many configs fit 45 minutes
     assert space.search.grace_period * space.search.reduction_factor**2 < space.max_epochs()
     archs = set()

@@ -197,3 +197,31 @@ def test_trials_the_search_never_started_are_not_blamed_on_asha() -> None:
     trials, _ = load_results(Path(__file__).resolve().parents[1] / "results" / "reference")
     assert sorted(trials["stop_reason"]) == ["completed"] * 3 + ["ended before its first epoch"] * 4
     assert (trials[trials["stop_reason"] == "completed"]["epochs"] == 30).all()
+
+
+def test_stuck_stopper_stops_only_flat_trials_at_chance() -> None:
+    from fer_tune.hooks import StuckStopper
+
+    stuck = StuckStopper(3, chance=0.30)
+    assert [stuck("a", {"val_acc": v}) for v in (0.26, 0.257, 0.254)] == [False, False, True]
+    assert [stuck("b", {"val_acc": v}) for v in (0.20, 0.24, 0.28, 0.31)] == [False] * 4  # learning
+    assert [stuck("c", {"val_acc": v}) for v in (0.55, 0.551, 0.552)] == [False] * 3  # flat, far above chance
+
+
+def test_trials_stuck_at_chance_are_stopped_and_said_so(ray_cluster, tmp_path: Path) -> None:
+    csv = save_csv(make_fer({"Training": 20, "PublicTest": 6}), tmp_path / "fer2013.csv")
+    space = {
+        "model": {"arch": "cnn", "kernels": [4], "head_width": 0, "batchnorm": False},
+        # A learning rate that moves nothing: every epoch scores the same, near chance (1 in 7 here).
+        "train": {"epochs": 6, "batch_size": 32, "warmup_epochs": 0, "lr": {"loguniform": [1e-12, 1e-11]}},
+        "augment": {"crop": 0, "rotation": 0},
+        "search": {"num_samples": 2, "scheduler": "none", "stuck_epochs": 3},
+        "resources": {"cpus_per_trial": 1},
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(space))
+    folder = tmp_path / "r" / "stuck"
+    argv = ["--space", str(tmp_path / "s.yaml"), "--data", str(csv), "--gpus", "0", "--results"]
+    assert main([*argv, str(folder.parent), "--name", "stuck"]) == 0
+    trials = pd.read_csv(folder / "trials.csv")
+    assert (trials["stop_reason"] == "stuck at chance").all(), trials[["stop_reason", "best_val_acc"]]
+    assert (trials["epochs"] == 3).all()
