@@ -92,8 +92,10 @@ def test_terminal_redraws_at_most_once_a_second_and_cheaply() -> None:
         time.sleep(0.005)
     view.close()
     assert asked > 100 and 1 <= view.redraws <= 2
-    # < 2% of one core at one redraw a second: each redraw (and all the asking) costs < 20 ms of CPU.
-    assert view.cpu_s / view.redraws < 0.02
+    # A redraw of 64 trials costs 6-10 ms of CPU here (bench_live.py: 0.7-1.4% of a core at one a second);
+    # < 30 ms each, asking included, leaves room for a busy shared machine and still catches a view that
+    # draws at every step or grows slow.
+    assert view.cpu_s / view.redraws < 0.03
 
 
 def test_plain_lines_when_not_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
