@@ -440,7 +440,8 @@ def _tuner(
     if s.stuck_epochs:
         import numpy as np
 
-        labels = data.split(*TRIAL_SPLITS).labels  # what trials see: PrivateTest stays out of every decision
+        # What trials see (PrivateTest stays out of every decision); labels only: no copy of the images.
+        labels = data.labels[np.isin(data.usage, TRIAL_SPLITS)]
         chance = float(np.bincount(labels).max() / max(len(labels), 1)) + 0.05
         stop = StuckStopper(s.stuck_epochs, chance)
         stop = CombinedStopper(stopper, stop) if stopper is not None else stop
