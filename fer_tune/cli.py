@@ -114,12 +114,15 @@ def _then_retrain(args: argparse.Namespace, folder: Path) -> int:
 
     if not args.retrain:
         return 0
-    data = SearchFolder(folder).read_state().data  # the data the search used
+    search = SearchFolder(folder)
+    data = search.read_state().data  # the data the search used
+    epochs = search.read_space().search.retrain_epochs  # None: the best config's own
     print(f"retraining the best config of {folder} with {args.retrain} seeds -> {Path(folder) / 'final'}")
     retrain(
         Path(folder) / "best_config.yaml",
         data=data,
         out_dir=Path(folder) / "final",
+        epochs=epochs,
         seeds=args.retrain,
         device="cpu" if args.gpus == 0 else None,
         resume=True,  # run again after a crash, it goes on where the retrain stopped
@@ -249,7 +252,8 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
         "--retrain",
         type=int,
         metavar="N",
-        help="when the search has finished, retrain its best config with N seeds (its epochs, on Training) "
+        help="when the search has finished, retrain its best config with N seeds (on Training, for the "
+        "space's search.retrain_epochs or the config's own epochs) "
         "into <results>/<name>/final and score each seed and their ensemble",
     )
     p.add_argument(

@@ -38,6 +38,9 @@ class SearchSettings:
     max_failures: int = 0  # retries of a failed trial
     # stop a trial whose val_acc stayed flat near chance this many epochs (collapsed to one class); 0: never
     stuck_epochs: int = 0
+    # `--retrain`'s epochs, fixed in advance (None: the best config's own train.epochs); a search may rank
+    # configs at fewer epochs than its final model trains for
+    retrain_epochs: int | None = None
 
 
 @dataclass
@@ -75,13 +78,13 @@ def _parse_search(raw: Any) -> SearchSettings:
         return s
     check(isinstance(raw, Mapping), "search", f"expected a mapping, got {raw!r}")
     simple = {"algorithm": str, "num_samples": int, "metric": str, "mode": str, "seed": int}
-    simple |= {"max_concurrent": int, "max_failures": int, "stuck_epochs": int}
+    simple |= {"max_concurrent": int, "max_failures": int, "stuck_epochs": int, "retrain_epochs": int}
     for key, value in raw.items():
         k = f"search.{key}"
         if key in simple:
             kind = simple[key]
             ok = isinstance(value, kind) and not isinstance(value, bool)
-            ok = ok or (key == "max_concurrent" and value is None)
+            ok = ok or (key in ("max_concurrent", "retrain_epochs") and value is None)
             check(ok, k, f"expected {kind.__name__}, got {value!r}")
             setattr(s, key, value)
         elif key == "time_budget":
@@ -105,6 +108,11 @@ def _parse_search(raw: Any) -> SearchSettings:
         f"must be 0 or >= 2, got {s.stuck_epochs}",
     )
     check(s.max_concurrent is None or s.max_concurrent >= 1, "search.max_concurrent", "must be >= 1")
+    check(
+        s.retrain_epochs is None or s.retrain_epochs >= 1,
+        "search.retrain_epochs",
+        f"must be >= 1, got {s.retrain_epochs}",
+    )
     return s
 
 

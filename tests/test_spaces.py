@@ -146,6 +146,7 @@ INVALID = [
     ("model: {arch: cnn}\nsearch: {metric: val_acc, mode: min}\n", "search.mode", "contradicts"),
     ("model: {arch: cnn}\nsearch: {metric: lr}\n", "search.mode", "required"),
     ("model: {arch: cnn}\nsearch: {stuck_epochs: 1}\n", "search.stuck_epochs", "0 or >= 2"),
+    ("model: {arch: cnn}\nsearch: {retrain_epochs: 0}\n", "search.retrain_epochs", "must be >= 1"),
 ]
 
 
