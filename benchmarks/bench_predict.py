@@ -1,6 +1,6 @@
 """Benchmark `fer-tune predict`'s three targets on the CPU, and print them as a markdown table.
 
-    python benchmarks/bench_predict.py [MODEL] [--threads 2] [--seconds 5]
+    python benchmarks/bench_predict.py [MODEL] [--threads 2] [--seconds 5] [--data FER2013]
 
 1. classification of pre-cut 48x48 faces in batches of 256 (`Predictor.predict_crops`): faces/s, through
    PyTorch and through ONNX Runtime;
@@ -10,6 +10,10 @@
 3. single-face latency (batch 1, median) of the model through ONNX Runtime and through PyTorch eager, the
    graph alone (both fp32) and the whole `predict_crops` (normalise, crop, softmax; PyTorch in the precision
    `predict_logits` picks: bf16 autocast on CPUs with AMX), measured in the same run.
+
+With `--data FER2013`, also ONNX Runtime's static int8 quantization of the same graph (`fer-tune export-model
+--quantize int8`, calibrated on 512 Training faces): its faces/s, and the PublicTest accuracy of PyTorch
+(fp32, as `fer-tune evaluate` scores), the float ONNX graph and the int8 one, so speed is never bought blind.
 
 MODEL defaults to results/cpu-reference/final when present, else an untrained model of
 configs/cpu_small.yaml (speed does not depend on the weights); the first line says which was used, and the
@@ -29,8 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fer_tune.data import load_fer2013
 from fer_tune.device import Precision
-from fer_tune.export_model import export
+from fer_tune.evaluate import predict_logits
+from fer_tune.export_model import calibration_faces, export, quantize_int8
 from fer_tune.faces import read_image
 from fer_tune.predict import OnnxModule, Predictor, load, onnx_session, untrained
 
@@ -88,7 +94,9 @@ def main() -> None:
     ap.add_argument("model", nargs="?", help=f"model to time (default: {DEFAULT_MODEL.relative_to(ROOT)})")
     ap.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads (default 2)")
     ap.add_argument("--seconds", type=float, default=5.0, help="timed seconds per figure (default 5)")
+    ap.add_argument("--data", help="FER2013 CSV or folder: adds int8 ONNX and PublicTest accuracies")
     args = ap.parse_args()
+    data = load_fer2013(args.data) if args.data else None
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     if args.model or DEFAULT_MODEL.exists():
@@ -135,6 +143,21 @@ def main() -> None:
         feed = {"image": x.numpy().copy()}
         graph["onnx"] = latency(lambda: session.run(None, feed), args.seconds)
         whole["onnx"] = latency(lambda: onnx_pred.predict_crops(one), args.seconds)
+        int8: dict[str, float] = {}
+        if data is not None:
+            int8_file = Path(tmp) / "model_int8.onnx"
+            int8["agreement"] = quantize_int8(
+                onnx_file, int8_file, pred.meta, calibration_faces(data.split("Training"))
+            )
+            int8_session = onnx_session(int8_file, args.threads)
+            int8_pred = Predictor(OnnxModule(int8_session), pred.meta, pred.device, "int8")
+            int8["faces_per_s"] = rate(lambda: len(int8_pred.predict_crops(faces)), args.seconds)
+            test = data.split("PublicTest")
+            images = torch.from_numpy(test.images)
+            runtimes = {"PyTorch fp32": pred, "ONNX Runtime fp32": onnx_pred, "ONNX Runtime int8": int8_pred}
+            for name, p in runtimes.items():
+                logits = predict_logits(p.model, p.meta, images, precision="fp32")
+                int8[name] = float((logits.argmax(1).numpy() == test.labels).mean())
     load_after = os.getloadavg()
 
     print("| figure | measured | target |")
@@ -144,6 +167,11 @@ def main() -> None:
     print(
         f"| pre-cut 48x48 faces, batches of 256, ONNX Runtime | {onnx_faces_per_s:,.0f} faces/s | {target} |"
     )
+    if int8:
+        print(
+            f"| pre-cut 48x48 faces, batches of 256, ONNX Runtime int8 | {int8['faces_per_s']:,.0f} faces/s "
+            f"| {target} |"
+        )
     print(
         f"| 640x480 JPEG photos, decode + detect + classify ({found} face) | {photos_per_s:.1f} photos/s "
         f"| >= {TARGETS['photos']:.0f} |"
@@ -154,6 +182,10 @@ def main() -> None:
             f"{t['torch'] * 1e3:.2f} ms | {t['torch'] / t['onnx']:.2f}x faster "
             f"| >= {TARGETS['onnx_speedup']}x |"
         )
+    if int8:
+        accuracies = ", ".join(f"{k} {int8[k]:.2%}" for k in int8 if k not in ("faces_per_s", "agreement"))
+        print(f"\nPublicTest accuracy (no TTA): {accuracies}")
+        print(f"int8 agreement with the float graph on 512 held-out Training faces: {int8['agreement']:.1%}")
     print(f"\nload average after: {' '.join(f'{v:.2f}' for v in load_after)}")
 
 

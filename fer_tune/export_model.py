@@ -5,6 +5,11 @@ grayscale face normalised as `(pixel - mean) / std` and center-cropped to S. It 
 an ensemble, the log of the mean of its members' probabilities). The file's metadata says how to feed it:
 `METADATA_KEYS` below, strings (numbers and lists as JSON), in ONNX's `metadata_props` or TorchScript's
 extra file `fer_tune.json`. `fer_tune.predict.load` reads both kinds of ONNX file back.
+
+`quantize="int8"` (ONNX only) writes ONNX Runtime's static int8 quantization of that graph (QDQ, weights per
+channel): activations are calibrated on real faces (the data's Training split), and the file says
+`quantized: int8`. On CPUs with VNNI or AMX int8 it classifies faster, at a small cost in agreement with the
+float model, which the export measures on other Training faces and prints.
 """
 
 from __future__ import annotations
@@ -16,15 +21,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from fer_tune.augment import center_crop, normalize
 from fer_tune.data import EMOTIONS
 from fer_tune.ensemble import load
 from fer_tune.errors import DataError, OutputError
 from fer_tune.faces import FRAMING
 
 FORMATS = ("onnx", "torchscript")
+QUANTIZE = ("int8",)
+MIN_AGREEMENT = 0.95  # an int8 graph that changes more top-1 answers than this is refused
 METADATA_KEYS = ("classes", "input_size", "crop_from", "mean", "std", "arch", "members", "config", "framing")
 TORCHSCRIPT_META = "fer_tune.json"  # the extra file inside a TorchScript archive
 OPSET = 18
@@ -54,16 +63,109 @@ def read_metadata(props: dict[str, str]) -> dict[str, Any]:
     return {k: json.loads(props[k]) for k in METADATA_KEYS}
 
 
-def export_model(model_path: str | Path, out: str | Path, fmt: str = "onnx", *, check: bool = True) -> Path:
+def export_model(
+    model_path: str | Path,
+    out: str | Path,
+    fmt: str = "onnx",
+    *,
+    check: bool = True,
+    quantize: str | None = None,
+    faces: np.ndarray | None = None,
+) -> Path:
     """Write the model (or seed ensemble) at `model_path` to `out` as `fmt`; returns `out`.
 
     With `check` (ONNX only), ONNX Runtime's logits on random faces are compared with PyTorch's and a
-    difference above 1e-4 is an error.
+    difference above 1e-4 is an error. `quantize="int8"` needs `faces`, uint8 (N, 48, 48) Training faces:
+    the first half calibrates, the second measures the top-1 agreement with the float graph.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
     model, meta = load(model_path, device="cpu")
-    return export(model, meta, out, fmt, check=check)
+    if quantize is None:
+        return export(model, meta, out, fmt, check=check)
+    if quantize not in QUANTIZE or fmt != "onnx":
+        raise ValueError(f"quantize must be one of {QUANTIZE}, with the onnx format")
+    if faces is None or len(faces) < 2:
+        raise ValueError("int8 quantization needs at least 2 calibration faces")
+    out = Path(out)
+    float_onnx = out.with_name(out.stem + ".float.onnx")  # beside the output: its folder is writable
+    try:
+        export(model, meta, float_onnx, "onnx", check=check)
+        quantize_int8(float_onnx, out, meta, faces)
+    finally:
+        float_onnx.unlink(missing_ok=True)
+    return out
+
+
+def calibration_faces(training: Any, n: int = 512) -> np.ndarray:
+    """2n faces (n to calibrate, n to check) spread evenly over a FER2013's Training split (every class)."""
+    if len(training) < 2:
+        raise DataError(f"{training.source or 'dataset'}: int8 calibration needs 2+ Training faces")
+    pick = np.linspace(0, len(training) - 1, min(2 * n, len(training))).astype(int)
+    return training.images[pick]
+
+
+def model_inputs(faces: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    """What an exported graph takes: uint8 (N, 48, 48) faces normalised and center-cropped, float32."""
+    x = normalize(torch.from_numpy(np.ascontiguousarray(faces, dtype=np.uint8)), meta["mean"], meta["std"])
+    return center_crop(x, int(meta["input_size"])).contiguous().numpy()
+
+
+def quantize_int8(float_onnx: Path, out: Path, meta: dict[str, Any], faces: np.ndarray) -> float:
+    """ONNX Runtime's static int8 quantization of `float_onnx` into `out`; returns the top-1 agreement.
+
+    Half of `faces` calibrates the activations' ranges, the other half measures how often the int8 graph's
+    answer is the float graph's; under MIN_AGREEMENT the file is not written (DataError).
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from fer_tune.predict import onnx_session
+
+    half = len(faces) // 2
+    calibrate, held_out = model_inputs(faces[:half], meta), model_inputs(faces[half:], meta)
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"image": calibrate[i : i + 64]} for i in range(0, len(calibrate), 64)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    prepared = out.with_name(out.stem + ".prepared.onnx")
+    partial = out.with_name(out.stem + ".partial.onnx")
+    try:
+        with warnings.catch_warnings(), _quiet("root"):
+            warnings.simplefilter("ignore")
+            # Shape inference and ORT's graph optimisations first: batch-norm is folded into the convolutions,
+            # so each conv is quantized once, with its folded weights.
+            quant_pre_process(str(float_onnx), str(prepared))
+            quantize_static(
+                str(prepared),
+                str(partial),
+                Batches(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
+        want = onnx_session(float_onnx).run(None, {"image": held_out})[0].argmax(1)
+        got = onnx_session(partial).run(None, {"image": held_out})[0].argmax(1)
+        agreement = float((want == got).mean())
+        if agreement < MIN_AGREEMENT:
+            raise DataError(
+                f"{out}: the int8 graph agrees with the float one on {agreement:.1%} of {len(held_out)} "
+                f"held-out faces (< {MIN_AGREEMENT:.0%}); not written"
+            )
+        proto = onnx.load(str(partial))
+        props = metadata(meta) | {"quantized": json.dumps("int8"), "int8_agreement": json.dumps(agreement)}
+        onnx.helper.set_model_props(proto, props)
+        _write(out, proto.SerializeToString())
+    finally:
+        prepared.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
+    return agreement
 
 
 def export(

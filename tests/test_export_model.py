@@ -4,6 +4,7 @@ seed ensemble is one graph, the batch is dynamic, and the metadata is enough to 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,3 +86,63 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     assert main(["export-model", str(tmp_path / "missing"), "-o", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing" in err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny CNN trained 4 epochs on synthetic faces it can learn, and that data's CSV."""
+    import yaml
+    from conftest import make_fer
+
+    from fer_tune.data import save_csv
+
+    root = tmp_path_factory.mktemp("int8")
+    csv = save_csv(make_fer({"Training": 40, "PublicTest": 10}, seed=5), root / "fer2013.csv")
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY_TRAIN))
+    argv = ["train", str(config), "--data", str(csv), "--out", str(root / "run"), "--device", "cpu"]
+    assert main(argv) == 0
+    return root / "run", csv
+
+
+TINY_TRAIN = {
+    "model": {"arch": "cnn", "kernels": [8, 16], "head_width": 0},
+    "train": {"epochs": 4, "batch_size": 32, "lr": 0.01, "warmup_epochs": 0.0},
+    "augment": {"crop": 44, "rotation": 0.0},
+    "seed": 0,
+}
+
+
+def test_int8_export_is_quantized_and_agrees(trained, tmp_path, capsys, one_thread):
+    run, csv = trained
+    out = tmp_path / "m8.onnx"
+    argv = ["export-model", str(run), "-o", str(out), "--quantize", "int8", "--data", str(csv)]
+    assert main([*argv, "--calibration", "64"]) == 0
+    assert "int8: the float model's answer on" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m8.onnx"]  # no intermediate file left behind
+    proto = onnx.load(out)
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops  # int8 weights and activations around convs
+    props = {p.key: json.loads(p.value) for p in proto.metadata_props}
+    assert props["quantized"] == "int8" and props["int8_agreement"] >= 0.95 and props["input_size"] == 44
+    # predict reads it like any export, and answers as the float model does on faces it never calibrated on
+    from conftest import make_fer
+
+    faces = make_fer({"PublicTest": 10}, seed=9).images
+    float_pred, int8_pred = load_predictor(run, device="cpu"), load_predictor(out)
+    same = (float_pred.predict(faces).argmax(1) == int8_pred.predict(faces).argmax(1)).mean()
+    assert same >= 0.95, same
+
+
+def test_int8_export_refuses_what_disagrees_and_bad_flags(trained, tmp_path, capsys, monkeypatch):
+    run, csv = trained
+    out = tmp_path / "m8.onnx"
+    monkeypatch.setattr("fer_tune.export_model.MIN_AGREEMENT", 1.01)  # nothing can agree this much
+    argv = ["export-model", str(run), "-o", str(out), "--quantize", "int8", "--calibration", "16"]
+    assert main([*argv, "--data", str(csv)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not written" in err and str(out) in err
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its intermediates
+    assert main(argv) == 2 and "needs --data" in capsys.readouterr().err
+    assert main([*argv, "--data", str(csv), "--format", "torchscript"]) == 2
+    assert "ONNX only" in capsys.readouterr().err
