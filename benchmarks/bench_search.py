@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -201,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     budget_s = parse_duration(args.budget, "--budget")
     out = Path(args.out).resolve()
     runs = out / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
+    if runs.exists():  # the arms' folders of an earlier run: a search would refuse to start over its own name
+        print(f"removing {runs} (the working folders of an earlier run)")
+        shutil.rmtree(runs)
+    runs.mkdir(parents=True)
     space = resolve_path(args.space).resolve()
     load_fer2013(args.data)  # parsed and cached now, so no arm pays the first parse
     load = os.getloadavg()[0]
@@ -214,6 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     run_search_arm(arms[0], space, args, runs, budget_s)
     run_search_arm(arms[1], random_space(space, out), args, runs, budget_s)
     run_hand_arm(arms[2], args, runs, budget_s)
+    # An arm that failed (e.g. a bad flag) rather than ran out of time: its figures would be a silent 0
+    failed = [a for a in arms if not a.points and a.exit_status not in (0, 130)]
+    for a in failed:
+        last = (runs / f"{a.name}.log").read_text().strip().splitlines()[-1:] or ["(empty log)"]
+        print(f"{a.name}: no epoch finished (exit status {a.exit_status}): {last[0]}", file=sys.stderr)
+    if failed:
+        return 1
 
     md = table(arms, budget_s)
     plot(arms, budget_s, out / "curves.png")
