@@ -200,7 +200,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export_model(args: argparse.Namespace) -> int:
-    from fer_tune.export_model import calibration_faces, export_model, read_metadata
+    from fer_tune.export_model import calibration_faces, export_int8, export_model
 
     out = args.output or ("model.onnx" if args.format == "onnx" else "model.torchscript.pt")
     if not args.quantize:
@@ -210,18 +210,12 @@ def _export_model(args: argparse.Namespace) -> int:
         raise FerTuneError(f"--quantize {args.quantize}: ONNX only, not --format {args.format}")
     if not args.data:
         raise FerTuneError(f"--quantize {args.quantize} needs --data: it calibrates on the Training faces")
-    import json
-
-    from fer_tune.data import load_fer2013
-    from fer_tune.predict import onnx_session
-
     if args.calibration < 1:
         raise FerTuneError(f"--calibration: must be >= 1, got {args.calibration}")
+    from fer_tune.data import load_fer2013
+
     faces = calibration_faces(load_fer2013(args.data).split("Training"), args.calibration)
-    export_model(args.model, out, "onnx", quantize=args.quantize, faces=faces)
-    meta = onnx_session(out).get_modelmeta().custom_metadata_map
-    agreement = json.loads(meta["int8_agreement"])
-    read_metadata(meta)  # the file is one predict reads
+    agreement = export_int8(args.model, out, faces)
     held_out = len(faces) - len(faces) // 2
     print(f"wrote {out} ({args.quantize}: the float model's answer on {agreement:.1%} of {held_out} faces)")
     return 0

@@ -6,7 +6,7 @@ an ensemble, the log of the mean of its members' probabilities). The file's meta
 `METADATA_KEYS` below, strings (numbers and lists as JSON), in ONNX's `metadata_props` or TorchScript's
 extra file `fer_tune.json`. `fer_tune.predict.load` reads both kinds of ONNX file back.
 
-`quantize="int8"` (ONNX only) writes ONNX Runtime's static int8 quantization of that graph (QDQ, weights per
+`export_int8` writes ONNX Runtime's static int8 quantization of that graph (QDQ, weights per
 channel): activations are calibrated on real faces (the data's Training split), and the file says
 `quantized: int8`. On CPUs with VNNI or AMX int8 it classifies faster, at a small cost in agreement with the
 float model, which the export measures on other Training faces and prints.
@@ -32,7 +32,6 @@ from fer_tune.errors import DataError, OutputError
 from fer_tune.faces import FRAMING
 
 FORMATS = ("onnx", "torchscript")
-QUANTIZE = ("int8",)
 MIN_AGREEMENT = 0.95  # an int8 graph that changes more top-1 answers than this is refused
 METADATA_KEYS = ("classes", "input_size", "crop_from", "mean", "std", "arch", "members", "config", "framing")
 TORCHSCRIPT_META = "fer_tune.json"  # the extra file inside a TorchScript archive
@@ -63,38 +62,30 @@ def read_metadata(props: dict[str, str]) -> dict[str, Any]:
     return {k: json.loads(props[k]) for k in METADATA_KEYS}
 
 
-def export_model(
-    model_path: str | Path,
-    out: str | Path,
-    fmt: str = "onnx",
-    *,
-    check: bool = True,
-    quantize: str | None = None,
-    faces: np.ndarray | None = None,
-) -> Path:
+def export_model(model_path: str | Path, out: str | Path, fmt: str = "onnx", *, check: bool = True) -> Path:
     """Write the model (or seed ensemble) at `model_path` to `out` as `fmt`; returns `out`.
 
     With `check` (ONNX only), ONNX Runtime's logits on random faces are compared with PyTorch's and a
-    difference above 1e-4 is an error. `quantize="int8"` needs `faces`, uint8 (N, 48, 48) Training faces:
-    the first half calibrates, the second measures the top-1 agreement with the float graph.
+    difference above 1e-4 is an error.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
     model, meta = load(model_path, device="cpu")
-    if quantize is None:
-        return export(model, meta, out, fmt, check=check)
-    if quantize not in QUANTIZE or fmt != "onnx":
-        raise ValueError(f"quantize must be one of {QUANTIZE}, with the onnx format")
-    if faces is None or len(faces) < 2:
+    return export(model, meta, out, fmt, check=check)
+
+
+def export_int8(model_path: str | Path, out: str | Path, faces: np.ndarray) -> float:
+    """`export_model` to ONNX, then `quantize_int8` into `out` with `faces`; returns the top-1 agreement."""
+    if len(faces) < 2:
         raise ValueError("int8 quantization needs at least 2 calibration faces")
+    model, meta = load(model_path, device="cpu")
     out = Path(out)
     float_onnx = out.with_name(out.stem + ".float.onnx")  # beside the output: its folder is writable
     try:
-        export(model, meta, float_onnx, "onnx", check=check)
-        quantize_int8(float_onnx, out, meta, faces)
+        export(model, meta, float_onnx, "onnx")
+        return quantize_int8(float_onnx, out, meta, faces)
     finally:
         float_onnx.unlink(missing_ok=True)
-    return out
 
 
 def calibration_faces(training: Any, n: int = 512) -> np.ndarray:
