@@ -132,7 +132,8 @@ def run_hand_arm(arm: Arm, args: argparse.Namespace, runs: Path, budget_s: float
 def random_space(space: Path, out: Path) -> Path:
     """The same space, sampled by Ray's random search with no early stopping."""
     raw = yaml.safe_load(space.read_text())
-    raw["search"] = {**raw.get("search", {}), "algorithm": "random", "scheduler": "none", "stuck_epochs": 0}
+    search = {k: v for k, v in raw.get("search", {}).items() if k != "points_to_evaluate"}  # from chance
+    raw["search"] = {**search, "algorithm": "random", "scheduler": "none", "stuck_epochs": 0}
     path = out / "random.yaml"
     path.write_text(f"# {space.name} with random search and no scheduler (bench_search.py)\n")
     with path.open("a") as f:

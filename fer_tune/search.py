@@ -402,6 +402,7 @@ def _tuner(
 
     from fer_tune.hooks import BestEpochOptunaSearch, BudgetStopper, InSpaceSampler, StopLog, StuckStopper
     from fer_tune.live import LiveReporter
+    from fer_tune.translate import point_params
 
     s = space.search
     slots = s.max_concurrent or _slots(space, cluster)
@@ -421,6 +422,10 @@ def _tuner(
         with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna 5
             warnings.simplefilter("ignore")
             searcher._ot_study.set_metric_names([s.metric])  # the dashboard shows val_acc
+        if phase == 1 and not searcher._ot_study.trials:
+            # Not Ray's points_to_evaluate: OptunaSearch would enqueue them again into the study it reopens.
+            for point in s.points_to_evaluate:
+                searcher._ot_study.enqueue_trial(point_params(space, point))
         param_space: dict[str, Any] = {}
     else:
         search_alg = BasicVariantGenerator(random_state=s.seed, max_concurrent=slots)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numbers
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fer_tune.errors import ConfigError, check
@@ -41,6 +41,9 @@ class SearchSettings:
     # `--retrain`'s epochs, fixed in advance (None: the best config's own train.epochs); a search may rank
     # configs at fewer epochs than its final model trains for
     retrain_epochs: int | None = None
+    # configs tried first (partial run configs; the rest is sampled): recipes known to be good, so that a
+    # short search starts from them instead of from chance (Optuna's enqueue_trial; checked against the space)
+    points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -93,8 +96,14 @@ def _parse_search(raw: Any) -> SearchSettings:
             s.trial_timeout_s = parse_duration(value, k)
         elif key == "scheduler":
             _parse_scheduler(value, s)
+        elif key == "points_to_evaluate":
+            value = [] if value is None else value
+            check(isinstance(value, list), k, f"expected a list of configs, got {value!r}")
+            for i, point in enumerate(value):
+                check(isinstance(point, Mapping), f"{k}.{i}", f"expected a config mapping, got {point!r}")
+            s.points_to_evaluate = [dict(p) for p in value]
         else:
-            known = [*simple, "time_budget", "trial_timeout", "scheduler"]
+            known = [*simple, "time_budget", "trial_timeout", "scheduler", "points_to_evaluate"]
             raise ConfigError(f"{k}: unknown key; known keys: {', '.join(known)}")
     check(s.algorithm in ALGORITHMS, "search.algorithm", f"must be one of {ALGORITHMS}, got {s.algorithm!r}")
     if "num_samples" not in raw:

@@ -11,6 +11,7 @@ import json
 import math
 from typing import Any
 
+from fer_tune.errors import ConfigError, check
 from fer_tune.spaces import _PRIMITIVE, Dist, Space
 
 
@@ -58,6 +59,49 @@ def sample(space: Space, n: int = 3, seed: int = 0) -> list[dict[str, Any]]:
             study.enqueue_trial(fixed)
         configs += [fn(study.ask()) for _ in range(n + 2)]
     return configs
+
+
+def point_params(space: Space, point: dict[str, Any], key: str = "point") -> dict[str, Any]:
+    """The Optuna parameters (`train/lr`: 0.01) of a partial run config tried first (`points_to_evaluate`).
+
+    Every key it gives must be one the space samples, with a value the space could draw (`key` names the point
+    in errors); keys it leaves out are sampled as usual.
+    """
+    flat = _flatten(point)
+    arch_node = space.groups.get("model", {}).get("arch")
+    arch = flat.get("model.arch", arch_node)
+    if not isinstance(arch_node, Dist):
+        check(arch == arch_node, f"{key}.model.arch", f"{arch!r}: this space's arch is {arch_node!r}")
+    elif "model.arch" not in flat and space.families:
+        raise ConfigError(f"{key}.model.arch: missing; the space samples it ({list(arch_node.args)})")
+    params: dict[str, Any] = {}
+    used: set[str] = set()
+    for d in space.dists():
+        parts = d.path.split(".")
+        if parts[:2] == ["model", "families"] and parts[2] != arch:
+            continue
+        k = config_key(d)
+        head, _, last = k.rpartition(".")
+        if k in flat:
+            value = flat[k]
+        elif last.isdigit() and isinstance(flat.get(head), list) and int(last) < len(flat[head]):
+            value, k = flat[head][int(last)], head  # a per-layer width of the list the point gives
+        else:
+            continue
+        check(_contains(d, value), f"{key}.{config_key(d)}", f"{value!r} not in {d.kind} {list(d.args)}")
+        params[d.name] = _encode(value) if d.kind in ("choice", "grid") else value
+        used.add(k)
+    for k in flat:
+        check(k in used or k == "model.arch", f"{key}.{k}", "not a key this space samples")
+    return params
+
+
+def _flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        path = f"{prefix}{k}"
+        out |= _flatten(v, f"{path}.") if isinstance(v, dict) else {path: v}
+    return out
 
 
 class DefineByRun:

@@ -28,7 +28,7 @@ def test_cpu_space_fits_a_cpu_evening() -> None:
     # ASHA's rungs (2, 6) leave most configs at 2 epochs: many configs fit 45 minutes
     assert space.search.grace_period * space.search.reduction_factor < space.max_epochs()
     # the final model trains longer than the search ranks configs
-    assert space.search.retrain_epochs == 25 > space.max_epochs()
+    assert space.search.retrain_epochs == 28 > space.max_epochs()
     archs = set()
     for config in space.sample(n=8, seed=3):
         cfg = RunConfig.from_dict(config)
@@ -38,6 +38,8 @@ def test_cpu_space_fits_a_cpu_evening() -> None:
         assert stats["params"] < 3e6 and stats["macs"] < 30e6, (config["model"], stats)
         assert cfg.augment.crop == 40 and cfg.train.train_on == "Training"
     assert archs == {"cnn", "vgg"}
+    # the two recipes tried first lie in the space and build valid configs
+    assert [p["model"]["arch"] for p in space.search.points_to_evaluate] == ["vgg", "vgg"]
 
 
 def test_warmup_default_fits_one_epoch() -> None:
@@ -60,8 +62,11 @@ def small_csv(tmp_path_factory) -> Path:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_search_then_retrain_in_one_command(ray_cluster, small_csv, tmp_path, capsys) -> None:
-    # the search ranks configs at 3 epochs; its final model trains for 2 (the space's retrain_epochs)
-    (tmp_path / "tiny.yaml").write_text(TINY_SPACE.replace("search:\n", "search:\n  retrain_epochs: 2\n"))
+    # the search ranks configs at 3 epochs; its final model trains for 2 (the space's retrain_epochs); it
+    # starts from a given recipe (its other keys sampled)
+    point = "  points_to_evaluate:\n    - {model: {kernels: [8, 16]}, train: {lr: 0.0123}}\n"
+    text = TINY_SPACE.replace("search:\n", "search:\n  retrain_epochs: 2\n" + point)
+    (tmp_path / "tiny.yaml").write_text(text)
     argv = ["--space", str(tmp_path / "tiny.yaml"), "--data", str(small_csv), "--gpus", "0"]
     argv += ["--results", str(tmp_path / "results"), "--retrain", "2"]
     assert main(argv) == 0
@@ -72,6 +77,9 @@ def test_search_then_retrain_in_one_command(ray_cluster, small_csv, tmp_path, ca
     metrics = json.loads((final / "metrics.json").read_text())
     assert metrics["seeds"] == [0, 1] and metrics["train_on"] == "Training"
     assert metrics["provenance"]["search"].endswith(folder.name) and metrics["provenance"]["rank"] == 1
+    params = [json.loads(p.read_text()) for p in folder.glob("trial_*/params.json")]
+    assert len(params) == 4
+    assert [c["model"]["kernels"] for c in params if c["train"]["lr"] == 0.0123] == [[8, 16]]
     best = RunConfig.from_yaml(folder / "best_config.yaml").to_dict()
     assert best["train"]["epochs"] == 3 and metrics["config"]["train"]["epochs"] == 2
     best["train"]["epochs"] = 2

@@ -147,6 +147,31 @@ INVALID = [
     ("model: {arch: cnn}\nsearch: {metric: lr}\n", "search.mode", "required"),
     ("model: {arch: cnn}\nsearch: {stuck_epochs: 1}\n", "search.stuck_epochs", "0 or >= 2"),
     ("model: {arch: cnn}\nsearch: {retrain_epochs: 0}\n", "search.retrain_epochs", "must be >= 1"),
+    ("model: {arch: cnn}\nsearch: {points_to_evaluate: {lr: 1}}\n", "search.points_to_evaluate", "a list"),
+    (
+        "model: {arch: cnn}\ntrain: {lr: {loguniform: [0.001, 0.1]}}\n"
+        "search: {points_to_evaluate: [{train: {lr: 0.5}}]}\n",
+        "search.points_to_evaluate.0.train.lr",
+        "0.5 not in loguniform",
+    ),
+    (
+        "model: {arch: cnn}\ntrain: {lr: {loguniform: [0.001, 0.1]}}\n"
+        "search: {points_to_evaluate: [{train: {wd: 0.1}}]}\n",
+        "search.points_to_evaluate.0.train.wd",
+        "not a key this space samples",
+    ),
+    (
+        "model:\n  arch: {choice: [cnn, vgg]}\n  families: {cnn: {dropout: {uniform: [0, 0.5]}}}\n"
+        "search: {points_to_evaluate: [{model: {dropout: 0.1}}]}\n",
+        "search.points_to_evaluate.0.model.arch",
+        "missing",
+    ),
+    (
+        "model: {arch: cnn, dropout: {uniform: [0, 0.5]}}\n"
+        "search: {algorithm: random, points_to_evaluate: [{model: {dropout: 0.1}}]}\n",
+        "search.points_to_evaluate",
+        "needs search.algorithm: optuna",
+    ),
 ]
 
 
