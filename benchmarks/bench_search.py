@@ -4,8 +4,10 @@
         [--num-samples N] [--cpus N]
 
 Runs one after another on this machine, each as the command a user types and each with the same budget:
-  tpe-asha  `fer-tune --space cpu --gpus 0 --time-budget B`: Optuna TPE proposes, ASHA stops weak trials
-  random    the same space with `search.algorithm: random` (Ray's basic variant generator), `scheduler: none`
+  tpe-asha  `fer-tune --space cpu --gpus 0 --time-budget B`: Optuna TPE proposes (after the space's
+            points_to_evaluate), ASHA stops weak trials
+  random    the same space with `search.algorithm: random` (Ray's basic variant generator), `scheduler: none`,
+            from chance (without the space's points_to_evaluate)
   hand      `fer-tune train configs/hand_tuned.yaml`: a student's recipe, the baseline (stopped at B)
 Each arm's anytime curve is the best PublicTest accuracy reached against minutes since its command started
 (a trial's epochs from Ray's result.json timestamps; the hand run's from metrics.csv as its lines appear).

@@ -122,3 +122,17 @@ def test_bench_search_quick_budget_on_tiny_data(small_csv, tmp_path) -> None:
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # random search really is random and unscheduled
     assert "algorithm: random" in (out / "random.yaml").read_text()
+
+
+def test_bench_random_arm_is_the_cpu_space_from_chance(tmp_path) -> None:
+    """The random arm samples the same space, without its starting points (from chance)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_search
+    finally:
+        sys.path.pop(0)
+    cpu = load_space("cpu")
+    random = load_space(bench_search.random_space(Path(cpu.source), tmp_path))
+    assert random.search.algorithm == "random" and random.search.scheduler == "none"
+    assert cpu.search.points_to_evaluate and not random.search.points_to_evaluate
+    assert random.groups == cpu.groups
