@@ -328,7 +328,6 @@ def _check_space(space: Space) -> None:
     check(r.cpus_per_trial > 0 or gpu, "resources.cpus_per_trial", "a trial needs some CPU or GPU")
     if s.max_t is not None and s.scheduler == "asha":
         check(s.grace_period <= s.max_t, "search.scheduler.grace_period", f"must be <= max_t={s.max_t}")
-    # Sampled configs must be valid run configs: every family, every distribution at both ends.
     if s.points_to_evaluate:
         from fer_tune.translate import point_params
 
@@ -337,6 +336,7 @@ def _check_space(space: Space) -> None:
         check(s.algorithm == "optuna", key, f"needs search.algorithm: optuna, not {s.algorithm}")
         for i, point in enumerate(s.points_to_evaluate):
             point_params(space, point, f"search.points_to_evaluate.{i}")
+    # Sampled configs must be valid run configs: every family, every distribution at both ends.
     families = space.families
     for config in space.sample(n=3, seed=s.seed):
         try:
