@@ -2,8 +2,9 @@
 
     python benchmarks/face_framing.py [DATA] [--n 2000] [--upscale 4]
 
-Each of N FER2013 faces (default: the PrivateTest split of the shared copy) is upscaled (cubic), padded with
-its own edge pixels on every side (the detector's box is larger than the crop), and given to the detector.
+Each of N FER2013 faces (default: the shared copy's `test` folder, which holds PublicTest) is upscaled
+(cubic), padded with its own edge pixels on every side (the detector's box is larger than the crop), and
+given to the detector.
 For every face found (the largest box), the FER2013 crop is expressed in units of the box's width: its side
 (`scale`) and its centre's offset from the box's centre (`dx`, `dy`). Prints the detection rate, the median
 and quartiles of each, and the `FRAMING` line to paste.

@@ -426,7 +426,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except FerTuneError as e:
-        # One line, no traceback: the message already names the file, row or key.
+        # One line, no traceback: the message already names the file, row or key. Last, after anything
+        # still buffered on stdout (a log that takes both streams).
+        sys.stdout.flush()
         print(f"fer-tune: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -20,7 +20,7 @@ from fer_tune.errors import DataError
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 CASCADE = "haarcascade_frontalface_default.xml"
 # FER2013 crop of a detector box (x, y, w, h): side = SCALE * w, centre = box centre + (DX, DY) * w.
-# Medians over the 1,503 of 2,000 FER2013 PrivateTest faces (upscaled 4x) the cascade found
+# Medians over the 1,503 of 2,000 FER2013 PublicTest faces (upscaled 4x) the cascade found
 # (benchmarks/face_framing.py, 2026-11-30; quartiles of scale 0.97..1.11): FER2013's faces were cut around
 # nearly the cascade's own box: consistent with the dataset's report that its faces were cut with OpenCV's
 # face detection. A scale near 1 is measured, not assumed: other detectors' boxes are looser.

@@ -477,6 +477,9 @@ def _tuner(
             stop=stop,
             callbacks=callbacks,
             progress_reporter=LiveReporter(),  # draws the view _fit installs (fer_tune.live)
+            # Ray's default depends on RAY_AIR_NEW_OUTPUT when this is built: "0" (set by _fit, so for any
+            # later search in this process or its children) makes it 3, every trial's result every 5 s.
+            verbose=1,
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),

@@ -61,9 +61,11 @@ def small_csv(tmp_path_factory) -> Path:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_search_then_retrain_in_one_command(ray_cluster, small_csv, tmp_path, capsys) -> None:
+def test_search_then_retrain_in_one_command(ray_cluster, small_csv, tmp_path, capsys, monkeypatch) -> None:
     # the search ranks configs at 3 epochs; its final model trains for 2 (the space's retrain_epochs); it
     # starts from a given recipe (its other keys sampled)
+    # the output engine an earlier search in this process chose: Ray's default verbosity dumps every result
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")
     point = "  points_to_evaluate:\n    - {model: {kernels: [8, 16]}, train: {lr: 0.0123}}\n"
     text = TINY_SPACE.replace("search:\n", "search:\n  retrain_epochs: 2\n" + point)
     (tmp_path / "tiny.yaml").write_text(text)
@@ -71,6 +73,7 @@ def test_search_then_retrain_in_one_command(ray_cluster, small_csv, tmp_path, ca
     argv += ["--results", str(tmp_path / "results"), "--retrain", "2"]
     assert main(argv) == 0
     out = capsys.readouterr().out
+    assert "Result for" not in out
     (folder,) = (tmp_path / "results").iterdir()  # the generated name: space name and time
     assert folder.name.startswith("tiny-") and f"-> {folder / 'final'}" in out
     final = folder / "final"
