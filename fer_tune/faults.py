@@ -10,7 +10,9 @@
   continues it.
 - `good_checkpoint`: Ray's latest checkpoint of a trial, or, when that one is truncated or corrupt (a crash
   while it was written), the newest readable one before it.
-- `check_experiment_state`: the newest Ray experiment state of a search to be resumed is whole JSON.
+- `check_experiment_state`: the newest Ray experiment state of a search to be resumed is whole JSON; when a
+  crash cut it short (Ray copies it into the search folder in place), the whole copy `keep_whole_state`
+  made of the last snapshot is put back.
 - `interrupts`: SIGTERM stops a search as Ctrl-C does, and a second Ctrl-C while Ray saves its state is
   absorbed instead of cutting that save short.
 """
@@ -192,18 +194,74 @@ def heal_stale_checkpoint(trial: Any) -> str | None:
 # -- Ray's experiment state ----------------------------------------------------------------------------------
 
 
-def check_experiment_state(experiment: Path) -> None:
-    """One line naming the newest `experiment_state-*.json` when it is not whole JSON (a crash while Ray wrote
-    it), and what to do; Ray itself would fail with a JSON traceback."""
+def whole_copy(state: Path) -> Path:
+    """Where `keep_whole_state` keeps the last whole version of an experiment-state file (hidden from Ray)."""
+    return state.with_name(f".{state.name}.whole")
+
+
+def _whole_state(text: bytes | str) -> dict:
+    raw = json.loads(text)
+    if not isinstance(raw, dict) or not isinstance(raw.get("trial_data"), list):
+        raise ValueError("no trial_data list")
+    return raw
+
+
+def keep_whole_state(experiment: Path, seen: dict[str, Any]) -> None:
+    """Copy the newest `experiment_state-*.json` beside itself, atomically, each time it changes and is whole.
+
+    Ray writes the snapshot in a staging folder and then copies it over the one in the search folder in place,
+    so a SIGKILL (or power cut) during that copy leaves it cut short, and with it the only record of which
+    trials finished. Called by the driver at every step of Ray's loop; `seen` remembers the version copied.
+    """
     states = sorted(experiment.glob("experiment_state-*.json"))
     if not states:
         return
     newest = states[-1]
     try:
-        raw = json.loads(newest.read_text())
-        if not isinstance(raw, dict) or not isinstance(raw.get("trial_data"), list):
-            raise ValueError("no trial_data list")
+        st = newest.stat()
+        key = (newest.name, st.st_mtime_ns, st.st_size)
+        if seen.get("state") == key:
+            return
+        text = newest.read_bytes()
+        _whole_state(text)
+    except (OSError, ValueError):
+        return  # being copied right now: the next step sees it whole
+    copy = whole_copy(newest)
+    tmp = copy.with_name(copy.name + ".tmp")
+    try:
+        tmp.write_bytes(text)
+        os.replace(tmp, copy)
+        seen["state"] = key
+    except OSError:  # a full or read-only disk: Ray's own writes report it (StorageFault)
+        tmp.unlink(missing_ok=True)
+
+
+def check_experiment_state(experiment: Path) -> None:
+    """The newest `experiment_state-*.json` must be whole JSON before Ray reads it (Ray would fail with a JSON
+    traceback). Cut short by a crash while Ray copied it: the whole copy of the last snapshot replaces it (a
+    note on stderr); without one, one line naming it and what to do."""
+    states = sorted(experiment.glob("experiment_state-*.json"))
+    if not states:
+        return
+    newest = states[-1]
+    try:
+        _whole_state(newest.read_text())
     except (OSError, ValueError) as e:
+        copy = whole_copy(newest)
+        try:
+            text = copy.read_bytes()
+            _whole_state(text)
+        except (OSError, ValueError):
+            pass
+        else:
+            tmp = newest.with_name(f".{newest.name}.tmp")
+            tmp.write_bytes(text)
+            os.replace(tmp, newest)
+            print(
+                f"fer-tune: {newest}: cut short by a crash ({e}); resuming from its last whole snapshot",
+                file=sys.stderr,
+            )
+            return
         todo = (
             f"move it aside to resume from the older snapshot {states[-2].name}"
             if len(states) > 1

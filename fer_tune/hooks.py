@@ -36,7 +36,7 @@ from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import TimeoutStopper, TrialPlateauStopper
 
-from fer_tune.faults import heal_stale_checkpoint, mark_loop_running, raise_if_storage_fault
+from fer_tune.faults import heal_stale_checkpoint, keep_whole_state, mark_loop_running, raise_if_storage_fault
 from fer_tune.folder import FOLDER_ENV, STOPPED_BY_FILE, SearchFolder
 from fer_tune.results import STUCK, TIME_BUDGET, TIMED_OUT
 
@@ -279,6 +279,8 @@ class StopLog(Callback):
             self._stop_hung(trials)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if trials and _local(trials[0]):
+            keep_whole_state(Path(trials[0].path).parent, self.__dict__.setdefault("_fer_state", {}))
         if self.stopper is None or not self.stopper.fired or self.logged:
             return
         self.logged = True
@@ -299,7 +301,7 @@ class StopLog(Callback):
         return self.__dict__.setdefault("_fer_seen", {})
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_fer_seen", "_fer_checked")}
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_fer_")}  # this process's
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._seen()[trial.trial_id] = time.monotonic()
@@ -333,11 +335,16 @@ class StopLog(Callback):
         _check_storage(trial)  # --max-failures: a retry would fail the same way
 
 
-def _check_storage(trial: Any) -> None:
-    """StorageFault when the trial's experiment folder is on a local disk that refuses writes."""
+def _local(trial: Any) -> bool:
+    """Whether the trial's experiment folder is on a local disk (not in an object store)."""
     from pyarrow.fs import LocalFileSystem
 
-    if isinstance(trial.storage.storage_filesystem, LocalFileSystem):  # an object store: no disk to probe
+    return isinstance(trial.storage.storage_filesystem, LocalFileSystem)
+
+
+def _check_storage(trial: Any) -> None:
+    """StorageFault when the trial's experiment folder is on a local disk that refuses writes."""
+    if _local(trial):  # an object store: no disk to probe
         raise_if_storage_fault(Path(trial.path).parent)
 
 

@@ -28,7 +28,13 @@ import fer_tune
 from fer_tune.cli import main
 from fer_tune.data import save_csv
 from fer_tune.errors import DataError
-from fer_tune.faults import good_checkpoint, heal_stale_checkpoint
+from fer_tune.faults import (
+    check_experiment_state,
+    good_checkpoint,
+    heal_stale_checkpoint,
+    keep_whole_state,
+    whole_copy,
+)
 from fer_tune.folder import SearchFolder, SearchState
 from fer_tune.results import load_results
 from fer_tune.spaces import parse_space
@@ -122,6 +128,23 @@ def test_a_cut_experiment_state_stops_resume_with_one_line(tmp_path: Path, capsy
     (folder / "experiment_state-2026-01-01_00-00-00.json").unlink()
     assert main(["resume", str(folder)]) == 2
     assert "it is the only snapshot, so the search cannot continue" in one_line(capsys)
+
+
+def test_a_cut_experiment_state_is_put_back_from_its_whole_copy(tmp_path: Path, capsys) -> None:
+    folder = search_folder(tmp_path)
+    state = folder / "experiment_state-2026-01-01_00-00-00.json"
+    whole, seen = state.read_text(), {}
+    keep_whole_state(folder.path, seen)  # what the driver does at each step of Ray's loop
+    assert whole_copy(state).read_text() == whole
+    copied = whole_copy(state).stat().st_mtime_ns
+    keep_whole_state(folder.path, seen)  # unchanged: not copied again
+    assert whole_copy(state).stat().st_mtime_ns == copied
+    state.write_text(whole[:9])  # SIGKILL while Ray copied the next snapshot over it
+    keep_whole_state(folder.path, seen)  # a cut file is never kept
+    assert whole_copy(state).read_text() == whole
+    check_experiment_state(folder.path)  # what resume does first
+    assert state.read_text() == whole
+    assert capsys.readouterr().err.startswith(f"fer-tune: {state}: cut short by a crash (")
 
 
 @pytest.fixture(scope="module")
