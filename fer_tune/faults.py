@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -206,13 +208,18 @@ def _whole_state(text: bytes | str) -> dict:
     return raw
 
 
-def keep_whole_state(experiment: Path, seen: dict[str, Any]) -> None:
+def keep_whole_state(experiment: Path, seen: dict[str, Any], every_s: float = 1.0) -> None:
     """Copy the newest `experiment_state-*.json` beside itself, atomically, each time it changes and is whole.
 
     Ray writes the snapshot in a staging folder and then copies it over the one in the search folder in place,
     so a SIGKILL (or power cut) during that copy leaves it cut short, and with it the only record of which
-    trials finished. Called by the driver at every step of Ray's loop; `seen` remembers the version copied.
+    trials finished. Called by the driver at every step of Ray's loop, it looks at most every `every_s`
+    seconds; `seen` remembers when, and the version copied.
     """
+    now = time.monotonic()
+    if now - seen.get("at", -math.inf) < every_s:
+        return
+    seen["at"] = now
     states = sorted(experiment.glob("experiment_state-*.json"))
     if not states:
         return
@@ -255,8 +262,11 @@ def check_experiment_state(experiment: Path) -> None:
             pass
         else:
             tmp = newest.with_name(f".{newest.name}.tmp")
-            tmp.write_bytes(text)
-            os.replace(tmp, newest)
+            try:
+                tmp.write_bytes(text)
+                os.replace(tmp, newest)
+            except OSError as w:
+                raise DataError(f"{newest}: cut short by a crash; cannot put back {copy.name}: {w}") from None
             print(
                 f"fer-tune: {newest}: cut short by a crash ({e}); resuming from its last whole snapshot",
                 file=sys.stderr,

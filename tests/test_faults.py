@@ -134,13 +134,17 @@ def test_a_cut_experiment_state_is_put_back_from_its_whole_copy(tmp_path: Path, 
     folder = search_folder(tmp_path)
     state = folder / "experiment_state-2026-01-01_00-00-00.json"
     whole, seen = state.read_text(), {}
-    keep_whole_state(folder.path, seen)  # what the driver does at each step of Ray's loop
+    keep_whole_state(folder.path, seen, every_s=0)  # what the driver does as Ray's loop runs
     assert whole_copy(state).read_text() == whole
     copied = whole_copy(state).stat().st_mtime_ns
-    keep_whole_state(folder.path, seen)  # unchanged: not copied again
+    keep_whole_state(folder.path, seen, every_s=0)  # unchanged: not copied again
     assert whole_copy(state).stat().st_mtime_ns == copied
     state.write_text(whole[:9])  # SIGKILL while Ray copied the next snapshot over it
-    keep_whole_state(folder.path, seen)  # a cut file is never kept
+    keep_whole_state(folder.path, seen, every_s=0)  # a cut file is never kept
+    state.write_text(whole.replace("[]", "[[]]"))  # a newer whole snapshot, but looked at too soon after
+    keep_whole_state(folder.path, seen)
+    assert whole_copy(state).read_text() == whole
+    state.write_text(whole[:9])
     assert whole_copy(state).read_text() == whole
     check_experiment_state(folder.path)  # what resume does first
     assert state.read_text() == whole
