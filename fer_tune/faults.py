@@ -201,11 +201,11 @@ def whole_copy(state: Path) -> Path:
     return state.with_name(f".{state.name}.whole")
 
 
-def _whole_state(text: bytes | str) -> dict:
+def _check_whole(text: bytes | str) -> None:
+    """ValueError unless `text` is a whole experiment state (JSON with its `trial_data` list)."""
     raw = json.loads(text)
     if not isinstance(raw, dict) or not isinstance(raw.get("trial_data"), list):
         raise ValueError("no trial_data list")
-    return raw
 
 
 def keep_whole_state(experiment: Path, seen: dict[str, Any], every_s: float = 1.0) -> None:
@@ -230,17 +230,16 @@ def keep_whole_state(experiment: Path, seen: dict[str, Any], every_s: float = 1.
         if seen.get("state") == key:
             return
         text = newest.read_bytes()
-        _whole_state(text)
+        _check_whole(text)
     except (OSError, ValueError):
         return  # being copied right now: the next step sees it whole
-    copy = whole_copy(newest)
-    tmp = copy.with_name(copy.name + ".tmp")
+    from fer_tune.checkpoint import atomic_write  # torch: already loaded in the driver
+
     try:
-        tmp.write_bytes(text)
-        os.replace(tmp, copy)
+        atomic_write(whole_copy(newest), lambda f: f.write(text))
         seen["state"] = key
-    except OSError:  # a full or read-only disk: Ray's own writes report it (StorageFault)
-        tmp.unlink(missing_ok=True)
+    except OutputError:  # a full or read-only disk: Ray's own writes report it (StorageFault)
+        pass
 
 
 def check_experiment_state(experiment: Path) -> None:
@@ -252,21 +251,18 @@ def check_experiment_state(experiment: Path) -> None:
         return
     newest = states[-1]
     try:
-        _whole_state(newest.read_text())
+        _check_whole(newest.read_text())
     except (OSError, ValueError) as e:
         copy = whole_copy(newest)
         try:
             text = copy.read_bytes()
-            _whole_state(text)
+            _check_whole(text)
         except (OSError, ValueError):
             pass
         else:
-            tmp = newest.with_name(f".{newest.name}.tmp")
-            try:
-                tmp.write_bytes(text)
-                os.replace(tmp, newest)
-            except OSError as w:
-                raise DataError(f"{newest}: cut short by a crash; cannot put back {copy.name}: {w}") from None
+            from fer_tune.checkpoint import atomic_write
+
+            atomic_write(newest, lambda f: f.write(text))  # a disk that refuses it: one OutputError line
             print(
                 f"fer-tune: {newest}: cut short by a crash ({e}); resuming from its last whole snapshot",
                 file=sys.stderr,
