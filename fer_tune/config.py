@@ -86,6 +86,17 @@ class TrainConfig:
         "auto | bf16 | fp16 | fp32; auto: bf16 on GPUs of compute capability >= 8, fp16 with a "
         "gradient scaler on older ones; on CPU bf16 with Intel AMX, else fp32",
     )
+    teacher: str | None = _field(
+        None,
+        str,
+        "distil from this trained model (a run folder, model.pt, or a retrain folder: its seed ensemble): "
+        "the loss becomes (1 - distill_alpha) * the classification loss + distill_alpha * the teacher's",
+        optional=True,
+    )
+    distill_alpha: float = _field(0.9, float, "with a teacher: its share of the loss, in [0, 1]")
+    distill_temperature: float = _field(
+        2.0, float, "with a teacher: both softmaxes' temperature; the KL term is scaled by its square"
+    )
 
     def __post_init__(self) -> None:
         p = "train"
@@ -130,6 +141,9 @@ class TrainConfig:
             value = getattr(self, key)
             check(value in allowed, f"{p}.{key}", f"must be one of {allowed}, got {value!r}")
         check(0 <= self.focal_gamma <= 10, f"{p}.focal_gamma", f"must be in [0, 10], got {self.focal_gamma}")
+        alpha, temp = self.distill_alpha, self.distill_temperature
+        check(0 <= alpha <= 1, f"{p}.distill_alpha", f"must be in [0, 1], got {alpha}")
+        check(0 < temp <= 100, f"{p}.distill_temperature", f"must be in (0, 100], got {temp}")
 
     @property
     def train_usages(self) -> tuple[str, ...]:

@@ -30,6 +30,9 @@ DETECT_SIDE = 960  # longer side (px) an image is shrunk to before detection: Ha
 # the model learned from. The cascade's time grows fast as this shrinks: its first scale is its largest image.
 MIN_FACE = 40
 CASCADE_WINDOW = 24  # the cascade's own window (px): the smallest face it can find in the image it is given
+# Ratio between the cascade's successive window sizes: its time grows about as 1 / log(SCALE_STEP) (one image
+# per size), and each size finds faces within a band around it (benchmarks/bench_detect.py measures both).
+SCALE_STEP = 1.1
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,9 @@ def _cv2() -> Any:
 class FaceDetector:
     """OpenCV's frontal-face cascade; `detect(gray)` gives FER2013-framed boxes, largest first."""
 
-    def __init__(self, min_face: int = MIN_FACE, detect_side: int = DETECT_SIDE) -> None:
+    def __init__(
+        self, min_face: int = MIN_FACE, detect_side: int = DETECT_SIDE, scale_step: float = SCALE_STEP
+    ) -> None:
         cv2 = _cv2()
         path = os.path.join(cv2.data.haarcascades, CASCADE)
         self.cascade = cv2.CascadeClassifier(path)
@@ -63,7 +68,7 @@ class FaceDetector:
             raise DataError(
                 f"{path}: OpenCV cannot read its face cascade (opencv-python-headless 5 has none)"
             )
-        self.min_face, self.detect_side = min_face, detect_side
+        self.min_face, self.detect_side, self.scale_step = min_face, detect_side, scale_step
 
     def raw_boxes(self, gray: np.ndarray) -> np.ndarray:
         """The detector's own boxes (N, 4) as x, y, w, h floats in `gray`'s pixels, largest first."""
@@ -74,7 +79,9 @@ class FaceDetector:
         if shrink < 1.0:
             small = cv2.resize(gray, (round(w * shrink), round(h * shrink)), interpolation=cv2.INTER_AREA)
         side = max(CASCADE_WINDOW, round(self.min_face * shrink))
-        found = self.cascade.detectMultiScale(small, scaleFactor=1.1, minNeighbors=5, minSize=(side, side))
+        found = self.cascade.detectMultiScale(
+            small, scaleFactor=self.scale_step, minNeighbors=5, minSize=(side, side)
+        )
         boxes = np.asarray(found, dtype=np.float64).reshape(-1, 4) / shrink
         return boxes[np.argsort(-boxes[:, 2], kind="stable")]
 

@@ -128,6 +128,10 @@ class Predictor:
             self._detector = FaceDetector()
         return self._detector
 
+    @detector.setter
+    def detector(self, detector: FaceDetector) -> None:
+        self._detector = detector
+
     def predict_crops(self, crops: np.ndarray, tta: str = "none") -> np.ndarray:
         """Probabilities (N, 7) float32 of uint8 face crops (N, 48, 48), in batches of 256."""
         images = torch.from_numpy(np.ascontiguousarray(crops, dtype=np.uint8)).to(self.device)

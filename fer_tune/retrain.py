@@ -20,6 +20,7 @@ import yaml
 
 from fer_tune.config import RunConfig
 from fer_tune.data import FER2013, USAGES, load_fer2013
+from fer_tune.ensemble import model_files
 from fer_tune.errors import ConfigError, DataError, check_writable
 from fer_tune.evaluate import (
     evaluate_dir,
@@ -40,8 +41,17 @@ def _provenance(path: Path) -> dict[str, Any] | None:
     return dict(prov) if isinstance(prov, Mapping) else prov
 
 
-def _with(cfg: RunConfig, *, epochs: int | None = None, train_on: str | None = None, seed: int | None = None):
+def _with(
+    cfg: RunConfig,
+    *,
+    epochs: int | None = None,
+    train_on: str | None = None,
+    seed: int | None = None,
+    teacher: str | None = None,
+) -> RunConfig:
     d = cfg.to_dict()
+    if teacher is not None:
+        d["train"]["teacher"] = teacher
     if epochs is not None:
         d["train"]["epochs"] = epochs
     if train_on is not None:
@@ -121,12 +131,15 @@ def retrain(
     device: str | None = None,
     jobs: int = 1,
     resume: bool = False,
+    teacher: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train `config_path` with seeds seed..seed+seeds-1 into `out_dir/seed_<s>` and evaluate every split.
 
     `resume` continues each seed from its `checkpoint.pt` when there is one (a finished seed trains no
     further; a crashed one goes on from its last epoch, with its random state), so an interrupted retrain
     ends with the metrics of an uninterrupted one.
+
+    `teacher` (sets `train.teacher`) distils each seed from that model, e.g. another retrain's ensemble.
 
     `jobs` > 1 trains that many seeds at once in separate processes (small models share one GPU better than
     they use it alone: see `fer_tune.packing`); the data must then be a path, which each process loads.
@@ -141,7 +154,14 @@ def retrain(
         raise ConfigError(f"seeds: must be >= 1, got {seeds}")
     if jobs < 1:
         raise ConfigError(f"jobs: must be >= 1, got {jobs}")
-    cfg = _with(RunConfig.from_yaml(config_path), epochs=epochs, train_on=train_on)
+    teacher = None if teacher is None else str(teacher)
+    cfg = _with(RunConfig.from_yaml(config_path), epochs=epochs, train_on=train_on, teacher=teacher)
+    if cfg.train.teacher is not None:
+        files = model_files(cfg.train.teacher)  # a missing teacher fails before anything is parsed
+        if any(out.resolve() in f.resolve().parents for f in files):
+            raise ConfigError(
+                f"train.teacher: {cfg.train.teacher} lies in --out {out}: retraining would overwrite it"
+            )
     provenance = _provenance(config_path)
     check_writable(out, "--out")  # before the data is parsed and anything trained
     ds = data if isinstance(data, FER2013) else load_fer2013(data)

@@ -34,6 +34,8 @@ from fer_tune.checkpoint import ReportFn, model_meta, restore, save_epoch
 from fer_tune.config import RunConfig, TrainConfig, as_run_config
 from fer_tune.data import EMOTIONS, FER2013
 from fer_tune.device import Precision, setup_device
+from fer_tune.distill import Teacher, distill_loss, load_teacher
+from fer_tune.ensemble import model_files
 from fer_tune.errors import DataError
 from fer_tune.metrics import METRIC_KEYS, METRIC_MODES, scores  # noqa: F401  (METRIC_MODES re-exported)
 from fer_tune.models import build_model
@@ -202,12 +204,14 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     bar: Any = None,
     weight: torch.Tensor | None = None,
+    teacher: Teacher | None = None,
 ) -> dict[str, float]:
     """One pass over the training images in randperm batches (the last partial batch is dropped).
 
     With fp16 `scaler` scales the loss (and skips steps whose gradients overflowed, as GradScaler does).
     `weight`: per-class loss weights. `train.sampler: balanced` draws the epoch's n images with replacement,
-    each class equally often, instead of a permutation.
+    each class equally often, instead of a permutation. With a `teacher`, `train.distill_alpha` of the loss is
+    `distill_loss` against its output on the same augmented batch.
     """
     model.train()
     dev, n = images.device, len(labels)
@@ -222,10 +226,14 @@ def train_one_epoch(
         idx = perm[(step - 1) * bs : step * bs]
         x, y_a, y_b, lam = augment_batch(normalize(images[idx], *norm), labels[idx], cfg.augment)
         with amp.autocast():
-            out = model(channels_last(x))
+            x = channels_last(x)
+            out = model(x)
             loss = classification_loss(out, y_a, cfg.train, weight)
             if lam < 1:
                 loss = lam * loss + (1 - lam) * classification_loss(out, y_b, cfg.train, weight)
+            if teacher is not None:
+                soft = distill_loss(out, teacher(x), cfg.train.distill_temperature)
+                loss = (1 - cfg.train.distill_alpha) * loss + cfg.train.distill_alpha * soft
         opt.zero_grad(set_to_none=True)
         if scaler is None:
             loss.backward()
@@ -350,6 +358,7 @@ def run_epoch(
     amp: Precision,
     scaler: torch.amp.GradScaler | None = None,
     progress: bool = False,
+    teacher: Teacher | None = None,
 ) -> dict[str, Any]:
     """Train one epoch, score PublicTest and the clean training sample, step plateau; the metrics."""
     bar = None
@@ -364,7 +373,7 @@ def run_epoch(
     t0 = time.perf_counter()
     try:
         stats = train_one_epoch(
-            model, opt, sched, d.x_train, d.y_train, cfg, d.norm, epoch, amp, scaler, bar, d.weight
+            model, opt, sched, d.x_train, d.y_train, cfg, d.norm, epoch, amp, scaler, bar, d.weight, teacher
         )
     finally:
         if bar is not None:
@@ -432,9 +441,14 @@ def train(
     if threads is not None:
         torch.set_num_threads(threads)
     dev, amp = setup_device(device, cfg.train.precision, gpu_fraction)
-    torch.manual_seed(cfg.seed)
+    if cfg.train.teacher is not None:
+        model_files(cfg.train.teacher)  # a missing teacher fails before the data is put on the device
 
     d = prepare_data(cfg, data, dev)
+    teacher = None
+    if cfg.train.teacher is not None:
+        teacher = load_teacher(cfg.train.teacher, *d.norm, cfg.augment.input_size, dev)
+    torch.manual_seed(cfg.seed)  # after the teacher was built: a student's start is the same with or without
     model = build_model(cfg.model).to(dev, memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg.train)
     sched, plateau = build_schedulers(opt, cfg.train, d.steps_per_epoch(cfg.train.batch_size))
@@ -449,7 +463,7 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         cfg.to_yaml(out / "config.yaml", header="resolved run config (fer-tune train)")
     for epoch in range(len(history) + 1, cfg.train.epochs + 1):
-        metrics = run_epoch(model, opt, sched, plateau, d, cfg, epoch, amp, scaler, progress)
+        metrics = run_epoch(model, opt, sched, plateau, d, cfg, epoch, amp, scaler, progress, teacher)
         history.append(metrics)
         save_epoch(model, opt, (sched, plateau, scaler), cfg, history, d.state, dev, out, report)
 

@@ -126,3 +126,19 @@ def test_cli_evaluate_of_a_retrain_folder(tmp_path, run, data, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["evaluate", str(tmp_path / "empty"), "--data", str(csv)]) == 2
     assert "no model.pt, nor seed_<s>/model.pt" in capsys.readouterr().err
+
+
+def test_cli_evaluate_of_a_retrain_folder_of_one_seed(tmp_path, run, data, capsys):
+    """A one-seed retrain (e.g. a model distilled with `retrain --teacher`) is scored as its one model."""
+    from fer_tune.data import save_csv
+
+    root = _seeds(tmp_path / "distilled", run, n=1)
+    csv = tmp_path / "fer.csv"
+    save_csv(data, csv)
+    assert main(["evaluate", str(root), "--data", str(csv), "--out", str(tmp_path / "eval")]) == 0
+    assert "seed_0/model.pt (cnn, epoch 1)" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["model"] == str(root / "seed_0" / "model.pt") and set(saved["splits"]) == {
+        "Training",
+        "PublicTest",
+    }

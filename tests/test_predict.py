@@ -25,7 +25,11 @@ from fer_tune.predict import load, untrained
 cv2 = pytest.importorskip("cv2")
 skdata = pytest.importorskip("skimage.data")
 
-REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "final"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+REFERENCE = RESULTS / "reference" / "final"
+# Every committed model a user is pointed to: the GPU pilot's and the CPU reference's seed ensembles, and the
+# one model distilled from the latter.
+COMMITTED = [REFERENCE, RESULTS / "cpu-reference" / "final", RESULTS / "cpu-reference" / "distilled"]
 TINY = {"model": {"arch": "cnn", "kernels": [8, 16], "head_width": 0}, "augment": {"crop": 44}, "seed": 0}
 # The astronaut's face (x, y, w, h) in skimage's 512x512 photo, from the detector on the upright photo.
 ASTRONAUT_FACE = (175, 64, 98, 98)
@@ -75,10 +79,11 @@ def read_csv(folder: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_reference_ensemble_finds_the_astronauts_smile(tmp_path, astronaut, capsys):
+@pytest.mark.parametrize("model", COMMITTED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_committed_models_find_the_astronauts_smile(model, tmp_path, astronaut, capsys):
     photo = tmp_path / "photo.jpg"
     Image.fromarray(astronaut).save(photo)
-    code, out, _ = run_cli(REFERENCE, photo, "--out", tmp_path / "annotated", capsys=capsys)
+    code, out, _ = run_cli(model, photo, "--out", tmp_path / "annotated", capsys=capsys)
     assert code == 0
     rows = read_csv(tmp_path / "annotated")
     assert len(rows) == 1 and rows[0]["emotion"] == "happy" and float(rows[0]["happy"]) > 0.5
@@ -280,6 +285,28 @@ def test_bad_model_and_bad_every_are_one_line_errors(tmp_path, run, capsys):
     assert code == 2 and err.count("\n") == 1 and "bad.onnx" in err
     code, _, err = run_cli(run, "x.jpg", "--every", "0", capsys=capsys)
     assert code == 2 and "--every" in err
+    code, _, err = run_cli(run, "x.jpg", "--scale-step", "1", capsys=capsys)
+    assert code == 2 and err.count("\n") == 1 and "--scale-step: must be in (1, 2], got 1.0" in err
+
+
+def test_a_coarser_scale_step_reaches_the_detector_and_finds_the_astronaut(
+    tmp_path, run, astronaut, capsys, monkeypatch
+):
+    steps = []
+    raw_boxes = FaceDetector.raw_boxes
+
+    def spy(self, gray):
+        steps.append(self.scale_step)
+        return raw_boxes(self, gray)
+
+    monkeypatch.setattr(FaceDetector, "raw_boxes", spy)
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(astronaut).save(photo)
+    code, _, _ = run_cli(run, photo, "--out", tmp_path / "o", "--scale-step", "1.15", capsys=capsys)
+    assert code == 0 and steps == [1.15]
+    (row,) = read_csv(tmp_path / "o")
+    assert near(Box(*(int(row[k]) for k in "xywh")), ASTRONAUT_FACE)
+    assert run_cli(run, photo, capsys=capsys)[0] == 0 and steps == [1.15, 1.1]  # the default
 
 
 def test_progress_bar_goes_to_stderr(tmp_path, run, astronaut):
