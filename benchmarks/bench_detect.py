@@ -17,6 +17,7 @@ import argparse
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -55,7 +56,7 @@ def scenes(
                 x < px + ps + pad and px < x + s + pad and y < py + ps + pad and py < y + s + pad
                 for px, py, ps, _ in placed
             ):
-                continue  # overlaps one already placed (heads included)
+                continue  # its head would overlap a face already placed
             face = cv2.resize(faces[k % len(faces)], (s, s), interpolation=cv2.INTER_CUBIC)
             k += 1
             head = cv2.copyMakeBorder(face, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
@@ -73,7 +74,7 @@ def astronaut_gray() -> np.ndarray | None:
     return to_gray(cv2.resize(astronaut(), (W, H), interpolation=cv2.INTER_AREA))
 
 
-def median_ms(fn, image: np.ndarray, repeats: int) -> float:
+def median_ms(fn: Callable[[np.ndarray], object], image: np.ndarray, repeats: int) -> float:
     fn(image)
     times = []
     for _ in range(repeats):

@@ -26,7 +26,7 @@ from torch import nn
 
 from fer_tune.config import RunConfig
 from fer_tune.device import resolve_device
-from fer_tune.errors import ConfigError, DataError, OutputError
+from fer_tune.errors import ConfigError, DataError, FerTuneError, OutputError
 from fer_tune.metrics import METRIC_KEYS
 from fer_tune.models import build_model
 
@@ -127,7 +127,10 @@ def restore(
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint")
     ckpt = read_torch_file(path, "fer-tune checkpoint", CHECKPOINT_KEYS, device)
-    diff = first_difference(cfg.to_dict(), ckpt["config"])
+    saved = ckpt["config"]
+    with contextlib.suppress(FerTuneError, TypeError):  # keys added since the checkpoint: their defaults
+        saved = RunConfig.from_dict(saved).to_dict()
+    diff = first_difference(cfg.to_dict(), saved)
     if diff:
         raise ConfigError(f"{diff}: differs from the config of the checkpoint being resumed ({path})")
     try:

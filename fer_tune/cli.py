@@ -32,7 +32,7 @@ def _data(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from fer_tune.config import RunConfig
     from fer_tune.data import load_fer2013
-    from fer_tune.ensemble import model_files
+    from fer_tune.distill import check_teacher
     from fer_tune.train import train
 
     if args.config is None and args.resume is None:
@@ -46,7 +46,7 @@ def _train(args: argparse.Namespace) -> int:
     if overrides := {k: v for k, v in overrides.items() if v is not None}:
         cfg = RunConfig.from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], **overrides}})
     if cfg.train.teacher is not None:
-        model_files(cfg.train.teacher)  # a missing teacher fails before the data is parsed
+        check_teacher(cfg.train.teacher, out)  # before the data is parsed
     check_writable(out, "--out")  # before the data is parsed: a bad --out costs nothing
     train(cfg, load_fer2013(args.data), out_dir=out, device=args.device, progress=True, resume=args.resume)
     return 0
@@ -202,7 +202,7 @@ def _predict(args: argparse.Namespace) -> int:
     step = args.scale_step
     check(step is None or 1 < step <= 2, "--scale-step", f"must be in (1, 2], got {step}")
     predictor = load(args.model, device=args.device)
-    if step is not None:
+    if step is not None and not args.no_detect:
         predictor.detector = FaceDetector(scale_step=step)
     return predict_files(
         predictor, args.inputs, out=args.out, detect=not args.no_detect, tta=args.tta, every=args.every

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fer_tune.errors import DataError
+from fer_tune.errors import DataError, check
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 CASCADE = "haarcascade_frontalface_default.xml"
@@ -61,6 +61,7 @@ class FaceDetector:
     def __init__(
         self, min_face: int = MIN_FACE, detect_side: int = DETECT_SIDE, scale_step: float = SCALE_STEP
     ) -> None:
+        check(1 < scale_step <= 2, "scale_step", f"must be in (1, 2], got {scale_step}")
         cv2 = _cv2()
         path = os.path.join(cv2.data.haarcascades, CASCADE)
         self.cascade = cv2.CascadeClassifier(path)

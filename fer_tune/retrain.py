@@ -20,7 +20,7 @@ import yaml
 
 from fer_tune.config import RunConfig
 from fer_tune.data import FER2013, USAGES, load_fer2013
-from fer_tune.ensemble import model_files
+from fer_tune.distill import check_teacher
 from fer_tune.errors import ConfigError, DataError, check_writable
 from fer_tune.evaluate import (
     evaluate_dir,
@@ -157,11 +157,7 @@ def retrain(
     teacher = None if teacher is None else str(teacher)
     cfg = _with(RunConfig.from_yaml(config_path), epochs=epochs, train_on=train_on, teacher=teacher)
     if cfg.train.teacher is not None:
-        files = model_files(cfg.train.teacher)  # a missing teacher fails before anything is parsed
-        if any(out.resolve() in f.resolve().parents for f in files):
-            raise ConfigError(
-                f"train.teacher: {cfg.train.teacher} lies in --out {out}: retraining would overwrite it"
-            )
+        check_teacher(cfg.train.teacher, out)  # before anything is parsed or trained
     provenance = _provenance(config_path)
     check_writable(out, "--out")  # before the data is parsed and anything trained
     ds = data if isinstance(data, FER2013) else load_fer2013(data)

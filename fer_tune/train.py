@@ -35,7 +35,6 @@ from fer_tune.config import RunConfig, TrainConfig, as_run_config
 from fer_tune.data import EMOTIONS, FER2013
 from fer_tune.device import Precision, setup_device
 from fer_tune.distill import Teacher, distill_loss, load_teacher
-from fer_tune.ensemble import model_files
 from fer_tune.errors import DataError
 from fer_tune.metrics import METRIC_KEYS, METRIC_MODES, scores  # noqa: F401  (METRIC_MODES re-exported)
 from fer_tune.models import build_model
@@ -231,7 +230,7 @@ def train_one_epoch(
             loss = classification_loss(out, y_a, cfg.train, weight)
             if lam < 1:
                 loss = lam * loss + (1 - lam) * classification_loss(out, y_b, cfg.train, weight)
-            if teacher is not None:
+            if teacher is not None and cfg.train.distill_alpha > 0:
                 soft = distill_loss(out, teacher(x), cfg.train.distill_temperature)
                 loss = (1 - cfg.train.distill_alpha) * loss + cfg.train.distill_alpha * soft
         opt.zero_grad(set_to_none=True)
@@ -441,13 +440,14 @@ def train(
     if threads is not None:
         torch.set_num_threads(threads)
     dev, amp = setup_device(device, cfg.train.precision, gpu_fraction)
-    if cfg.train.teacher is not None:
-        model_files(cfg.train.teacher)  # a missing teacher fails before the data is put on the device
+    teacher = None
+    if cfg.train.teacher is not None:  # read before the data: a bad teacher fails at once
+        teacher = load_teacher(cfg.train.teacher, cfg.augment.input_size, cfg.train.train_usages, dev)
 
     d = prepare_data(cfg, data, dev)
-    teacher = None
-    if cfg.train.teacher is not None:
-        teacher = load_teacher(cfg.train.teacher, *d.norm, cfg.augment.input_size, dev)
+    if teacher is not None:
+        teacher.standardise_for(*d.norm)
+        d.state["teacher"] = teacher.describe()  # model.pt says what it was distilled from
     torch.manual_seed(cfg.seed)  # after the teacher was built: a student's start is the same with or without
     model = build_model(cfg.model).to(dev, memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg.train)

@@ -61,7 +61,8 @@ def test_the_teacher_sees_its_own_normalisation(teachers: Path) -> None:
     model, meta = load_model(teachers / "seed_1" / "model.pt")
     pixels = torch.randint(0, 256, (4, 1, 44, 44)).float()
     own = model((pixels - meta["mean"]) / meta["std"])
-    teacher = load_teacher(teachers / "seed_1", 90.0, 40.0, meta["input_size"], torch.device("cpu"))
+    teacher = load_teacher(teachers / "seed_1", meta["input_size"], ("Training",), torch.device("cpu"))
+    teacher.standardise_for(90.0, 40.0)
     assert teacher.scale != 1.0 and not any(p.requires_grad for p in teacher.parameters())
     torch.testing.assert_close(teacher((pixels - 90.0) / 40.0), own, atol=1e-4, rtol=1e-4)
 
@@ -69,22 +70,25 @@ def test_the_teacher_sees_its_own_normalisation(teachers: Path) -> None:
 def test_alpha_zero_changes_nothing_and_alpha_one_ignores_the_labels(
     tiny_data: FER2013, teachers: Path, tmp_path: Path
 ) -> None:
-    train(tiny(), tiny_data, out_dir=tmp_path / "plain")
     teach = {"teacher": str(teachers)}
-    train(tiny(train={**teach, "distill_alpha": 0.0}), tiny_data, out_dir=tmp_path / "a0")
-    for k, v in weights(
-        tmp_path / "plain"
-    ).items():  # the teacher is built without touching the student's RNG
-        torch.testing.assert_close(weights(tmp_path / "a0")[k], v, rtol=0, atol=0)
-
     wrong = FER2013(tiny_data.images, (tiny_data.labels + 3) % 7, tiny_data.usage, "shuffled labels")
-    train(tiny(train={**teach, "distill_alpha": 1.0}), tiny_data, out_dir=tmp_path / "a1")
-    train(tiny(train={**teach, "distill_alpha": 1.0}), wrong, out_dir=tmp_path / "a1-wrong")
-    moved = False
-    for k, v in weights(tmp_path / "a1").items():  # all it learns is the teacher's: the labels play no part
-        torch.testing.assert_close(weights(tmp_path / "a1-wrong")[k], v, rtol=0, atol=0)
-        moved |= not torch.equal(weights(tmp_path / "plain")[k], v)
-    assert moved
+    runs = {
+        "plain": (tiny(), tiny_data),
+        "alpha 0": (tiny(train={**teach, "distill_alpha": 0.0}), tiny_data),
+        "alpha 1": (tiny(train={**teach, "distill_alpha": 1.0}), tiny_data),
+        "alpha 1, wrong labels": (tiny(train={**teach, "distill_alpha": 1.0}), wrong),
+    }
+    w = {}
+    for name, (cfg, data) in runs.items():
+        train(cfg, data, out_dir=tmp_path / name)
+        w[name] = weights(tmp_path / name)
+    # The teacher is built without touching the student's random state: alpha 0 trains the same weights.
+    for k, v in w["plain"].items():
+        torch.testing.assert_close(w["alpha 0"][k], v, rtol=0, atol=0)
+    # With alpha 1 all the student learns is the teacher's: the labels play no part.
+    for k, v in w["alpha 1"].items():
+        torch.testing.assert_close(w["alpha 1, wrong labels"][k], v, rtol=0, atol=0)
+    assert any(not torch.equal(w["plain"][k], v) for k, v in w["alpha 1"].items())
 
 
 def test_a_student_learns_the_teachers_answers_without_labels(tiny_data: FER2013, teachers: Path) -> None:
@@ -143,7 +147,7 @@ def test_a_teacher_of_another_input_size_names_the_key(tiny_data: FER2013, teach
 def test_a_teacher_inside_the_retrain_folder_is_refused(teachers: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(tiny()))
-    with pytest.raises(ConfigError, match=r"lies in --out .*: retraining would overwrite it"):
+    with pytest.raises(ConfigError, match=r"lies in the output folder .*: training would overwrite it"):
         retrain(cfg, data=tmp_path / "never-read", out_dir=teachers.parent, teacher=teachers)
 
 
@@ -176,3 +180,62 @@ def test_cli_distils_and_a_missing_teacher_is_one_line_before_the_data(
 def test_a_missing_teacher_in_a_config_is_a_data_error(tiny_data: FER2013, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no-teacher: no such model file or folder"):
         train(tiny(train={"teacher": str(tmp_path / "no-teacher")}), tiny_data)
+
+
+def test_the_teacher_stays_frozen_in_eval_mode(
+    tiny_data: FER2013, teachers: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fer_tune.train as train_module
+
+    built = []
+
+    def spy(*args, **kwargs):
+        built.append(load_teacher(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(train_module, "load_teacher", spy)
+    result = train(tiny(2, train={"teacher": str(teachers)}), tiny_data)
+    (teacher,) = built
+    assert not any(m.training for m in teacher.modules())  # batch-norm statistics and dropout frozen
+    saved = {
+        f"members.{i}.{k}": v
+        for i, s in enumerate((1, 2))
+        for k, v in weights(teachers / f"seed_{s}").items()
+    }
+    for k, v in teacher.model.state_dict().items():
+        torch.testing.assert_close(v, saved[k], rtol=0, atol=0)
+    assert result["history"][-1]["epoch"] == 2
+
+
+def test_a_teacher_trained_on_public_test_is_refused_for_a_held_out_student(
+    tiny_data: FER2013, teachers: Path, tmp_path: Path
+) -> None:
+    with pytest.warns(UserWarning, match="PublicTest is trained on"):
+        train(tiny(1, train={"train_on": "Training+PublicTest"}), tiny_data, out_dir=tmp_path / "saw")
+    with pytest.raises(ConfigError, match=r"^train\.teacher: .*saw was trained on PublicTest"):
+        train(tiny(1, train={"teacher": str(tmp_path / "saw")}), tiny_data)
+    with pytest.warns(
+        UserWarning, match="PublicTest is trained on"
+    ):  # a student not held out either: allowed
+        train(tiny(1, train={"teacher": str(tmp_path / "saw"), "train_on": "Training+PublicTest"}), tiny_data)
+
+
+def test_cli_train_refuses_a_teacher_in_its_output_folder(
+    teachers: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    cfg = tmp_path / "student.yaml"
+    cfg.write_text(yaml.safe_dump(tiny(1)))
+    args = ["train", str(cfg), "--data", str(tmp_path / "no-data"), "--out", str(teachers), "--teacher"]
+    assert main([*args, str(teachers / "seed_1")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.teacher" in err and "would overwrite it" in err
+
+
+def test_a_relative_teacher_in_a_ray_trial_is_found_from_the_drivers_folder(
+    tiny_data: FER2013, teachers: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a trial's own folder
+    monkeypatch.setenv("TUNE_ORIG_WORKING_DIR", str(teachers.parent))  # what Ray sets for its trials
+    result = train(tiny(1, train={"teacher": teachers.name}), tiny_data, out_dir=tmp_path / "s")
+    assert load_model(tmp_path / "s")[1]["teacher"]["members"] == ["seed_1", "seed_2"]
+    assert result["history"][-1]["epoch"] == 1

@@ -18,6 +18,7 @@ from PIL import Image
 from fer_tune.checkpoint import atomic_save
 from fer_tune.cli import main
 from fer_tune.data import EMOTIONS, load_fer2013
+from fer_tune.errors import ConfigError
 from fer_tune.faces import Box, FaceDetector, crop, read_image
 from fer_tune.photos import predict_files
 from fer_tune.predict import load, untrained
@@ -287,6 +288,8 @@ def test_bad_model_and_bad_every_are_one_line_errors(tmp_path, run, capsys):
     assert code == 2 and "--every" in err
     code, _, err = run_cli(run, "x.jpg", "--scale-step", "1", capsys=capsys)
     assert code == 2 and err.count("\n") == 1 and "--scale-step: must be in (1, 2], got 1.0" in err
+    with pytest.raises(ConfigError, match=r"^scale_step: must be in \(1, 2\], got 1.0"):
+        FaceDetector(scale_step=1.0)  # OpenCV itself would fail an assertion
 
 
 def test_a_coarser_scale_step_reaches_the_detector_and_finds_the_astronaut(

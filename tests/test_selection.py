@@ -133,6 +133,7 @@ def test_the_committed_search_still_reads_as_it_did(smoke_copy: Path) -> None:
     before = pd.read_csv(SMOKE / "trials.csv")
     # Config keys added since (with their defaults), the phase and the nodes add columns; nothing else.
     added = {"precision", "class_weights", "loss", "focal_gamma", "sampler"}
+    added |= {"teacher", "distill_alpha", "distill_temperature"}
     new = {f"config/train/{k}" for k in added} | {"config/model/res_blocks", "phase", "node_ids"}
     assert set(trials.columns) - set(before.columns) == new
     assert (trials["phase"] == 1).all()

@@ -119,6 +119,22 @@ def test_resume_equals_uninterrupted_run(tiny_data: FER2013, tmp_path: Path, sch
         }
 
 
+def test_a_checkpoint_from_before_new_config_keys_still_resumes(tiny_data: FER2013, tmp_path: Path) -> None:
+    """Keys added to the run config since a checkpoint was written take their defaults, not a refusal."""
+    cfg = tiny(2)
+
+    def report_then_die(metrics: dict, folder: Path) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, tiny_data, out_dir=tmp_path, report=report_then_die)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    for key in ("teacher", "distill_alpha", "distill_temperature"):  # added after 2026-11-30's checkpoints
+        del ckpt["config"]["train"][key]
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    assert [h["epoch"] for h in train(cfg, tiny_data, resume=tmp_path)["history"]] == [1, 2]
+
+
 def test_resume_with_another_config_names_the_key(tiny_data: FER2013, tmp_path: Path) -> None:
     train(tiny(1), tiny_data, out_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"^train\.lr: differs"):
