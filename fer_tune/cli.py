@@ -320,12 +320,6 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint.pt")
     train.add_argument("--epochs", type=int, help="override train.epochs")
     train.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    train.add_argument(
-        "--teacher",
-        metavar="MODEL",
-        help="distil from this trained model: a run folder, model.pt, or a retrain folder's seed ensemble "
-        "(sets train.teacher)",
-    )
 
     evaluate = parser("evaluate", "Evaluate a trained model on every Usage split present in the data.")
     evaluate.add_argument(
@@ -378,12 +372,13 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
         "--tta", choices=["none", "flip", "tencrop"], default="none", help="test-time augmentation"
     )
     retrain.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    retrain.add_argument(
-        "--teacher",
-        metavar="MODEL",
-        help="distil from this trained model: a run folder, model.pt, or a retrain folder's seed ensemble "
-        "(sets train.teacher)",
-    )
+    for p in (train, retrain):
+        p.add_argument(
+            "--teacher",
+            metavar="MODEL",
+            help="distil from this trained model: a run folder, model.pt, or a retrain folder's seed "
+            "ensemble (sets train.teacher)",
+        )
     retrain.add_argument(
         "--resume",
         action="store_true",
