@@ -42,9 +42,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = RunConfig.from_yaml(args.config or Path(args.resume) / "config.yaml")
     out = args.out or args.resume or "runs/train"
     _check_device(args.device)
-    overrides = {"epochs": args.epochs, "teacher": args.teacher}
-    if overrides := {k: v for k, v in overrides.items() if v is not None}:
-        cfg = RunConfig.from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], **overrides}})
+    cfg = cfg.override(epochs=args.epochs, teacher=args.teacher)
     if cfg.train.teacher is not None:
         check_teacher(cfg.train.teacher, out)  # before the data is parsed
     check_writable(out, "--out")  # before the data is parsed: a bad --out costs nothing

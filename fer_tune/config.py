@@ -208,6 +208,15 @@ class RunConfig:
             seed=coerce("seed", d.get("seed", 0), int),
         )
 
+    def override(self, *, seed: int | None = None, **train: Any) -> RunConfig:
+        """A copy with `seed` and these `train` keys replaced (None: kept), validated again (warmup_epochs
+        must stay below a new epoch count); what the flags of `fer-tune train` and `retrain` change."""
+        d = self.to_dict()
+        d["train"].update({k: v for k, v in train.items() if v is not None})
+        if seed is not None:
+            d["seed"] = seed
+        return RunConfig.from_dict(d)
+
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain Python values (every default filled in): YAML- and JSON-safe."""
         return {

@@ -11,7 +11,6 @@ member before averaging.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -32,17 +31,14 @@ def teacher_path(path: str | Path) -> Path:
     return p
 
 
-def check_teacher(path: str | Path, out: str | Path | None = None) -> list[Path]:
-    """The teacher's model files, before any data is read: DataError if there are none, ConfigError if they
-    lie in the output folder `out` (training there would overwrite the teacher with its student)."""
-    files = model_files(teacher_path(path))
-    if out is not None:
-        folder = Path(out).resolve()
-        if any(folder in f.resolve().parents for f in files):
-            raise ConfigError(
-                f"train.teacher: {path} lies in the output folder {out}: training would overwrite it"
-            )
-    return files
+def check_teacher(path: str | Path, out: str | Path) -> None:
+    """Before any data is read: DataError if `path` holds no model, ConfigError if it lies in the output
+    folder `out` (training there would overwrite the teacher with its student)."""
+    folder = Path(out).resolve()
+    if any(folder in f.resolve().parents for f in model_files(teacher_path(path))):
+        raise ConfigError(
+            f"train.teacher: {path} lies in the output folder {out}: training would overwrite it"
+        )
 
 
 class Teacher(nn.Module):
@@ -57,9 +53,8 @@ class Teacher(nn.Module):
     def standardise_for(self, mean: float, std: float) -> None:
         """Take batches standardised by a student's mean/std (0..255 pixels) to the teacher's own."""
         # The student's x = (p - mean) / std; the teacher wants (p - mean_t) / std_t of the same pixels p.
-        scale, shift = std / self.meta["std"], (mean - self.meta["mean"]) / self.meta["std"]
-        same = math.isclose(scale, 1.0, abs_tol=1e-6) and abs(shift) < 1e-6  # the same training split
-        self.scale, self.shift = (1.0, 0.0) if same else (scale, shift)
+        # Statistics of the same split are the same floats: exactly 1 and 0, and forward skips the step.
+        self.scale, self.shift = std / self.meta["std"], (mean - self.meta["mean"]) / self.meta["std"]
 
     def describe(self) -> dict[str, Any]:
         """What a student's model.pt records of its teacher."""

@@ -41,26 +41,6 @@ def _provenance(path: Path) -> dict[str, Any] | None:
     return dict(prov) if isinstance(prov, Mapping) else prov
 
 
-def _with(
-    cfg: RunConfig,
-    *,
-    epochs: int | None = None,
-    train_on: str | None = None,
-    seed: int | None = None,
-    teacher: str | None = None,
-) -> RunConfig:
-    d = cfg.to_dict()
-    if teacher is not None:
-        d["train"]["teacher"] = teacher
-    if epochs is not None:
-        d["train"]["epochs"] = epochs
-    if train_on is not None:
-        d["train"]["train_on"] = train_on
-    if seed is not None:
-        d["seed"] = seed
-    return RunConfig.from_dict(d)  # validated again: e.g. warmup_epochs must stay below a new epoch count
-
-
 def _notes(cfg: RunConfig, splits: list[str]) -> list[str]:
     notes = []
     if "PrivateTest" not in splits:
@@ -155,7 +135,7 @@ def retrain(
     if jobs < 1:
         raise ConfigError(f"jobs: must be >= 1, got {jobs}")
     teacher = None if teacher is None else str(teacher)
-    cfg = _with(RunConfig.from_yaml(config_path), epochs=epochs, train_on=train_on, teacher=teacher)
+    cfg = RunConfig.from_yaml(config_path).override(epochs=epochs, train_on=train_on, teacher=teacher)
     if cfg.train.teacher is not None:
         check_teacher(cfg.train.teacher, out)  # before anything is parsed or trained
     provenance = _provenance(config_path)
@@ -251,7 +231,7 @@ def _train_seeds(
     if jobs == 1 or len(seeds) == 1:
         return [
             train(
-                _with(cfg, seed=s),
+                cfg.override(seed=s),
                 ds,
                 out_dir=out / f"seed_{s}",
                 device=device,
@@ -268,7 +248,7 @@ def _train_seeds(
     n = min(jobs, len(seeds))
     with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as pool:
         args = [
-            (_with(cfg, seed=s).to_dict(), str(data), str(out / f"seed_{s}"), device, n, start(s))
+            (cfg.override(seed=s).to_dict(), str(data), str(out / f"seed_{s}"), device, n, start(s))
             for s in seeds
         ]
         futures = [pool.submit(_train_one, *a) for a in args]
