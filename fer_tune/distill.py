@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fer_tune.ensemble import load, model_files
+from fer_tune.ensemble import load, model_files, restandardise
 from fer_tune.errors import ConfigError
 
 
@@ -54,7 +54,7 @@ class Teacher(nn.Module):
         """Take batches standardised by a student's mean/std (0..255 pixels) to the teacher's own."""
         # The student's x = (p - mean) / std; the teacher wants (p - mean_t) / std_t of the same pixels p.
         # Statistics of the same split are the same floats: exactly 1 and 0, and forward skips the step.
-        self.scale, self.shift = std / self.meta["std"], (mean - self.meta["mean"]) / self.meta["std"]
+        self.scale, self.shift = restandardise(mean, std, self.meta["mean"], self.meta["std"])
 
     def describe(self) -> dict[str, Any]:
         """What a student's model.pt records of its teacher."""

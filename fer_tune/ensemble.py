@@ -8,7 +8,6 @@ probabilities back), so everything that takes a classifier (evaluation, TTA, exp
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -19,21 +18,34 @@ from torch import nn
 from fer_tune.checkpoint import load_model
 from fer_tune.errors import DataError
 
-# What every member must share to be fed the same normalised input (normalisation and crop size).
-SHARED_META = ("input_size", "mean", "std")
+# What every member must share to be fed the same input: its crop size. Members standardised by other
+# statistics (e.g. seeds of a `train.subset` run, each on its own subset) take it re-standardised.
+SHARED_META = ("input_size",)
+
+
+def restandardise(mean: float, std: float, to_mean: float, to_std: float) -> tuple[float, float]:
+    """(scale, shift) such that x * scale + shift is (p - to_mean) / to_std when x is (p - mean) / std: pixels
+    standardised by one model's training statistics, as another model was trained to see them."""
+    return std / to_std, (mean - to_mean) / to_std
 
 
 class Ensemble(nn.Module):
     """The mean of several classifiers' softmax probabilities, as log-probabilities (B, classes)."""
 
-    def __init__(self, members: list[nn.Module]) -> None:
+    def __init__(self, members: list[nn.Module], inputs: list[tuple[float, float]] | None = None) -> None:
+        """`inputs`: each member's (scale, shift) from the ensemble's standardised input to its own
+        (`restandardise`); none: all take it as it is."""
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = nn.ModuleList(members)
+        self.inputs = list(inputs) if inputs is not None else [(1.0, 0.0)] * len(members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([m(x).float().softmax(-1) for m in self.members]).mean(0)
+        views = [x if (s, b) == (1.0, 0.0) else x * s + b for s, b in self.inputs]
+        probs = torch.stack(
+            [m(v).float().softmax(-1) for m, v in zip(self.members, views, strict=True)]
+        ).mean(0)
         return probs.clamp_min(1e-12).log()  # clamp: a probability that underflowed to 0 stays finite
 
 
@@ -69,14 +81,10 @@ def load_models(
     _, _, first = loaded[0]
     for name, _, meta in loaded[1:]:
         for key in SHARED_META:
-            a, b = first.get(key), meta.get(key)
-            same = a == b or (
-                isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-6)
-            )
-            if not same:
+            if (a := first.get(key)) != (b := meta.get(key)):
                 raise DataError(
                     f"{path}: {name}/model.pt has {key} {b!r}, {loaded[0][0]} has {a!r}: "
-                    "members of an ensemble must be trained on the same data and input size"
+                    "members of an ensemble must take the same input size"
                 )
     return loaded
 
@@ -88,5 +96,7 @@ def load(path: str | Path, device: str | torch.device | None = None) -> tuple[nn
     meta = dict(loaded[0][2]) | {"members": names}
     if len(loaded) == 1:
         return loaded[0][1], meta
-    model = Ensemble([m for _, m, _ in loaded]).eval()
+    # The ensemble takes faces standardised as its first member was trained; each member gets its own.
+    inputs = [restandardise(meta["mean"], meta["std"], m["mean"], m["std"]) for _, _, m in loaded]
+    model = Ensemble([m for _, m, _ in loaded], inputs).eval()
     return model, meta | {"arch": f"ensemble of {len(loaded)} {meta['arch']}"}

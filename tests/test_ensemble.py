@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import make_fer
 
 from fer_tune.checkpoint import load_model
@@ -79,7 +81,7 @@ def test_model_files_and_load(tmp_path, run):
         model_files(tmp_path / "missing")
 
 
-def test_members_must_share_input_and_normalisation(tmp_path, run, data, one_thread):
+def test_members_must_share_their_input_size(tmp_path, run, data, one_thread):
     other = tmp_path / "other"
     train(RunConfig.from_dict({**TINY, "augment": {"rotation": 0.0, "crop": 40}}), data, out_dir=other)
     root = _seeds(tmp_path / "final", run, 1)
@@ -142,3 +144,38 @@ def test_cli_evaluate_of_a_retrain_folder_of_one_seed(tmp_path, run, data, capsy
         "Training",
         "PublicTest",
     }
+
+
+def test_members_standardised_differently_each_get_their_own_input(tmp_path, run, data, one_thread):
+    """Seeds of a `train.subset` retrain each saw their own subset, so their mean and std differ: the
+    ensemble is still the mean of each member's probabilities on the faces as that member was trained."""
+    from fer_tune.data import FER2013
+
+    brighter = FER2013(
+        np.clip(data.images.astype(int) + 40, 0, 255).astype(np.uint8), data.labels, data.usage
+    )
+    other = tmp_path / "other"
+    train(RunConfig.from_dict(TINY), brighter, out_dir=other)
+    root = _seeds(tmp_path / "final", run, 1)
+    (root / "seed_1").mkdir()
+    shutil.copy(other / "model.pt", root / "seed_1" / "model.pt")
+    model, meta = load(root)
+    pixels = torch.randint(0, 256, (6, 1, 44, 44)).float()
+    want = []
+    for f in (root / "seed_0", root / "seed_1"):
+        member, m = load_model(f)
+        assert m["mean"] != meta["mean"] or f.name == "seed_0"
+        with torch.no_grad():
+            want.append(member((pixels - m["mean"]) / m["std"]).softmax(-1))
+    with torch.no_grad():
+        got = model((pixels - meta["mean"]) / meta["std"]).exp()
+    torch.testing.assert_close(got, torch.stack(want).mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_a_subset_retrain_of_several_seeds_scores_their_ensemble(tmp_path, data, one_thread):
+    from fer_tune.retrain import retrain
+
+    cfg = tmp_path / "subset.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "train": {**TINY["train"], "subset": 35}}))
+    report = retrain(cfg, data=data, out_dir=tmp_path / "final", seeds=2)
+    assert set(report["evaluation"]["results"]) == {"seed_0", "seed_1", "ensemble"}
