@@ -181,6 +181,7 @@ def heal_stale_checkpoint(trial: Any) -> str | None:
         metrics["time_total_s"] = stale.metrics.get("time_total_s", 0.0) + sum(
             h.get("epoch_seconds", 0.0) for h in history[-steps:]
         )
+        record_epochs(Path(trial.local_path) / "result.json", history, stale.metrics, trial.trial_id)
         manager._latest_checkpoint_result = _TrainingResult(Checkpoint(candidate, filesystem=fs), metrics)
         manager._checkpoint_results = [manager._latest_checkpoint_result]
         trial.storage.current_checkpoint_index = index(candidate)  # its next checkpoint is the one after
@@ -191,6 +192,49 @@ def heal_stale_checkpoint(trial: Any) -> str | None:
             f"resuming from {candidate.rsplit('/', 1)[-1]} (epoch {len(history)})"
         )
     return None
+
+
+def record_epochs(
+    result_json: Path, history: list[dict[str, Any]], stale: dict[str, Any], trial_id: str
+) -> int:
+    """Append to a trial's `result.json` the epochs of `history` (a checkpoint's) that it lacks; how many.
+
+    A trial resumed from a checkpoint newer than the driver's last record (the driver had not logged those
+    epochs when the search died) would leave them out of the results for good. Rows follow Ray's: the
+    epoch's metrics, `training_iteration` and `time_total_s` counted on from the `stale` record. Appended in
+    place (Ray's logger may hold the file open for appending); a torn last line is cut off first.
+    """
+    if not result_json.is_file():
+        return 0
+    text = result_json.read_bytes()
+    whole = text[: text.rfind(b"\n") + 1]  # a line without its newline is a write the crash cut short
+    seen = 0
+    for line in whole.splitlines():
+        try:
+            seen = max(seen, int(json.loads(line).get("epoch") or 0))
+        except (ValueError, TypeError, AttributeError):
+            continue
+    missing = [h for h in history if h.get("epoch", 0) > seen]
+    if not missing:
+        return 0
+    it, epoch0 = stale.get("training_iteration", 0), stale.get("epoch", 0)
+    rows = []
+    for h in missing:
+        done = sum(x.get("epoch_seconds", 0.0) for x in history if epoch0 < x["epoch"] <= h["epoch"])
+        row = {**h, "trial_id": trial_id, "training_iteration": it + h["epoch"] - epoch0}
+        row |= {
+            "time_this_iter_s": h.get("epoch_seconds"),
+            "time_total_s": stale.get("time_total_s", 0.0) + done,
+        }
+        rows.append(json.dumps(row, default=str) + "\n")
+    try:
+        with open(result_json, "r+b") as f:
+            f.truncate(len(whole))
+            f.seek(0, os.SEEK_END)
+            f.write("".join(rows).encode())
+    except OSError as e:
+        raise OutputError(f"{result_json}: cannot write there: {e.strerror or e}") from None
+    return len(missing)
 
 
 # -- Ray's experiment state ----------------------------------------------------------------------------------

@@ -522,3 +522,22 @@ def test_after_a_crash_cut_checkpoints_resume_from_the_last_good_one(
     assert cut, "no unfinished trial had two checkpoints at the crash"
     assert runner.start("--resume", str(folder)).wait(timeout=240) == 0
     assert_continued(folder, 4, 25)
+
+
+def test_epochs_a_checkpoint_holds_beyond_the_record_are_recorded(tmp_path: Path) -> None:
+    """A trial resumed from a checkpoint newer than the driver's last record (seen: a read-only disk and a
+    SIGKILL left epochs 6 and 7 in the checkpoint but not in result.json) keeps every epoch in the results."""
+    from fer_tune.faults import record_epochs
+    from fer_tune.results import _history
+
+    history = [{"epoch": e, "val_acc": e / 10, "epoch_seconds": 2.0} for e in range(1, 8)]
+    rows = [{**h, "training_iteration": h["epoch"], "time_total_s": 2.0 * h["epoch"]} for h in history[:5]]
+    path = tmp_path / "result.json"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"epoch": 6, "val_')  # torn by the crash
+    stale = rows[3]  # the snapshot named epoch 4's checkpoint
+    assert record_epochs(path, history, stale, "t1") == 2
+    hist = _history(tmp_path)
+    assert hist["epoch"].tolist() == [1, 2, 3, 4, 5, 6, 7] and hist["val_acc"].tolist()[-2:] == [0.6, 0.7]
+    last = json.loads(path.read_text().splitlines()[-1])
+    assert last["training_iteration"] == 7 and last["time_total_s"] == 14.0 and last["trial_id"] == "t1"
+    assert record_epochs(path, history, stale, "t1") == 0  # once only
