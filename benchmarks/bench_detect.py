@@ -5,7 +5,7 @@
 Each scene is 640x480 smooth gray clutter (as in tests/test_predict.py) with 4 FER2013 PublicTest faces
 pasted at random non-overlapping places, each 48-192 px on a side and padded with its own edge pixels by a
 quarter of its side (a FER2013 crop is tight; a real face has a head around it). For each `scale_step` of
-`fer_tune.faces.FaceDetector` (OpenCV's `scaleFactor`): the share of pasted faces found (a FER2013-framed box
+`fer_tune.inference.detect.FaceDetector` (OpenCV's `scaleFactor`): the share of pasted faces found (a FER2013-framed box
 with IoU >= 0.5 with the pasted square), boxes that match no face, the median ms per scene (detection alone),
 and the median ms per 640x480 photo of scikit-image's astronaut; ratios against the first step, in the same
 run. The scenes, faces and places are the same for every step.
@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 
 from fer_tune.data import load_fer2013
-from fer_tune.faces import Box, FaceDetector, to_gray
+from fer_tune.inference import Box, FaceDetector
+from fer_tune.inference.detect import to_gray
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fer2013" / "test"
 W, H, PER_SCENE = 640, 480, 4

@@ -1,4 +1,4 @@
-"""CPU cost of the live view's update path (`fer_tune.live.LiveView`), on a fake terminal and on a pipe.
+"""CPU cost of the live view's update path (`fer_tune.search.progress.LiveView`), on a fake terminal and on a pipe.
 
     python benchmarks/bench_live.py [--trials 8 64 256] [--seconds 3]
 
@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 from rich.console import Console
 
-from fer_tune.live import LiveView
+from fer_tune.search.progress import LiveView
 
 KEYS = ["model/arch", "model/kernels", "train/lr", "train/weight_decay", "augment/mixup"]
 

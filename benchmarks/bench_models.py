@@ -16,9 +16,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from fer_tune.device import Precision, resolve_device
-from fer_tune.errors import FerTuneError
+from fer_tune.base import FerTuneError
 from fer_tune.models import NUM_CLASSES, build_model, list_models, model_stats
+from fer_tune.training import Precision, resolve_device
 
 # The "2-layer CNN that overfits": no batch-norm, a flattened 6x6 map into a wide FC layer.
 BASELINE = {

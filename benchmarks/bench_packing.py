@@ -2,7 +2,7 @@
 
     python benchmarks/bench_packing.py [--config configs/resnet.yaml configs/vgg.yaml] [--seconds 4]
 
-For each run config, `fer_tune.packing.measure_packing` starts 8 worker processes on the GPU (as Ray runs
+For each run config, `fer_tune.search.packing.measure_packing` starts 8 worker processes on the GPU (as Ray runs
 packed trials), each building the config's model and training it (its batch size, input size, precision,
 SGD) on random batches; for k = 1, 2, 4, 8 it lets k of them train at once and counts images. Prints a table
 of aggregate images/s with the ratio to the baseline, one trial alone, measured in the same run; the share
@@ -34,9 +34,9 @@ def main() -> int:
 
     import torch
 
-    from fer_tune.config import RunConfig
     from fer_tune.models import model_stats
-    from fer_tune.packing import choose_share, measure_packing
+    from fer_tune.search.packing import choose_share, measure_packing
+    from fer_tune.training import RunConfig
 
     if not torch.cuda.is_available():
         print("bench_packing: needs a CUDA GPU", file=sys.stderr)

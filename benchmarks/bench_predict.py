@@ -38,11 +38,9 @@ import numpy as np
 import torch
 
 from fer_tune.data import FER2013, load_fer2013
-from fer_tune.device import Precision
-from fer_tune.evaluate import predict_logits
-from fer_tune.export_model import calibration_faces, export, quantize_int8
-from fer_tune.faces import FaceDetector, read_image
-from fer_tune.predict import OnnxModule, Predictor, load, onnx_session, untrained
+from fer_tune.inference import FaceDetector, OnnxModule, Predictor, load, onnx_session, read_image, untrained
+from fer_tune.inference.model_export import calibration_faces, export, quantize_int8
+from fer_tune.training import Precision, predict_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = [ROOT / "results" / "cpu-reference" / n for n in ("final", "distilled")]

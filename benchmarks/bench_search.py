@@ -31,7 +31,8 @@ import pandas as pd
 import yaml
 
 from fer_tune.data import load_fer2013
-from fer_tune.spaces import parse_duration, resolve_path
+from fer_tune.search import parse_duration
+from fer_tune.search.space import resolve_path
 
 ROOT = Path(__file__).resolve().parents[1]
 HAND = ROOT / "configs" / "hand_tuned.yaml"
@@ -67,7 +68,7 @@ class Arm:
 
 
 def _cli() -> list[str]:
-    return [sys.executable, "-m", "fer_tune.cli"]
+    return [sys.executable, "-m", "fer_tune.cli.commands"]
 
 
 def _run(cmd: list[str], log: Path, budget_s: float, poll=None) -> tuple[int, float]:

@@ -21,10 +21,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from fer_tune.config import RunConfig
 from fer_tune.data import load_fer2013
-from fer_tune.evaluate import evaluate_dir
-from fer_tune.train import train
+from fer_tune.training import RunConfig, evaluate_dir, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -273,7 +273,7 @@ def _usage_codes(usage: np.ndarray, usages: tuple[str, ...]) -> np.ndarray:
 
 
 def load_kit_data(kit: Path) -> Any:
-    """Decode the kit's FER2013 file into a `fer_tune.data.FER2013`, checked against its SHA-256."""
+    """Decode the kit's FER2013 file into a `fer_tune.data.fer2013.FER2013`, checked against its SHA-256."""
     from fer_tune.data import FER2013, USAGES
 
     files = sorted(kit.glob("fer2013.nl*.npz"))

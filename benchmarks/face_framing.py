@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_tune.data import load_fer2013
-from fer_tune.faces import FaceDetector
+from fer_tune.inference import FaceDetector
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fer2013" / "test"
 

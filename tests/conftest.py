@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fer_tune.data import FER2013, USAGES
-from fer_tune.device import TRIAL_DEVICE_ENV
+from fer_tune.training.device import TRIAL_DEVICE_ENV
 
 SHARED_FER = (Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "fer2013").resolve()
 

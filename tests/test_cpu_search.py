@@ -11,10 +11,10 @@ from conftest import make_fer
 from test_report import TINY_SPACE
 
 from fer_tune.cli import main
-from fer_tune.config import RunConfig
 from fer_tune.data import save_csv
 from fer_tune.models import model_stats
-from fer_tune.spaces import load_space
+from fer_tune.search import load_space
+from fer_tune.training import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,17 +13,9 @@ import pytest
 from conftest import make_fer
 from PIL import Image
 
+from fer_tune.base import DataError
 from fer_tune.cli import main
-from fer_tune.data import (
-    EMOTIONS,
-    FER2013,
-    cache_dir,
-    describe,
-    load_fer2013,
-    save_csv,
-    save_image_folder,
-)
-from fer_tune.errors import DataError
+from fer_tune.data import EMOTIONS, FER2013, cache_dir, describe, load_fer2013, save_csv, save_image_folder
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +122,7 @@ def test_colour_and_upscaled_images_converted_with_one_warning(
         Image.fromarray(rgb).save(f.with_suffix(".jpeg" if i == 0 else ".png"), quality=100)
         if i == 0:
             f.unlink()
-    with caplog.at_level(logging.WARNING, logger="fer_tune.data"):
+    with caplog.at_level(logging.WARNING, logger="fer_tune.data.fer2013"):
         ds = load_fer2013(tmp_path, cache=False)
     messages = [r.getMessage() for r in caplog.records]
     assert messages == [f"{tmp_path}: converted 21 of 21 images to 48x48 grayscale"]

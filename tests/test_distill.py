@@ -10,14 +10,10 @@ import torch
 import yaml
 from conftest import make_fer
 
-from fer_tune.checkpoint import load_model
+from fer_tune.base import ConfigError, DataError
 from fer_tune.cli import main
-from fer_tune.config import RunConfig
 from fer_tune.data import FER2013, save_image_folder
-from fer_tune.distill import distill_loss, load_teacher
-from fer_tune.errors import ConfigError, DataError
-from fer_tune.retrain import retrain
-from fer_tune.train import train
+from fer_tune.training import RunConfig, distill_loss, load_model, load_teacher, retrain, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -185,7 +181,7 @@ def test_a_missing_teacher_in_a_config_is_a_data_error(tiny_data: FER2013, tmp_p
 def test_the_teacher_stays_frozen_in_eval_mode(
     tiny_data: FER2013, teachers: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fer_tune.train as train_module
+    import fer_tune.training.trainer as train_module
 
     built = []
 

@@ -11,13 +11,18 @@ import torch
 import yaml
 from conftest import make_fer
 
-from fer_tune.checkpoint import load_model
+from fer_tune.base import DataError
 from fer_tune.cli import main
-from fer_tune.config import RunConfig
-from fer_tune.ensemble import Ensemble, load, load_models, model_files
-from fer_tune.errors import DataError
-from fer_tune.evaluate import evaluate_ensemble
-from fer_tune.train import train
+from fer_tune.training import (
+    Ensemble,
+    RunConfig,
+    evaluate_ensemble,
+    load_model,
+    load_models,
+    model_files,
+    train,
+)
+from fer_tune.training.ensemble import load
 
 TINY = {
     "model": {"arch": "cnn", "kernels": [8, 16], "head_width": 0, "dropout": 0.0},
@@ -173,7 +178,7 @@ def test_members_standardised_differently_each_get_their_own_input(tmp_path, run
 
 
 def test_a_subset_retrain_of_several_seeds_scores_their_ensemble(tmp_path, data, one_thread):
-    from fer_tune.retrain import retrain
+    from fer_tune.training import retrain
 
     cfg = tmp_path / "subset.yaml"
     cfg.write_text(yaml.safe_dump({**TINY, "train": {**TINY["train"], "subset": 35}}))

@@ -10,21 +10,21 @@ import pytest
 import torch
 from conftest import make_fer
 
-from fer_tune.augment import normalize
-from fer_tune.checkpoint import load_model
+from fer_tune.base import DataError
 from fer_tune.cli import main
 from fer_tune.data import EMOTIONS, FER2013, save_image_folder
-from fer_tune.errors import DataError
-from fer_tune.evaluate import (
+from fer_tune.training import (
     classification_metrics,
     evaluate_dir,
     evaluate_model,
     format_metrics,
+    load_model,
+    normalize,
     predict_logits,
-    save_confusion_png,
+    train,
     tta_views,
 )
-from fer_tune.train import train
+from fer_tune.training.evaluate import save_confusion_png
 
 TINY_MODEL = {"arch": "cnn", "kernels": [8, 16], "head_width": 0}
 

@@ -13,10 +13,12 @@ from test_models import EXTREMES
 from test_predict import save_untrained
 
 from fer_tune.cli import main
-from fer_tune.ensemble import Ensemble, load
-from fer_tune.export_model import TORCHSCRIPT_META, export_model, onnx_parity
+from fer_tune.inference import export_model
+from fer_tune.inference import load as load_predictor
+from fer_tune.inference.model_export import TORCHSCRIPT_META, onnx_parity
 from fer_tune.models import list_models
-from fer_tune.predict import load as load_predictor
+from fer_tune.training import Ensemble
+from fer_tune.training.ensemble import load
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -38,7 +40,7 @@ def test_onnx_runtime_matches_pytorch(arch, tmp_path, one_thread, monkeypatch):
     assert onnx_parity(out, model, 44, n=7) <= 1e-4  # a batch of 7: the export's example had 2
     # Through the predictors: uint8 faces -> normalise, crop -> logits -> probabilities, flip TTA too; in
     # fp32 (on a CPU with AMX, PyTorch predicts under bf16 autocast, which ONNX Runtime's fp32 graph is not).
-    monkeypatch.setattr("fer_tune.device.cpu_has_amx_bf16", lambda: False)
+    monkeypatch.setattr("fer_tune.training.device.cpu_has_amx_bf16", lambda: False)
     faces = np.random.default_rng(0).integers(0, 256, (9, 48, 48), dtype=np.uint8)
     torch_pred, onnx_pred = load_predictor(run, device="cpu"), load_predictor(out)
     for tta in ("none", "flip"):
@@ -137,7 +139,7 @@ def test_int8_export_is_quantized_and_agrees(trained, tmp_path, capsys, one_thre
 def test_int8_export_refuses_what_disagrees_and_bad_flags(trained, tmp_path, capsys, monkeypatch):
     run, csv = trained
     out = tmp_path / "m8.onnx"
-    monkeypatch.setattr("fer_tune.export_model.MIN_AGREEMENT", 1.01)  # nothing can agree this much
+    monkeypatch.setattr("fer_tune.inference.model_export.MIN_AGREEMENT", 1.01)  # nothing can agree this much
     argv = ["export-model", str(run), "-o", str(out), "--quantize", "int8", "--calibration", "16"]
     assert main([*argv, "--data", str(csv)]) == 2
     err = capsys.readouterr().err

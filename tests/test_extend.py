@@ -13,10 +13,8 @@ from optuna.trial import TrialState
 
 from fer_tune.cli import main
 from fer_tune.data import save_csv
-from fer_tune.folder import SearchFolder
-from fer_tune.search import SearchResources, run_search
-from fer_tune.spaces import parse_space
-from fer_tune.translate import outside
+from fer_tune.search import SearchFolder, SearchResources, parse_space, run_search
+from fer_tune.search.conversion import outside
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(400)]
 

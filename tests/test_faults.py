@@ -25,20 +25,18 @@ from conftest import make_fer
 from ray.tune import Checkpoint
 
 import fer_tune
+from fer_tune.base import DataError
 from fer_tune.cli import main
 from fer_tune.data import save_csv
-from fer_tune.errors import DataError
-from fer_tune.faults import (
+from fer_tune.search import SearchFolder, SearchState, load_results, parse_space
+from fer_tune.search.recovery import (
     check_experiment_state,
     good_checkpoint,
     heal_stale_checkpoint,
     keep_whole_state,
     whole_copy,
 )
-from fer_tune.folder import SearchFolder, SearchState
-from fer_tune.results import load_results
-from fer_tune.spaces import parse_space
-from fer_tune.train import train
+from fer_tune.training import train
 
 TINY = {
     "model": {"arch": "cnn", "kernels": [8], "head_width": 0},
@@ -434,7 +432,7 @@ def test_a_full_or_read_only_results_disk_stops_with_one_error_and_resumes(
 HANG_HOOK = """
 import os, sys, time
 if sys.argv and sys.argv[0].endswith("default_worker.py"):
-    import fer_tune.train as t
+    import fer_tune.training.trainer as t
     _train_one_epoch = t.train_one_epoch
     def train_one_epoch(model, opt, sched, images, labels, cfg, norm, epoch, *args, **kwargs):
         if cfg.train.lr == 0.0123 and epoch == 2:
@@ -527,8 +525,8 @@ def test_after_a_crash_cut_checkpoints_resume_from_the_last_good_one(
 def test_epochs_a_checkpoint_holds_beyond_the_record_are_recorded(tmp_path: Path) -> None:
     """A trial resumed from a checkpoint newer than the driver's last record (seen: a read-only disk and a
     SIGKILL left epochs 6 and 7 in the checkpoint but not in result.json) keeps every epoch in the results."""
-    from fer_tune.faults import record_epochs
-    from fer_tune.results import _history
+    from fer_tune.search.recovery import record_epochs
+    from fer_tune.search.results import _history
 
     history = [{"epoch": e, "val_acc": e / 10, "epoch_seconds": 2.0} for e in range(1, 8)]
     rows = [{**h, "training_iteration": h["epoch"], "time_total_s": 2.0 * h["epoch"]} for h in history[:5]]

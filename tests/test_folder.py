@@ -10,11 +10,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from fer_tune.errors import DataError
-from fer_tune.folder import STUDY_DB_ENV, Phase, SearchFolder, SearchState, study_storage
-from fer_tune.hooks import InSpaceSampler
-from fer_tune.spaces import parse_space
-from fer_tune.translate import config_distributions, outside
+from fer_tune.base import DataError
+from fer_tune.search import InSpaceSampler, Phase, SearchFolder, SearchState, parse_space
+from fer_tune.search.conversion import config_distributions, outside
+from fer_tune.search.folder import STUDY_DB_ENV, study_storage
 
 SMOKE = Path(__file__).resolve().parents[1] / "results" / "smoke-cpu"
 

@@ -15,14 +15,13 @@ import pytest
 import torch
 from conftest import make_fer
 
-from fer_tune import device as fdev
+from fer_tune.training import device as fdev
+from fer_tune.base import ConfigError, DeviceError
 from fer_tune.cli import main
-from fer_tune.config import RunConfig
 from fer_tune.data import save_csv
-from fer_tune.device import MEMORY_SAFETY, Precision, memory_cap, setup_device, trial_device
-from fer_tune.errors import ConfigError, DeviceError
-from fer_tune.spaces import parse_space
-from fer_tune.train import train
+from fer_tune.search import parse_space
+from fer_tune.training import Precision, RunConfig, setup_device, train, trial_device
+from fer_tune.training.device import MEMORY_SAFETY, memory_cap
 
 TINY = {
     "model": {"arch": "cnn", "kernels": [8, 16], "head_width": 0},
@@ -99,8 +98,8 @@ def test_trial_adapter_asks_for_the_packed_share(fake_cuda, monkeypatch, tiny_da
     """fer_trial (the Ray trainable) hands train() its GPU and share; train's set-up caps that GPU."""
     import ray.tune
 
-    from fer_tune import search
-    from fer_tune import train as train_mod
+    from fer_tune.search import runner as search
+    from fer_tune.training import trainer as train_mod
 
     fake = fake_cuda(count=1)
     monkeypatch.delenv(fdev.TRIAL_DEVICE_ENV, raising=False)
@@ -143,7 +142,7 @@ def test_gpus_beyond_what_torch_sees_stop_before_ray_and_data(
 ) -> None:
     import ray
 
-    import fer_tune.data
+    import fer_tune.data.fer2013
 
     fake_cuda(count=1)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh `fer-tune` process
@@ -152,7 +151,7 @@ def test_gpus_beyond_what_torch_sees_stop_before_ray_and_data(
         raise AssertionError("must stop before this")
 
     monkeypatch.setattr(ray, "init", never)
-    monkeypatch.setattr(fer_tune.data, "load_fer2013", never)
+    monkeypatch.setattr(fer_tune.data.fer2013, "load_fer2013", never)
     argv = ["--space", "smoke", "--data", str(tmp_path), "--gpus", "2", "--results", str(tmp_path / "r")]
     assert main(argv) == 2
     assert "--gpus 2: torch sees 1 CUDA device(s); use --gpus 1" in one_line(capsys)

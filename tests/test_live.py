@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from fer_tune import live
-from fer_tune.live import LiveReporter, LiveView, quiet_ray, watch
+from fer_tune.search import progress as live
+from fer_tune.search.progress import LiveReporter, LiveView, quiet_ray, watch
 
 KEYS = ["model/arch", "train/lr"]
 

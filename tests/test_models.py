@@ -9,12 +9,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fer_tune.errors import ConfigError
+from fer_tune.base import ConfigError
 from fer_tune.models import (
-    FF_MULT,
-    LSTM_COLUMNS,
     NUM_CLASSES,
-    BasicBlock,
     CNNConfig,
     build_model,
     list_models,
@@ -22,6 +19,9 @@ from fer_tune.models import (
     model_stats,
     register_model,
 )
+from fer_tune.models.attention import FF_MULT
+from fer_tune.models.cnn_lstm import LSTM_COLUMNS
+from fer_tune.models.layers import BasicBlock
 
 # Structural extremes of every family (fewest / most layers, blocks, heads...), with small widths so they run
 # on CPU in milliseconds. A family registered without an entry here fails test_every_family_has_extremes.

@@ -14,11 +14,11 @@ import pytest
 import yaml
 from conftest import make_fer
 
-import fer_tune.data
-import fer_tune.retrain
+import fer_tune.data.fer2013
+import fer_tune.training.retraining
+from fer_tune.base import OutputError, check_writable
 from fer_tune.cli import main
-from fer_tune.errors import OutputError, check_writable
-from fer_tune.train import train
+from fer_tune.training import train
 
 TINY = {
     "model": {"arch": "cnn", "kernels": [8], "head_width": 0},
@@ -34,8 +34,8 @@ def no_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     def parsed(*args: object, **kwargs: object) -> None:
         raise AssertionError("the data was parsed before the output folder was checked")
 
-    monkeypatch.setattr(fer_tune.data, "load_fer2013", parsed)
-    monkeypatch.setattr(fer_tune.retrain, "load_fer2013", parsed)
+    monkeypatch.setattr(fer_tune.data.fer2013, "load_fer2013", parsed)
+    monkeypatch.setattr(fer_tune.training.retraining, "load_fer2013", parsed)
 
 
 @pytest.fixture
@@ -113,7 +113,7 @@ def test_a_writable_folder_is_created_and_left_clean(tmp_path: Path) -> None:
 def test_report_out_is_checked_before_anything_is_drawn(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fer_tune.report as report
+    import fer_tune.analysis.report as report
 
     monkeypatch.setattr(report, "_load", lambda d: (None, None))  # the results: never looked at
     (tmp_path / "a-file").write_text("")

@@ -16,7 +16,7 @@ from conftest import make_fer
 
 from fer_tune.cli import main
 from fer_tune.data import save_csv
-from fer_tune.packing import PackingResult, auto_shares, choose_share, measure_packing
+from fer_tune.search.packing import PackingResult, auto_shares, choose_share, measure_packing
 
 GiB = 2**30
 
@@ -72,7 +72,7 @@ def test_each_family_is_probed_once_with_its_heaviest_config() -> None:
 @pytest.mark.timeout(300)
 def test_auto_packs_trials_by_the_measured_share(ray_cluster, fake_cuda, monkeypatch, tmp_path: Path) -> None:
     """On 2 logical GPUs, a probe that says "4 per GPU" lets 8 trials run at once, at most 4 per GPU."""
-    from fer_tune import packing
+    from fer_tune.search import packing
 
     fake_cuda(count=2)  # the driver's probe runs on "its GPU"; trials train on CPU (the test cluster says so)
     probed = []

@@ -1,4 +1,4 @@
-"""`fer-tune predict` and `fer_tune.predict`: real faces found where they are, every input kind, bad files.
+"""`fer-tune predict` and `fer_tune.inference.predictor`: real faces found where they are, every input kind, bad files.
 
 Photos are real: scikit-image's astronaut (a test dependency) and FER2013 faces from the shared copy pasted
 at known places. Most tests use an untrained model (detection and file handling do not depend on weights);
@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fer_tune.checkpoint import atomic_save
+from fer_tune.base import ConfigError
 from fer_tune.cli import main
 from fer_tune.data import EMOTIONS, load_fer2013
-from fer_tune.errors import ConfigError
-from fer_tune.faces import Box, FaceDetector, crop, read_image
-from fer_tune.photos import predict_files
-from fer_tune.predict import load, untrained
+from fer_tune.inference import Box, FaceDetector, load, predict_files, read_image, untrained
+from fer_tune.inference.detect import crop
+from fer_tune.training.checkpoint import atomic_save
 
 cv2 = pytest.importorskip("cv2")
 skdata = pytest.importorskip("skimage.data")
@@ -37,7 +36,7 @@ ASTRONAUT_FACE = (175, 64, 98, 98)
 
 
 def save_untrained(cfg: dict, path: Path) -> Path:
-    """A model.pt as training writes it, with random weights (`fer_tune.predict.untrained`)."""
+    """A model.pt as training writes it, with random weights (`fer_tune.inference.predictor.untrained`)."""
     pred = untrained(cfg)
     path.mkdir(parents=True, exist_ok=True)
     atomic_save({"state_dict": pred.model.state_dict(), **pred.meta}, path / "model.pt")

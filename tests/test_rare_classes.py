@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from conftest import make_fer
 
-from fer_tune.config import RunConfig, TrainConfig
+from fer_tune.base import ConfigError
 from fer_tune.data import EMOTIONS, FER2013
-from fer_tune.errors import ConfigError
-from fer_tune.spaces import parse_space
-from fer_tune.train import METRIC_KEYS, class_weights, classification_loss, epoch_order, train
+from fer_tune.search import parse_space
+from fer_tune.training import METRIC_KEYS, RunConfig, TrainConfig, class_weights, classification_loss, train
+from fer_tune.training.trainer import epoch_order
 
 # FER2013's Training counts (angry .. neutral): disgust is 1.5% of it.
 COUNTS = np.array([3995, 436, 4097, 7214, 4830, 3170, 4965])

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fer_tune import report
+from fer_tune.analysis import report
+from fer_tune.analysis import diagnose, param_importance, write_report
+from fer_tune.analysis.report import budget
+from fer_tune.base import DataError
 from fer_tune.cli import main
-from fer_tune.errors import DataError
-from fer_tune.report import budget, diagnose, param_importance, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -18,11 +18,10 @@ import yaml
 from conftest import make_fer
 from optuna.trial import TrialState
 
+from fer_tune.base import DataError
 from fer_tune.data import save_csv
-from fer_tune.errors import DataError
-from fer_tune.folder import SearchFolder
-from fer_tune.hooks import LOST
-from fer_tune.results import load_results
+from fer_tune.search import SearchFolder, load_results
+from fer_tune.search.searcher import LOST
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -33,7 +32,7 @@ EPOCHS = 25
 FAULT_HOOK = """
 import os, sys
 if sys.argv and sys.argv[0].endswith("default_worker.py"):
-    import fer_tune.train as t
+    import fer_tune.training.trainer as t
     _train, _train_one_epoch = t.train, t.train_one_epoch
     def train(config, data, **kwargs):
         if config["train"]["lr"] == 0.0123:

@@ -9,11 +9,9 @@ import yaml
 from conftest import make_fer
 from test_report import tiny_search_fixture  # noqa: F401  (the tiny search both files use)
 
-from fer_tune.checkpoint import load_model
 from fer_tune.cli import main
-from fer_tune.config import RunConfig
 from fer_tune.data import save_csv
-from fer_tune.retrain import retrain
+from fer_tune.training import RunConfig, load_model, retrain
 
 TINY = {
     "model": {"arch": "cnn", "kernels": [8, 16], "head_width": 0, "dropout": 0.0},
@@ -78,7 +76,7 @@ def test_two_seeds_on_every_split(tmp_path, full_data, capsys):
 def test_without_private_test_and_trained_on_public_test_says_so(tmp_path, tiny_data, capsys):
     best = _write(tmp_path / "best.yaml", TINY)
     out = tmp_path / "final"
-    with pytest.warns(UserWarning, match="not held out"):  # fer_tune.train says it too
+    with pytest.warns(UserWarning, match="not held out"):  # fer_tune.training.trainer says it too
         m = retrain(best, data=tiny_data, out_dir=out, epochs=1, train_on="Training+PublicTest", device="cpu")
     stdout = capsys.readouterr().out
     assert "PrivateTest is absent" in stdout and "not held out" in stdout
@@ -111,7 +109,7 @@ def test_cli_retrain_reads_a_csv_and_bad_config_is_one_line(tmp_path, tiny_data,
 @pytest.mark.ray
 @pytest.mark.slow
 def test_export_then_retrain_round_trip(tiny_search, tmp_path, full_data):
-    from fer_tune.results import export_config
+    from fer_tune.search import export_config
 
     best = export_config(tiny_search, rank=1, out=tmp_path / "best.yaml")
     exported = yaml.safe_load(best.read_text())
@@ -143,7 +141,7 @@ def test_parallel_seeds_train_what_sequential_seeds_train(tmp_path, full_data):
 def test_a_retrain_that_crashed_in_its_third_seed_resumes_to_the_same_metrics(
     tmp_path, full_data, monkeypatch, capsys
 ):
-    import fer_tune.train as train_module
+    import fer_tune.training.trainer as train_module
 
     config = _write(tmp_path / "best.yaml", TINY)
     whole = retrain(config, data=full_data, out_dir=tmp_path / "whole", seeds=3, device="cpu")

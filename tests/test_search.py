@@ -16,11 +16,11 @@ import yaml
 from conftest import make_fer
 from optuna.trial import TrialState
 
+from fer_tune.base import DataError
 from fer_tune.cli import main
-from fer_tune.config import RunConfig
 from fer_tune.data import save_csv
-from fer_tune.errors import DataError
-from fer_tune.results import export_config, load_results, trial_config
+from fer_tune.search import export_config, load_results, trial_config
+from fer_tune.training import RunConfig
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -182,7 +182,7 @@ def watch_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> list:
     """Make the next searches draw their live view on a (fake) terminal; returns the views made."""
     from rich.console import Console
 
-    from fer_tune import live
+    from fer_tune.search import progress as live
 
     views: list = []
     real = live.watch

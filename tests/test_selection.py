@@ -14,13 +14,14 @@ import yaml
 from conftest import make_fer
 from optuna.trial import TrialState
 
-from fer_tune import search
+from fer_tune.search import runner as search
+from fer_tune.analysis import write_report
+from fer_tune.analysis.report import budget
 from fer_tune.cli import main
 from fer_tune.data import save_csv
-from fer_tune.report import budget, write_report
-from fer_tune.results import export_config, load_results
-from fer_tune.spaces import METRIC_MODES, parse_space
-from fer_tune.train import METRIC_KEYS
+from fer_tune.search import export_config, load_results, parse_space
+from fer_tune.search.space import METRIC_MODES
+from fer_tune.training import METRIC_KEYS
 
 SMOKE = Path(__file__).resolve().parents[1] / "results" / "smoke-cpu"
 TINY = {"model": {"arch": "cnn", "kernels": [4], "head_width": 0}, "train": {"epochs": 3, "warmup_epochs": 0}}
@@ -50,7 +51,7 @@ def test_data_without_publictest_stops_the_search_before_ray(tmp_path: Path, mon
 
 
 def _searcher(mode: str = "max", metric: str = "val_acc"):
-    from fer_tune.hooks import BestEpochOptunaSearch
+    from fer_tune.search import BestEpochOptunaSearch
 
     space = parse_space(TINY | {"train": {**TINY["train"], "lr": {"loguniform": [1e-3, 0.1]}}})
     return BestEpochOptunaSearch(space=space.define_by_run(), metric=metric, mode=mode, seed=0)
@@ -157,7 +158,7 @@ def test_trials_are_given_no_privatetest(ray_cluster, monkeypatch) -> None:
     monkeypatch.setattr(search, "fer_trial", capture)
     space = parse_space({**TINY, "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0}})
     data = make_fer({"Training": 2, "PublicTest": 2, "PrivateTest": 2})
-    search._trainable(space, data)({})  # what with_parameters fetches from the object store for a trial
+    search.make_trainable(space, data)({})  # what with_parameters fetches from the object store for a trial
     assert seen["splits"] == ["Training", "PublicTest"]
 
 
@@ -201,7 +202,7 @@ def test_trials_the_search_never_started_are_not_blamed_on_asha() -> None:
 
 
 def test_stuck_stopper_stops_only_flat_trials_at_chance() -> None:
-    from fer_tune.hooks import StuckStopper
+    from fer_tune.search import StuckStopper
 
     stuck = StuckStopper(3, chance=0.30)
     assert [stuck("a", {"val_acc": v}) for v in (0.26, 0.257, 0.254)] == [False, False, True]

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fer_tune import search
+from fer_tune.search import runner as search
+from fer_tune.base import ConfigError
 from fer_tune.cli import main
-from fer_tune.config import RunConfig
-from fer_tune.errors import ConfigError
-from fer_tune.spaces import Dist, bundled_names, load_space, parse_duration, parse_space
+from fer_tune.search import Dist, bundled_names, load_space, parse_duration, parse_space
+from fer_tune.training import RunConfig
 
 TINY = {"model": {"arch": "cnn", "kernels": [8]}, "train": {"epochs": 2, "warmup_epochs": 0}}
 
@@ -225,7 +225,7 @@ def test_dist_names_are_key_paths() -> None:
 
 def test_progress_columns_hold_only_keys_every_trial_has() -> None:
     """Ray's CLIReporter raises KeyError on a column a trial's config lacks (seen: all-families spaces)."""
-    from fer_tune.search import progress_columns
+    from fer_tune.search.runner import progress_columns
 
     space = load_space("reference")
     columns = progress_columns(space, limit=50)

@@ -17,11 +17,11 @@ import pytest
 import yaml
 from conftest import make_fer
 
+from fer_tune.base import ConfigError
 from fer_tune.cli import main
 from fer_tune.data import save_csv
-from fer_tune.errors import ConfigError
-from fer_tune.results import load_results
-from fer_tune.tracking import WandbTracking
+from fer_tune.search import load_results
+from fer_tune.search.wandb_runs import WandbTracking
 
 
 def test_tracking_from_the_search_state() -> None:
@@ -179,7 +179,7 @@ def test_a_trial_resumed_in_a_new_driver_continues_its_own_run(tmp_path: Path, m
     """Interrupt, then resume: the trial's run keeps its id, and the new segment holds every epoch so far."""
     import pyarrow.fs
 
-    from fer_tune.tracking import WandbRuns, WandbTracking
+    from fer_tune.search.wandb_runs import WandbRuns, WandbTracking
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     folder = tmp_path / "search" / "trial_abc"

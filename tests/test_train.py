@@ -14,21 +14,22 @@ import torch
 import yaml
 from conftest import make_fer
 
-from fer_tune import augment
-from fer_tune.checkpoint import load_model
+from fer_tune.training import augment
+from fer_tune.base import ConfigError, DataError, OutputError
 from fer_tune.cli import main
-from fer_tune.config import AugmentConfig, RunConfig, TrainConfig
 from fer_tune.data import EMOTIONS, FER2013, load_fer2013
-from fer_tune.errors import ConfigError, DataError, OutputError
 from fer_tune.models import build_model, list_models
-from fer_tune.train import (
+from fer_tune.training import (
     METRIC_KEYS,
+    AugmentConfig,
+    RunConfig,
+    TrainConfig,
     build_optimizer,
     build_schedulers,
-    pixel_stats,
-    stratified_subset,
+    load_model,
     train,
 )
+from fer_tune.training.trainer import pixel_stats, stratified_subset
 
 TINY_MODEL = {"arch": "cnn", "kernels": [8, 16], "head_width": 0}
 ALL_AUG = {

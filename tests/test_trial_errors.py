@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import make_fer
 
-from fer_tune.search import TrialResources, fer_trial
+from fer_tune.search import fer_trial
+from fer_tune.search.trainable import TrialResources
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -43,7 +44,7 @@ def test_a_trial_restored_from_a_truncated_checkpoint_fails_naming_it(ray_cluste
     error = (Path(grid[0].path) / "error.txt").read_text()
     assert "Failure # 2" in error  # the retry, from the truncated checkpoint
     last = [line for line in error.splitlines() if line.strip()][-1]  # what results.py shows
-    assert last.startswith("fer_tune.errors.DataError: ") and last.endswith(
+    assert last.startswith("fer_tune.base.errors.DataError: ") and last.endswith(
         "/checkpoint.pt: not a fer-tune checkpoint, truncated or corrupt "
         "(RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central directory)"
     ), last

@@ -1,0 +1,210 @@
+"""The `fer-tune` commands: each takes the parsed arguments and makes one call into the library.
+
+`fer_tune.cli.scripts` parses the command line and picks one of these; errors the library raises as
+`FerTuneError` become one line on stderr and exit status 2 there.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fer_tune.base import FerTuneError, check, check_writable
+
+
+def check_device(device: str | None) -> None:
+    """`--device cuda` on a machine without CUDA: one line before any data is parsed."""
+    if device is not None:
+        from fer_tune.training import resolve_device
+
+        resolve_device(device)
+
+
+def data_command(args: argparse.Namespace) -> int:
+    from fer_tune.data import describe, load_fer2013
+
+    print(describe(load_fer2013(args.path)))
+    return 0
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from fer_tune.data import load_fer2013
+    from fer_tune.training import RunConfig, check_teacher, train
+
+    if args.config is None and args.resume is None:
+        raise FerTuneError("give a run config YAML, or a run to continue with --resume DIR")
+    if args.resume is not None and not (Path(args.resume) / "checkpoint.pt").is_file():
+        raise FerTuneError(f"--resume {args.resume}: no checkpoint.pt there to continue from")
+    cfg = RunConfig.from_yaml(args.config or Path(args.resume) / "config.yaml")
+    out = args.out or args.resume or "runs/train"
+    check_device(args.device)
+    cfg = cfg.override(epochs=args.epochs, teacher=args.teacher)
+    if cfg.train.teacher is not None:
+        check_teacher(cfg.train.teacher, out)  # before the data is parsed
+    check_writable(out, "--out")  # before the data is parsed: a bad --out costs nothing
+    train(cfg, load_fer2013(args.data), out_dir=out, device=args.device, progress=True, resume=args.resume)
+    return 0
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    from fer_tune.training import (
+        evaluate_dir,
+        evaluate_ensemble,
+        format_ensemble,
+        format_metrics,
+        model_files,
+    )
+
+    check_device(args.device)
+    files = model_files(args.model)
+    if len(files) > 1:  # a retrain folder: each seed and their ensemble
+        ttas = tuple(dict.fromkeys(("none", "flip", args.tta)))
+        result = evaluate_ensemble(args.model, args.data, ttas=ttas, out_dir=args.out, device=args.device)
+        print(format_ensemble(result))
+        return 0
+    # One model: a run folder, a model.pt, or a retrain folder of one seed (seed_<s>/model.pt).
+    metrics = evaluate_dir(files[0], args.data, tta=args.tta, out_dir=args.out, device=args.device)
+    print(format_metrics(metrics))
+    return 0
+
+
+def search_command(args: argparse.Namespace) -> int:
+    from fer_tune.data import find_data
+    from fer_tune.search import SearchResources, load_space, parse_duration, resume_search, run_search
+    from fer_tune.search.recovery import check_target
+
+    if args.retrain is not None and args.retrain < 1:
+        raise FerTuneError(f"--retrain: the number of seeds must be >= 1, got {args.retrain}")
+    if args.resume:
+        code = resume_search(
+            args.resume, retry_errored=args.retry_errored, address=args.address, verbose=args.verbose
+        )
+        if code != 0:
+            return code
+        from fer_tune.search import SearchFolder
+
+        return then_retrain(args, SearchFolder.open(args.resume).path)  # a URI: its local mirror
+    if not args.space:
+        raise FerTuneError("give a search space (--space NAME|PATH) or a search to continue (--resume DIR)")
+    space = load_space(
+        args.space,
+        num_samples=args.num_samples,
+        time_budget_s=parse_duration(args.time_budget, "--time-budget"),
+        trial_timeout_s=parse_duration(args.trial_timeout, "--trial-timeout"),
+        max_failures=args.max_failures,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+    )
+    resources = SearchResources(args.cpus, args.gpus, args.address, args.gpus_per_trial)
+    check_target(args.results, args.name)  # and test-written, before the data is looked for
+    outcome = run_search(
+        space,
+        find_data(args.data, space.data),
+        resources,
+        name=args.name,
+        results=args.results,
+        wandb_project=args.wandb_project,
+        wandb_mode=args.wandb_mode,
+        verbose=args.verbose,
+    )
+    return then_retrain(args, outcome.folder) if outcome.status == 0 else outcome.status
+
+
+def then_retrain(args: argparse.Namespace, folder: Path) -> int:
+    """`--retrain N`: the finished search's best config, N seeds, into <folder>/final."""
+    if args.retrain:
+        from fer_tune.search import retrain_best
+
+        retrain_best(folder, seeds=args.retrain, device="cpu" if args.gpus == 0 else None)
+    return 0
+
+
+def extend_command(args: argparse.Namespace) -> int:
+    from fer_tune.search import extend_search
+
+    outcome = extend_search(
+        args.path,
+        args.num_samples,
+        space=args.space,
+        time_budget=args.time_budget,
+        address=args.address,
+        data=args.data,
+        verbose=args.verbose,
+    )
+    return outcome.status
+
+
+def resume_command(args: argparse.Namespace) -> int:
+    from fer_tune.search import resume_search
+
+    return resume_search(
+        args.path, retry_errored=args.retry_errored, address=args.address, verbose=args.verbose
+    )
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from fer_tune.search import export_config
+
+    path = export_config(args.search, rank=args.rank, out=args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+def retrain_command(args: argparse.Namespace) -> int:
+    from fer_tune.training import retrain
+
+    check_device(args.device)
+    retrain(
+        args.config,
+        data=args.data,
+        out_dir=args.out,
+        epochs=args.epochs,
+        seeds=args.seeds,
+        jobs=args.jobs,
+        resume=args.resume,
+        train_on=args.train_on,
+        tta=args.tta,
+        device=args.device,
+        teacher=args.teacher,
+    )
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from fer_tune.analysis import write_report
+
+    path = write_report(args.searches, out_dir=args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    from fer_tune.inference import FaceDetector, load, predict_files
+
+    check_device(args.device)
+    step = args.scale_step
+    check(step is None or 1 < step <= 2, "--scale-step", f"must be in (1, 2], got {step}")
+    predictor = load(args.model, device=args.device)
+    if step is not None and not args.no_detect:
+        predictor.detector = FaceDetector(scale_step=step)
+    return predict_files(
+        predictor, args.inputs, out=args.out, detect=not args.no_detect, tta=args.tta, every=args.every
+    )
+
+
+def export_model_command(args: argparse.Namespace) -> int:
+    from fer_tune.inference import export_model, export_quantized
+
+    out = args.output or ("model.onnx" if args.format == "onnx" else "model.torchscript.pt")
+    if not args.quantize:
+        print(f"wrote {export_model(args.model, out, args.format)}")
+        return 0
+    if args.format != "onnx":
+        raise FerTuneError(f"--quantize {args.quantize}: ONNX only, not --format {args.format}")
+    if not args.data:
+        raise FerTuneError(f"--quantize {args.quantize} needs --data: it calibrates on the Training faces")
+    if args.calibration < 1:
+        raise FerTuneError(f"--calibration: must be >= 1, got {args.calibration}")
+    agreement, held_out = export_quantized(args.model, out, args.data, args.calibration)
+    print(f"wrote {out} ({args.quantize}: the float model's answer on {agreement:.1%} of {held_out} faces)")
+    return 0

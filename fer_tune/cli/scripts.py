@@ -1,0 +1,253 @@
+"""`fer-tune`'s command line: parsers that turn strings into arguments, then one call into `fer_tune.cli.commands`.
+
+`fer-tune --space resnet.yaml --gpus 2` (no subcommand) runs a search; the other commands are data, train,
+evaluate, resume, extend, export, retrain, report, predict and export-model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from fer_tune.base import FerTuneError
+from fer_tune.cli.commands import (
+    data_command,
+    evaluate_command,
+    export_command,
+    export_model_command,
+    extend_command,
+    predict_command,
+    report_command,
+    resume_command,
+    retrain_command,
+    search_command,
+    train_command,
+)
+
+
+def _gpu_share(value: str) -> float | str:
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {value!r}") from None
+
+
+def _add_search_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", help="search space: a bundled name (resnet, resnet.yaml) or a YAML path")
+    p.add_argument(
+        "--data", help="FER2013 CSV or image folder (default: $FER_TUNE_DATA, the space's data:, ./)"
+    )
+    p.add_argument("--gpus", type=float, help="GPUs to use (0: CPU only; default: all visible)")
+    p.add_argument(
+        "--gpus-per-trial",
+        type=_gpu_share,
+        help="GPU share per trial, e.g. 0.25 packs 4 trials per GPU; auto: measure, per model family, how "
+        "many trials packed on one GPU still raise its throughput",
+    )
+    p.add_argument("--cpus", type=int, help="CPUs to use (default: all)")
+    p.add_argument("--cpus-per-trial", type=int, help="CPUs (and torch threads) per trial")
+    p.add_argument("--num-samples", type=int, help="trials to run")
+    p.add_argument(
+        "--time-budget",
+        help="stop the search after this long (90m, 2h, 3600s): running trials are stopped when it runs out",
+    )
+    p.add_argument("--max-failures", type=int, help="retries of a trial that failed (default 0)")
+    p.add_argument(
+        "--trial-timeout",
+        help="stop a trial that has not reported an epoch for this long (10m, 1h; default: never): it is "
+        "marked timed out and the search goes on",
+    )
+    p.add_argument("--name", help="experiment name (default: space name and time)")
+    p.add_argument("--results", default="results", help="results directory (default: ./results)")
+    p.add_argument("--address", help="join a running Ray cluster: auto or ray://host:port")
+    p.add_argument("--wandb-project", help="log every trial to this wandb project (default: $WANDB_PROJECT)")
+    p.add_argument("--wandb-mode", choices=["online", "offline", "disabled"], help="wandb mode")
+    p.add_argument("--resume", metavar="DIR", help="continue the interrupted search in DIR (results/<name>)")
+    p.add_argument("--retry-errored", action="store_true", help="with --resume: run errored trials again")
+    p.add_argument(
+        "--retrain",
+        type=int,
+        metavar="N",
+        help="when the search has finished, retrain its best config with N seeds (on Training, for the "
+        "space's search.retrain_epochs or the config's own epochs) "
+        "into <results>/<name>/final and score each seed and their ensemble",
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="Ray's status table and INFO lines instead of fer-tune's view"
+    )
+
+
+def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Namespace], int]]]:
+    def parser(name: str, help: str) -> argparse.ArgumentParser:
+        return argparse.ArgumentParser(prog=f"fer-tune {name}".strip(), description=help)
+
+    search = parser("", "Search hyperparameters of FER2013 models with Ray Tune (ASHA + Optuna).")
+    _add_search_args(search)
+    search.epilog = "other commands: " + ", ".join(
+        [
+            "data",
+            "train",
+            "evaluate",
+            "resume",
+            "extend",
+            "export",
+            "retrain",
+            "report",
+            "predict",
+            "export-model",
+        ]
+    )
+
+    data = parser("data", "Print images per Usage and class of a FER2013 copy, and the cache location.")
+    data.add_argument("path", help="fer2013.csv, icml_face_data.csv, train.csv or an image folder")
+
+    train = parser("train", "Train one run config outside a search.")
+    train.add_argument(
+        "config",
+        nargs="?",
+        help="run config YAML (model, train, augment, seed); with --resume: DIR/config.yaml",
+    )
+    train.add_argument("--data", required=True, help="FER2013 CSV or image folder")
+    train.add_argument("--out", help="output folder (default: runs/train; with --resume: DIR)")
+    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint.pt")
+    train.add_argument("--epochs", type=int, help="override train.epochs")
+    train.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+
+    evaluate = parser("evaluate", "Evaluate a trained model on every Usage split present in the data.")
+    evaluate.add_argument(
+        "model",
+        help="a model folder (with model.pt), a model.pt file, or a retrain folder (seed_<s>/model.pt): "
+        "then each seed and their ensemble are scored without and with flip TTA",
+    )
+    evaluate.add_argument("--data", required=True, help="FER2013 CSV or image folder")
+    evaluate.add_argument(
+        "--tta", choices=["none", "flip", "tencrop"], default="none", help="test-time augmentation"
+    )
+    evaluate.add_argument(
+        "--out", help="where to write metrics.json and confusion PNGs (default: the model folder)"
+    )
+    evaluate.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+
+    resume = parser("resume", "Continue an interrupted search.")
+    resume.add_argument("path", help="the search folder, results/<name>")
+    resume.add_argument("--retry-errored", action="store_true", help="run errored trials again")
+    resume.add_argument("--address", help="join a running Ray cluster: auto or ray://host:port")
+    resume.add_argument("--verbose", action="store_true", help="Ray's status table and INFO lines")
+
+    extend = parser("extend", "Run more trials of a search, in its folder and Optuna study (a new phase).")
+    extend.add_argument("path", help="the search folder, results/<name>")
+    extend.add_argument("--num-samples", type=int, required=True, help="trials to add")
+    extend.add_argument("--space", help="a narrower space (ranges, fixed values); default: the search's own")
+    extend.add_argument("--time-budget", help="stop this phase after this long (90m, 2h, 3600s)")
+    extend.add_argument("--data", help="FER2013 CSV or image folder (default: the search's)")
+    extend.add_argument("--address", help="join a running Ray cluster: auto or ray://host:port")
+    extend.add_argument("--verbose", action="store_true", help="Ray's status table and INFO lines")
+
+    export = parser("export", "Write the K-th best trial's complete run config, with provenance.")
+    export.add_argument("search", help="the search folder, results/<name>")
+    export.add_argument("--rank", type=int, default=1, help="1 = best (default)")
+    export.add_argument("-o", "--output", default="best.yaml", help="output YAML (default: best.yaml)")
+
+    retrain = parser("retrain", "Train an exported config on the full budget and evaluate it on every split.")
+    retrain.add_argument("config", help="run config YAML, e.g. from `fer-tune export`")
+    retrain.add_argument("--data", required=True, help="FER2013 CSV or image folder")
+    retrain.add_argument("--out", required=True, help="output folder")
+    retrain.add_argument("--epochs", type=int, help="override train.epochs")
+    retrain.add_argument("--seeds", type=int, default=1, help="independent runs with seeds seed..seed+N-1")
+    retrain.add_argument(
+        "--jobs", type=int, default=1, help="seeds trained at once in separate processes (a GPU fits several)"
+    )
+    retrain.add_argument(
+        "--train-on", choices=["Training", "Training+PublicTest"], help="override train.train_on"
+    )
+    retrain.add_argument(
+        "--tta", choices=["none", "flip", "tencrop"], default="none", help="test-time augmentation"
+    )
+    retrain.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    for p in (train, retrain):
+        p.add_argument(
+            "--teacher",
+            metavar="MODEL",
+            help="distil from this trained model: a run folder, model.pt, or a retrain folder's seed "
+            "ensemble (sets train.teacher)",
+        )
+    retrain.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each seed from its checkpoint.pt in --out (finished seeds are not trained again)",
+    )
+
+    report = parser("report", "Write report.md and figures for one or more searches.")
+    report.add_argument("searches", nargs="+", help="search folders, results/<name>")
+    report.add_argument("--out", help="output folder (default: <search>/report, or ./report for several)")
+
+    predict = parser("predict", "Find the faces in photos, folders and videos and classify their emotions.")
+    predict.add_argument(
+        "model", help="a run folder (model.pt), a retrain folder (seed ensemble) or an exported .onnx file"
+    )
+    predict.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="images (jpg, png, webp, bmp, tiff), folders, videos"
+    )
+    predict.add_argument("--out", help="write annotated copies and predictions.csv here")
+    predict.add_argument("--no-detect", action="store_true", help="each image is one face crop")
+    predict.add_argument("--tta", choices=["none", "flip"], default="none", help="test-time augmentation")
+    predict.add_argument("--every", type=int, default=10, help="videos: classify every N-th frame (10)")
+    predict.add_argument(
+        "--scale-step",
+        type=float,
+        help="the face detector's ratio between window sizes (default 1.1); 1.15 detects 1.2x faster and "
+        "finds a few percent fewer faces (README)",
+    )
+    predict.add_argument("--device", help="cpu, cuda (default: cuda when available; ONNX runs on cpu)")
+
+    export_model = parser("export-model", "Export a trained model or a retrain's seed ensemble (ONNX, ...).")
+    export_model.add_argument("model", help="a run folder (model.pt), a model.pt file or a retrain folder")
+    export_model.add_argument(
+        "-o", "--output", help="output file (default: model.onnx, or model.torchscript.pt)"
+    )
+    export_model.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    export_model.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="ONNX Runtime's static int8 quantization (faster on CPUs with VNNI/AMX); needs --data",
+    )
+    export_model.add_argument("--data", help="with --quantize: FER2013 CSV or folder (its Training faces)")
+    export_model.add_argument(
+        "--calibration", type=int, default=512, help="with --quantize: faces to calibrate on (512)"
+    )
+
+    return {
+        "": (search, search_command),
+        "data": (data, data_command),
+        "train": (train, train_command),
+        "evaluate": (evaluate, evaluate_command),
+        "resume": (resume, resume_command),
+        "extend": (extend, extend_command),
+        "export": (export, export_command),
+        "retrain": (retrain, retrain_command),
+        "report": (report, report_command),
+        "predict": (predict, predict_command),
+        "export-model": (export_model, export_model_command),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `fer-tune` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parsers = _parsers()
+    command = argv[0] if argv and argv[0] in parsers else ""
+    parser, handler = parsers[command]
+    args = parser.parse_args(argv[1:] if command else argv)
+    try:
+        return handler(args)
+    except FerTuneError as e:
+        # One line, no traceback: the message already names the file, row or key. Last, after anything
+        # still buffered on stdout (a log that takes both streams).
+        sys.stdout.flush()
+        print(f"fer-tune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fer-tune: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,117 @@
+"""`fer-tune extend DIR --num-samples N`: grow a finished (or interrupted) search by a new phase.
+
+A phase is a new Ray experiment (`results/<name>/phase<N>/`: Ray's `Tuner.restore` cannot change a
+finished experiment's space or sample count) that shares the search's folder and its Optuna study, so TPE
+starts from every earlier trial. See `fer_tune.search.folder` for the layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from pathlib import Path
+
+from fer_tune.base import ConfigError, DataError, check, check_writable
+from fer_tune.data import FER2013
+from fer_tune.search.folder import Phase, SearchFolder, command_line
+from fer_tune.search.runner import Outcome, _check_tracking, _fit, _load, _ray, _tuner
+from fer_tune.search.space import Resources, Space, load_space, parse_duration
+
+
+def extend_search(
+    path: str | Path,
+    num_samples: int,
+    *,
+    space: str | Path | None = None,
+    time_budget: str | float | None = None,
+    address: str | None = None,
+    data: FER2013 | str | Path | None = None,
+    verbose: bool = False,
+) -> Outcome:
+    """`fer-tune extend DIR --num-samples N`: N more trials in the same folder and Optuna study, so TPE starts
+    from every earlier trial; `space` may narrow ranges and fix values. Earlier trials the new space could
+    not have proposed stay in the results but are hidden from the sampler. `data` defaults to the search's
+    (give it when the search was run on a FER2013 held in memory)."""
+    from optuna.trial import TrialState
+
+    from fer_tune.search.conversion import outside
+    from fer_tune.search.searcher import LOST
+
+    folder = SearchFolder.open(path)
+    state = folder.read_state()
+    before = folder.read_space()
+    if not state.study or before.search.algorithm != "optuna":
+        raise ConfigError(
+            f"{folder.space_path(1)}: search.algorithm {before.search.algorithm}: extend continues an Optuna "
+            "study, and this search has none"
+        )
+    if not folder.db_path.is_file():
+        raise DataError(
+            f"{folder.db_path}: no such file; the search predates optuna.db and cannot be extended"
+        )
+    check(num_samples >= 1, "--num-samples", f"must be >= 1, got {num_samples}")
+    budget = parse_duration(time_budget, "--time-budget")
+    new = _extension_space(before, space, num_samples, budget, folder)
+    check_writable(folder.path, "search folder")
+    data, _ = _load(state.data if data is None else data)
+    study = folder.load_study()
+    numbers = {t.user_attrs.get("ray_trial_id"): t.number for t in study.get_trials(deepcopy=False)}
+    out = {t["trial_id"]: why for t in folder.ray_trials() if (why := outside(new, t["config"]))}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        # An interrupted phase that is extended instead of resumed: its trials never end.
+        study._storage.set_trial_user_attr(
+            t._trial_id, LOST, f"phase {state.phase.number} extended, not resumed"
+        )
+        study.tell(t.number, state=TrialState.FAIL)
+    number = state.phase.number + 1
+    now = datetime.now().isoformat(timespec="seconds")
+    state.phases.append(
+        Phase(number, new.source, num_samples, now, command=command_line(), outside=sorted(out))
+    )
+    state.finished, state.ended = False, None
+    _check_tracking(state.to_dict())
+    with _ray(address, state.cpus, state.gpus, verbose) as cluster:
+        folder.write_space(new, number)
+        folder.write_state(state)
+        hidden = [numbers[t] for t in out if t in numbers]
+        print(
+            f"fer-tune: extending {folder.path} by {num_samples} trials (phase {number}); "
+            f"{len(hidden)} earlier trials lie outside {new.source} and do not steer the sampler"
+        )
+        tuner = _tuner(new, data, folder, cluster, state, hidden=hidden)
+        return Outcome(folder.path, _fit(tuner, new, folder, state, verbose))
+
+
+def _extension_space(
+    before: Space, path: str | Path | None, num_samples: int, budget: float | None, folder: SearchFolder
+) -> Space:
+    """The space of an extension: the given file (its resources default to the search's) or the last phase's,
+    with `num_samples` and the time budget. It must rank as the study does and keep each parameter's kind."""
+    from fer_tune.search.conversion import distribution
+
+    if path is None:
+        new = dataclasses.replace(before, search=dataclasses.replace(before.search, time_budget_s=budget))
+    else:
+        new = load_space(path, time_budget_s=budget)
+        if new.resources == Resources():  # none given: the resources the search measured or was given
+            new.resources = before.resources
+    new.search.num_samples = num_samples
+    where = new.source
+    if new.search.algorithm != "optuna":
+        raise ConfigError(
+            f"{where}: search.algorithm: {new.search.algorithm}; an extension continues an Optuna study"
+        )
+    if (new.search.metric, new.search.mode) != (before.search.metric, before.search.mode):
+        raise ConfigError(
+            f"{where}: search.metric: {new.search.metric} ({new.search.mode}), but the study of "
+            f"{folder.path} ranks by {before.search.metric} ({before.search.mode}); an extension keeps it"
+        )
+    for phase, _ in folder.experiment_dirs():
+        old = {d.name: d for d in folder.read_space(phase).dists()}
+        for d in new.dists():
+            if d.name in old and type(distribution(d)) is not type(distribution(old[d.name])):
+                raise ConfigError(
+                    f"{where}: {d.path}: {d.kind} here but {old[d.name].kind} in phase {phase}; one Optuna "
+                    "parameter cannot change its kind (start a new search instead)"
+                )
+    return new

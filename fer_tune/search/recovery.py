@@ -1,0 +1,364 @@
+"""The faults that end searches, turned into one line and a folder that can still be resumed.
+
+- `check_target`: `--name` must be one folder name, and `--results` must not lie inside the installed
+  package.
+- `storage_fault` / `raise_if_storage_fault`: a results disk that is full or read-only. Ray's own writes to
+  it fail in pieces (a trial's checkpoint upload raises in the worker, the experiment-state sync logs an
+  error, Optuna's SQLite commit raises in the driver); fer-tune probes the folder when one of them fails
+  and, if the disk is at fault, ends the search at once with one `StorageFault`, before Ray or Optuna record
+  the trial as failed: the last experiment-state snapshot on disk still has it running, so a resume
+  continues it.
+- `good_checkpoint`: Ray's latest checkpoint of a trial, or, when that one is truncated or corrupt (a crash
+  while it was written), the newest readable one before it.
+- `check_experiment_state`: the newest Ray experiment state of a search to be resumed is whole JSON; when a
+  crash cut it short (Ray copies it into the search folder in place), the whole copy `keep_whole_state`
+  made of the last snapshot is put back.
+- `interrupts`: SIGTERM stops a search as Ctrl-C does, and a second Ctrl-C while Ray saves its state is
+  absorbed instead of cutting that save short.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import fer_tune
+from fer_tune.base import ConfigError, DataError, OutputError, atomic_write, check_writable
+
+# errno values that mean "the disk", not the trial: full, read-only, over quota.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
+_STORAGE_WORDS = tuple(os.strerror(e) for e in STORAGE_ERRNOS) + ("database or disk is full",)
+
+
+class StorageFault(OutputError):
+    """The search folder's disk refuses writes: the search stopped; its last saved state is resumable."""
+
+
+def check_target(results: str | Path, name: str | None) -> None:
+    """Refuse a `--name` that is not one plain folder name and a `--results` inside the fer_tune package;
+    then test-write `--results` (a folder, or a URI of an object store)."""
+    from fer_tune.base.storage import check_writable_uri, is_uri
+
+    if name is not None:
+        seps = {os.sep, os.altsep or os.sep, "/", "\\"}
+        if not name.strip() or any(s in name for s in seps) or name in (".", "..") or "\0" in name:
+            raise ConfigError(
+                f"--name {name!r}: must be one folder name (no path separators, not . or ..); "
+                "choose the parent folder with --results"
+            )
+    if is_uri(results):
+        check_writable_uri(str(results), "--results")
+        return
+    package = Path(fer_tune.__file__).resolve().parent
+    out = Path(results).expanduser().resolve()
+    if out == package or package in out.parents:
+        raise ConfigError(
+            f"--results {results}: inside the installed fer_tune package ({package}); results there are "
+            "lost on reinstall and pollute the code: give a folder outside it (default ./results)"
+        )
+    check_writable(out, "--results")
+
+
+def is_storage_error(text: str) -> bool:
+    """Whether an error message says the disk is full or read-only (not that the trial is broken)."""
+    return any(word in text for word in _STORAGE_WORDS)
+
+
+def storage_fault(folder: str | Path) -> str | None:
+    """Why `folder` refuses writes (`No space left on device`, `Read-only file system`), or None."""
+    try:
+        check_writable(folder, "results")
+    except OutputError as e:
+        return str(e).rsplit(": ", 1)[-1]
+    return None
+
+
+def raise_if_storage_fault(folder: str | Path) -> None:
+    """StorageFault when `folder` refuses writes: the one error a full or read-only results disk gives."""
+    why = storage_fault(folder)
+    if why is not None:
+        raise StorageFault(
+            f"{folder}: cannot write there: {why}; the search stopped and its last saved state is kept: "
+            f"free space (or make it writable), then continue with: fer-tune --resume {folder}"
+        )
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def good_checkpoint(checkpoint: Any) -> Iterator[str]:
+    """A local folder holding a readable `checkpoint.pt`: Ray's `checkpoint` (a `ray.tune.Checkpoint`), or the
+    newest earlier `checkpoint_*` of the same trial when it is truncated or corrupt.
+
+    Ray records a checkpoint once its upload finished, but a crash of the machine can still leave its file cut
+    (written, not yet flushed). Raises the first DataError (naming the file) when none is readable.
+    """
+    from ray.tune import Checkpoint
+
+    from fer_tune.training import CHECKPOINT_KEYS
+    from fer_tune.training.checkpoint import read_torch_file
+
+    fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    name = path.rsplit("/", 1)[-1]
+    candidates = [path, *(p for p in _checkpoint_dirs(fs, path) if p.rsplit("/", 1)[-1] < name)]
+    first: DataError | None = None
+    for candidate in candidates:
+        with Checkpoint(candidate, filesystem=fs).as_directory() as folder:
+            try:
+                read_torch_file(Path(folder) / "checkpoint.pt", "fer-tune checkpoint", CHECKPOINT_KEYS)
+            except DataError as e:
+                first = first or DataError(f"{candidate}/checkpoint.pt: {str(e).split(': ', 1)[-1]}")
+                continue
+            if candidate != path:
+                print(f"fer-tune: {first}; resuming from {candidate} instead", file=sys.stderr)
+            yield folder
+            return
+    assert first is not None
+    raise first
+
+
+def _checkpoint_dirs(fs: Any, checkpoint_path: str) -> list[str]:
+    """The `checkpoint_*` folders beside `checkpoint_path` (its trial's), newest first; [] when unlistable."""
+    from pyarrow.fs import FileSelector, FileType
+
+    parent = checkpoint_path.rsplit("/", 1)[0] if "/" in checkpoint_path else ""
+    try:
+        found = fs.get_file_info(FileSelector(parent or "/"))
+    except OSError:
+        return []
+    dirs = (i.path for i in found if i.type == FileType.Directory and i.base_name.startswith("checkpoint_"))
+    return sorted(dirs, reverse=True)
+
+
+def heal_stale_checkpoint(trial: Any) -> str | None:
+    """Point a trial being resumed at its newest checkpoint when the one its saved state names is gone.
+
+    Ray saves the experiment state every few seconds, but deletes a trial's older checkpoints as soon as newer
+    ones exist (`num_to_keep`). A search killed when a trial had saved two more checkpoints since the last
+    snapshot resumes from a snapshot naming a deleted checkpoint, and Ray fails that trial ("Could not recover
+    from checkpoint"). The newer checkpoints are whole: continue from the newest, so no epoch is lost. Its Ray
+    metrics are the snapshot's, moved on by as many reports as checkpoints (one per report), with the epoch's
+    own metrics from the checkpoint. Returns what was done, or None when nothing needed doing.
+    """
+    from pyarrow.fs import FileType
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint
+
+    from fer_tune.training import CHECKPOINT_KEYS
+    from fer_tune.training.checkpoint import read_torch_file
+
+    manager = trial.run_metadata.checkpoint_manager
+    stale = manager.latest_checkpoint_result if manager is not None else None
+    if stale is None:
+        return None
+    fs, path = stale.checkpoint.filesystem, stale.checkpoint.path.rstrip("/")
+    try:
+        if fs.get_file_info(path).type != FileType.NotFound:
+            return None
+    except OSError:
+        return None
+    name = path.rsplit("/", 1)[-1]
+    newer = [p for p in _checkpoint_dirs(fs, path) if p.rsplit("/", 1)[-1] > name]
+    index = lambda p: int(p.rsplit("_", 1)[-1])  # noqa: E731
+    for candidate in newer:
+        with Checkpoint(candidate, filesystem=fs).as_directory() as folder:
+            try:
+                ckpt = read_torch_file(Path(folder) / "checkpoint.pt", "fer-tune checkpoint", CHECKPOINT_KEYS)
+                history = ckpt["history"]
+            except DataError:
+                continue  # cut: an older one
+        steps = index(candidate) - index(path)
+        metrics = {**stale.metrics, **(history[-1] if history else {})}
+        metrics["training_iteration"] = stale.metrics.get("training_iteration", 0) + steps
+        metrics["time_total_s"] = stale.metrics.get("time_total_s", 0.0) + sum(
+            h.get("epoch_seconds", 0.0) for h in history[-steps:]
+        )
+        record_epochs(Path(trial.local_path) / "result.json", history, stale.metrics, trial.trial_id)
+        manager._latest_checkpoint_result = _TrainingResult(Checkpoint(candidate, filesystem=fs), metrics)
+        manager._checkpoint_results = [manager._latest_checkpoint_result]
+        trial.storage.current_checkpoint_index = index(candidate)  # its next checkpoint is the one after
+        trial.invalidate_json_state()
+        trial.run_metadata.invalidate_cache()
+        return (
+            f"trial {trial.trial_id}: the saved search state names {name}, which Ray had already replaced; "
+            f"resuming from {candidate.rsplit('/', 1)[-1]} (epoch {len(history)})"
+        )
+    return None
+
+
+def record_epochs(
+    result_json: Path, history: list[dict[str, Any]], stale: dict[str, Any], trial_id: str
+) -> int:
+    """Append to a trial's `result.json` the epochs of `history` (a checkpoint's) that it lacks; how many.
+
+    A trial resumed from a checkpoint newer than the driver's last record (the driver had not logged those
+    epochs when the search died) would leave them out of the results for good. Rows follow Ray's: the
+    epoch's metrics, `training_iteration` and `time_total_s` counted on from the `stale` record. Appended in
+    place (Ray's logger may hold the file open for appending); a torn last line is cut off first.
+    """
+    if not result_json.is_file():
+        return 0
+    text = result_json.read_bytes()
+    whole = text[: text.rfind(b"\n") + 1]  # a line without its newline is a write the crash cut short
+    seen = 0
+    for line in whole.splitlines():
+        try:
+            seen = max(seen, int(json.loads(line).get("epoch") or 0))
+        except (ValueError, TypeError, AttributeError):
+            continue
+    missing = [h for h in history if h.get("epoch", 0) > seen]
+    if not missing:
+        return 0
+    it, epoch0 = stale.get("training_iteration", 0), stale.get("epoch", 0)
+    rows = []
+    for h in missing:
+        done = sum(x.get("epoch_seconds", 0.0) for x in history if epoch0 < x["epoch"] <= h["epoch"])
+        row = {**h, "trial_id": trial_id, "training_iteration": it + h["epoch"] - epoch0}
+        row |= {
+            "time_this_iter_s": h.get("epoch_seconds"),
+            "time_total_s": stale.get("time_total_s", 0.0) + done,
+        }
+        rows.append(json.dumps(row, default=str) + "\n")
+    try:
+        with open(result_json, "r+b") as f:
+            f.truncate(len(whole))
+            f.seek(0, os.SEEK_END)
+            f.write("".join(rows).encode())
+    except OSError as e:
+        raise OutputError(f"{result_json}: cannot write there: {e.strerror or e}") from None
+    return len(missing)
+
+
+# -- Ray's experiment state ----------------------------------------------------------------------------------
+
+
+def whole_copy(state: Path) -> Path:
+    """Where `keep_whole_state` keeps the last whole version of an experiment-state file (hidden from Ray)."""
+    return state.with_name(f".{state.name}.whole")
+
+
+def _check_whole(text: bytes | str) -> None:
+    """ValueError unless `text` is a whole experiment state (JSON with its `trial_data` list)."""
+    raw = json.loads(text)
+    if not isinstance(raw, dict) or not isinstance(raw.get("trial_data"), list):
+        raise ValueError("no trial_data list")
+
+
+def keep_whole_state(experiment: Path, seen: dict[str, Any], every_s: float = 1.0) -> None:
+    """Copy the newest `experiment_state-*.json` beside itself, atomically, each time it changes and is whole.
+
+    Ray writes the snapshot in a staging folder and then copies it over the one in the search folder in place,
+    so a SIGKILL (or power cut) during that copy leaves it cut short, and with it the only record of which
+    trials finished. Called by the driver at every step of Ray's loop, it looks at most every `every_s`
+    seconds; `seen` remembers when, and the version copied.
+    """
+    now = time.monotonic()
+    if now - seen.get("at", -math.inf) < every_s:
+        return
+    seen["at"] = now
+    states = sorted(experiment.glob("experiment_state-*.json"))
+    if not states:
+        return
+    newest = states[-1]
+    try:
+        st = newest.stat()
+        key = (newest.name, st.st_mtime_ns, st.st_size)
+        if seen.get("state") == key:
+            return
+        text = newest.read_bytes()
+        _check_whole(text)
+    except (OSError, ValueError):
+        return  # being copied right now: the next step sees it whole
+
+    try:
+        atomic_write(whole_copy(newest), lambda f: f.write(text))
+        seen["state"] = key
+    except OutputError:  # a full or read-only disk: Ray's own writes report it (StorageFault)
+        pass
+
+
+def check_experiment_state(experiment: Path) -> None:
+    """The newest `experiment_state-*.json` must be whole JSON before Ray reads it (Ray would fail with a JSON
+    traceback). Cut short by a crash while Ray copied it: the whole copy of the last snapshot replaces it (a
+    note on stderr); without one, one line naming it and what to do."""
+    states = sorted(experiment.glob("experiment_state-*.json"))
+    if not states:
+        return
+    newest = states[-1]
+    try:
+        _check_whole(newest.read_text())
+    except (OSError, ValueError) as e:
+        copy = whole_copy(newest)
+        try:
+            text = copy.read_bytes()
+            _check_whole(text)
+        except (OSError, ValueError):
+            pass
+        else:
+
+            atomic_write(newest, lambda f: f.write(text))  # a disk that refuses it: one OutputError line
+            print(
+                f"fer-tune: {newest}: cut short by a crash ({e}); resuming from its last whole snapshot",
+                file=sys.stderr,
+            )
+            return
+        todo = (
+            f"move it aside to resume from the older snapshot {states[-2].name}"
+            if len(states) > 1
+            else "it is the only snapshot, so the search cannot continue; its trials' results are still "
+            "read by fer-tune report and export: start a new search to run more"
+        )
+        raise DataError(f"{newest}: truncated or corrupt Ray Tune experiment state ({e}); {todo}") from None
+
+
+# -- signals -------------------------------------------------------------------------------------------------
+
+# Ray Tune's loop has started (set by hooks.StopLog), so its own SIGINT handler is installed.
+_LOOP_RUNNING = False
+
+
+def mark_loop_running(running: bool = True) -> None:
+    """Called from the driver's Tune callback: a SIGINT fer-tune's handler sees now is a second one."""
+    global _LOOP_RUNNING
+    _LOOP_RUNNING = running
+
+
+@contextmanager
+def interrupts() -> Iterator[list[int]]:
+    """SIGTERM stops the search as Ctrl-C does; a second Ctrl-C is absorbed while Ray stops and saves.
+
+    Ray Tune's SIGINT handler stops the trials, saves the experiment state and then puts the previous handler
+    back, so a second Ctrl-C would raise KeyboardInterrupt in the middle of that save and could leave the
+    state file cut short. The handler installed here is that previous one: once Tune's loop runs it is only
+    reached by a second Ctrl-C, which it reports and ignores. Yields the signals seen.
+    """
+    seen: list[int] = []
+    mark_loop_running(False)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        signal.raise_signal(signal.SIGINT)  # Ray Tune's handler: stop trials, save the experiment state
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if not _LOOP_RUNNING:
+            raise KeyboardInterrupt  # before Tune's loop: nothing to save yet
+        seen.append(signum)
+        print("fer-tune: stopping; saving the search state so it can be resumed (a moment)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm), signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield seen
+    finally:
+        mark_loop_running(False)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])

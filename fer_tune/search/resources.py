@@ -1,0 +1,71 @@
+"""The resources of a search: the cluster it asks for, each trial's CPU and GPU share, how many run at once."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fer_tune.base import ConfigError
+from fer_tune.search.space import Space
+
+
+@dataclass
+class SearchResources:
+    """The machine a search runs on: Ray's cluster, and an explicit GPU share per trial.
+
+    `gpus_per_trial` (`--gpus-per-trial`) overrides the space's, and is never dropped for lack of GPUs: a
+    space's own share is (the same space runs on a CPU-only machine).
+    """
+
+    cpus: int | None = None  # CPUs Ray may use (default: all)
+    gpus: float | None = None  # GPUs Ray may use (0: CPU only; default: all visible)
+    address: str | None = None  # a running Ray cluster: auto or ray://host:port
+    gpus_per_trial: float | str | None = None
+
+
+def fill_resources(space: Space, cluster: dict[str, float], gpus_flag: float | str | None = None) -> None:
+    """Default to one GPU per trial when the cluster has GPUs, measure `auto`; fail now on what cannot run."""
+    r, gpus = space.resources, cluster.get("GPU", 0)
+    if r.gpus_per_trial is None:
+        r.gpus_per_trial = 1.0 if gpus > 0 else 0.0
+    if gpus == 0 and (r.gpus_per_trial == "auto" or r.gpus_per_trial > 0) and gpus_flag in (None, "auto"):
+        # The space's GPU share is for GPU machines: without one, the same space runs on CPU.
+        print(f"fer-tune: no GPU in the Ray cluster; trials run on CPU ({space.source} asks for GPUs)")
+        r.gpus_per_trial, r.gpu_shares = 0.0, None
+    if r.gpus_per_trial == "auto":
+        measure_shares(space)
+    if r.gpus_per_trial > gpus:
+        raise ConfigError(
+            f"resources.gpus_per_trial: {r.gpus_per_trial:g} but the Ray cluster has {gpus:g} GPUs "
+            "(--gpus 0 runs on CPU)"
+        )
+    if r.cpus_per_trial > cluster.get("CPU", 0):
+        raise ConfigError(
+            f"resources.cpus_per_trial: {r.cpus_per_trial:g} but the Ray cluster has {cluster['CPU']:g}"
+        )
+
+
+def measure_shares(space: Space) -> None:
+    """`gpus_per_trial: auto`: probe each family's heaviest sampled config on this machine's GPU."""
+    import torch
+
+    from fer_tune.base import DeviceError
+    from fer_tune.search.packing import auto_shares
+
+    if not torch.cuda.is_available():
+        raise DeviceError(
+            "--gpus-per-trial auto: the packing probe runs on this machine's GPU, and torch sees none here; "
+            "give a share (--gpus-per-trial 0.25)"
+        )
+    r = space.resources
+    r.gpu_shares = {**auto_shares(space.sample(n=4, seed=space.search.seed)), **(r.gpu_shares or {})}
+    r.gpus_per_trial = max(r.gpu_shares.values())  # for families the probe did not see (none, normally)
+
+
+def trial_slots(space: Space, cluster: dict[str, float]) -> int:
+    """Trials that fit on the cluster at once: how far ahead the search algorithm may propose."""
+    r = space.resources
+    share = min([r.gpus_per_trial, *(r.gpu_shares or {}).values()])  # the most trials a GPU can hold
+    cpu = math.floor(cluster.get("CPU", 0) / r.cpus_per_trial + 1e-9) if r.cpus_per_trial else math.inf
+    gpu = math.floor(cluster.get("GPU", 0) / share + 1e-9) if share else math.inf
+    return max(1, int(min(cpu, gpu, space.total_trials())))

@@ -1,0 +1,371 @@
+"""Run, interrupt and resume a hyperparameter search with Ray Tune (Optuna TPE or random/grid, ASHA).
+
+`run_search` parses the space and the data before Ray starts, puts the parsed dataset in Ray's object store
+once (`tune.with_parameters`), and runs one `fer_trial` per sampled config. The search folder
+`results/<name>/` (owned by `fer_tune.search.folder`) is Ray's experiment folder plus `fer_tune.json` (what
+`resume_search` and `extend_search` need), the Optuna study in `optuna.db`, and the results files written by
+`fer_tune.search.results`. `extend_search` adds trials to a search as a new phase in the same folder and study.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fer_tune.base import ConfigError, DataError, check_writable
+from fer_tune.data import FER2013
+from fer_tune.search.folder import FOLDER_ENV, STUDY_DB_ENV, Phase, SearchFolder, SearchState, command_line
+from fer_tune.search.recovery import check_experiment_state, check_target, interrupts
+from fer_tune.search.resources import SearchResources, fill_resources, trial_slots
+from fer_tune.search.space import Dist, Space, load_space
+from fer_tune.search.trainable import TRIAL_SPLITS, check_selectable, make_trainable, trial_dirname
+from fer_tune.search.wandb_runs import WandbTracking
+
+
+@dataclass
+class Outcome:
+    """What a search run left: its folder and the exit status (0 done, 1 every trial failed, 130
+    interrupted)."""
+
+    folder: Path
+    status: int
+
+
+def run_search(
+    space: Space | str | Path,
+    data: FER2013 | str | Path,
+    resources: SearchResources | None = None,
+    *,
+    name: str | None = None,
+    results: str | Path = "results",
+    wandb_project: str | None = None,
+    wandb_mode: str | None = None,
+    verbose: bool = False,
+) -> Outcome:
+    """Run a search of `space` (a Space, or a bundled name or YAML path) on `data` (FER2013, or a path) into
+    `results/<name>/`. The space and data are checked before Ray starts."""
+    res = resources or SearchResources()
+    space = space if isinstance(space, Space) else load_space(space, gpus_per_trial=res.gpus_per_trial)
+    if res.gpus_per_trial is not None:
+        space.resources.gpus_per_trial = res.gpus_per_trial
+    if res.gpus == 0:
+        if res.gpus_per_trial:
+            raise ConfigError(f"--gpus-per-trial: {res.gpus_per_trial} with --gpus 0 (CPU only)")
+        space.resources.gpus_per_trial, space.resources.gpu_shares = 0.0, None
+    if res.gpus and res.address is None:
+        import ray
+
+        if not ray.is_initialized():  # fer-tune will start Ray: it must not promise GPUs torch cannot use
+            from fer_tune.training.device import check_gpu_count
+
+            check_gpu_count(res.gpus)
+    check_target(results, name)
+    # A folder or a URI (s3://...), test-written before data and Ray.
+    folder = SearchFolder.create(results, name or f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}")
+    if folder.is_search():
+        raise ConfigError(
+            f"--name: {folder.path} holds a search already; continue it with fer-tune --resume {folder.path}"
+        )
+    # `--wandb-mode offline|online` alone asks for logging: it goes to the project "fer-tune".
+    asked = wandb_mode in ("online", "offline")
+    wandb_project = wandb_project or os.environ.get("WANDB_PROJECT") or ("fer-tune" if asked else None)
+    wandb_mode = wandb_mode or os.environ.get("WANDB_MODE", "online")
+    _check_tracking({"name": folder.name, "wandb_project": wandb_project, "wandb_mode": wandb_mode})
+    data, data_path = _load(data)
+    with _ray(res.address, res.cpus, res.gpus, verbose) as cluster:
+        fill_resources(space, cluster, gpus_flag=res.gpus_per_trial)
+        folder.path.mkdir(parents=True, exist_ok=True)
+        folder.write_space(space)
+        now = datetime.now().isoformat(timespec="seconds")
+        command = command_line()
+        state = SearchState(
+            name=folder.name,
+            space=space.source,
+            data=data_path,
+            started=now,
+            cpus=res.cpus,
+            gpus=res.gpus,
+            wandb_project=wandb_project,
+            wandb_mode=wandb_mode,
+            command=command,
+            study=folder.name if space.search.algorithm == "optuna" else None,
+            phases=[Phase(1, space.source, space.search.num_samples, now, command=command)],
+        )
+        folder.write_state(state)
+        tuner = _tuner(space, data, folder, cluster, state)
+        return Outcome(folder.path, _fit(tuner, space, folder, state, verbose))
+
+
+def _load(data: FER2013 | str | Path) -> tuple[FER2013, str]:
+    """The dataset and the path recorded for resume (a FER2013 given as an object records its source)."""
+    from fer_tune.data import load_fer2013
+
+    if isinstance(data, FER2013):
+        check_selectable(data, data.source)
+        return data, data.source
+    loaded = load_fer2013(data)
+    check_selectable(loaded, data)
+    return loaded, str(Path(data).resolve())
+
+
+def resume_search(
+    path: str | Path, *, retry_errored: bool = False, address: str | None = None, verbose: bool = False
+) -> int:
+    """`fer-tune --resume DIR`: continue an interrupted search (its latest phase) where its saved state left
+    it."""
+    from ray import tune
+
+    from fer_tune.search import legacy_names
+
+    legacy_names.install()  # a search saved by an earlier fer-tune pickled names that have moved since
+    folder = SearchFolder.open(path)
+    state = folder.read_state()
+    if state.finished and not (retry_errored and _has_errors(folder.path)):
+        print(f"fer-tune: {folder.path} finished on {state.ended or '?'}; nothing to resume")
+        return 0
+    phase, experiment = folder.experiment_dirs()[-1]
+    space = folder.read_space(phase)
+    check_experiment_state(experiment)
+    if not tune.Tuner.can_restore(folder.experiment_location(phase)):
+        raise DataError(f"{experiment}: no saved Ray Tune state (experiment_state-*.json) to resume from")
+    check_writable(folder.path, "search folder")  # Ray writes its state and the trials there
+    _check_tracking(state.to_dict())
+
+    data, _ = _load(state.data)
+    # Ray unpickles the searcher with the study storage it was saved with: open this folder's database.
+    os.environ[STUDY_DB_ENV] = str(folder.db_path)
+    with _ray(address, state.cpus, state.gpus, verbose):
+        # The trainable must have the name it had: re-wrap the same function around freshly loaded data.
+        tuner = tune.Tuner.restore(
+            folder.experiment_location(phase),
+            make_trainable(space, data),
+            resume_unfinished=True,
+            resume_errored=retry_errored,
+            restart_errored=False,  # restarted trials get ids OptunaSearch never saw (KeyError in Ray 2.60)
+        )
+        print(f"fer-tune: resuming {folder.path}" + (" (errored trials too)" if retry_errored else ""))
+        return _fit(tuner, space, folder, state, verbose)
+
+
+def _check_tracking(state: dict[str, Any]) -> None:
+    """Fail before the data and Ray when the wandb logging asked for cannot work (online without a key)."""
+    tracking = WandbTracking.from_state(state)
+    if tracking is not None:
+        tracking.check()
+
+
+# -- building the Tuner --------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _ray(
+    address: str | None, cpus: int | None, gpus: float | None, verbose: bool = False
+) -> Iterator[dict[str, float]]:
+    """Join `address`, reuse a running Ray (tests), or start a local one; yields the cluster's resources."""
+    import ray
+
+    from fer_tune.search.progress import quiet_ray
+
+    started = False
+    if not ray.is_initialized():
+        level = quiet_ray(verbose)
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level=level)
+        else:
+            num_gpus = None if gpus is None else (int(gpus) if float(gpus).is_integer() else gpus)
+            ray.init(
+                num_cpus=cpus,
+                num_gpus=num_gpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=level,
+            )
+        started = True
+    try:
+        yield ray.cluster_resources()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def progress_columns(space: Space, limit: int = 8) -> list[str]:
+    """Varied keys every trial's config has: Ray's reporter raises KeyError on a key a trial lacks (a key
+    of one model family in a trial of another)."""
+    model = space.groups.get("model", {})
+    arch = model.get("arch")
+    archs = list(arch.args) if isinstance(arch, Dist) else []
+
+    def in_every_trial(key: str) -> bool:
+        parts = key.split("/")
+        if parts[0] != "model" or not space.families or parts[1] in model:
+            return True
+        return all(parts[1] in space.families.get(a, {}) for a in archs)
+
+    return [k for k in space.varied_keys() if in_every_trial(k)][:limit]
+
+
+def _tuner(
+    space: Space,
+    data: FER2013,
+    folder: SearchFolder,
+    cluster: dict[str, float],
+    state: SearchState,
+    hidden: list[int] | None = None,
+) -> Any:
+    """Ray's Tuner of the state's latest phase; `hidden`: study trials its sampler must not learn from."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+    from ray.tune.stopper import CombinedStopper
+
+    from fer_tune.search.budget_stopper import BudgetStopper
+    from fer_tune.search.conversion import point_params
+    from fer_tune.search.progress import LiveReporter
+    from fer_tune.search.sampler import InSpaceSampler
+    from fer_tune.search.searcher import BestEpochOptunaSearch
+    from fer_tune.search.stop_log import StopLog
+    from fer_tune.search.stuck_stopper import StuckStopper
+
+    s = space.search
+    slots = s.max_concurrent or trial_slots(space, cluster)
+    if s.algorithm == "optuna":
+        phase = state.phase.number
+        searcher = BestEpochOptunaSearch(
+            space=space.define_by_run(),
+            metric=s.metric,
+            mode=s.mode,
+            # Each phase its own seed: the same one would replay the earlier phase's random start-up trials.
+            sampler=InSpaceSampler(seed=s.seed + phase - 1, outside=hidden or ()),
+            storage=folder.storage(),
+            study_name=state.study,
+            phase=phase,
+        )
+        search_alg = ConcurrencyLimiter(searcher, slots)
+        with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna 5
+            warnings.simplefilter("ignore")
+            searcher._ot_study.set_metric_names([s.metric])  # the dashboard shows val_acc
+        if phase == 1 and not searcher._ot_study.trials:
+            # Not Ray's points_to_evaluate: OptunaSearch would enqueue them again into the study it reopens.
+            for point in s.points_to_evaluate:
+                searcher._ot_study.enqueue_trial(point_params(space, point))
+        param_space: dict[str, Any] = {}
+    else:
+        search_alg = BasicVariantGenerator(random_state=s.seed, max_concurrent=slots)
+        param_space = space.param_space()
+    scheduler = None
+    if s.scheduler == "asha":
+        max_t = s.max_t or space.max_epochs()
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            max_t=max_t,
+            grace_period=min(s.grace_period, max_t),
+            reduction_factor=s.reduction_factor,
+        )
+    # Ray's TimeoutStopper stops running trials too; StopLog records them as stopped by the time budget.
+    stopper = BudgetStopper(s.time_budget_s) if s.time_budget_s else None
+    stop: Any = stopper
+    if s.stuck_epochs:
+        import numpy as np
+
+        # What trials see (PrivateTest stays out of every decision); labels only: no copy of the images.
+        labels = data.labels[np.isin(data.usage, TRIAL_SPLITS)]
+        chance = float(np.bincount(labels).max() / max(len(labels), 1)) + 0.05
+        stop = StuckStopper(s.stuck_epochs, chance)
+        stop = CombinedStopper(stopper, stop) if stopper is not None else stop
+    callbacks: list[Any] = [
+        StopLog(stopper, search_alg if s.algorithm == "optuna" else None, trial_timeout_s=s.trial_timeout_s)
+    ]
+    tracking = WandbTracking.from_state(state.to_dict())
+    if tracking is not None:
+        from fer_tune.search.wandb_runs import WandbRuns
+
+        callbacks.append(WandbRuns(tracking))  # one run per trial, written by the driver (see tracking.py)
+    storage_path, experiment_name = folder.ray_storage(state.phase.number)
+    return tune.Tuner(
+        make_trainable(space, data),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=s.metric,
+            mode=s.mode,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=s.num_samples,
+            trial_dirname_creator=trial_dirname,
+            reuse_actors=True,  # a finished trial's worker (torch imported, data fetched) runs the next one
+        ),
+        run_config=tune.RunConfig(
+            name=experiment_name,
+            storage_path=storage_path,
+            stop=stop,
+            callbacks=callbacks,
+            progress_reporter=LiveReporter(),  # draws the view _fit installs (fer_tune.search.progress)
+            # Ray's default depends on RAY_AIR_NEW_OUTPUT when this is built: "0" (set by _fit, so for any
+            # later search in this process or its children) makes it 3, every trial's result every 5 s.
+            verbose=1,
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+# -- running -------------------------------------------------------------------------------------------------
+
+
+def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState, verbose: bool = False) -> int:
+    from fer_tune.search.progress import watch
+    from fer_tune.search.results import summarize, write_results
+
+    # The legacy output engine is the one that shows CLIReporter's parameter columns.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Snapshot the experiment state often: what finished after the last snapshot is redone after a SIGKILL.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ[FOLDER_ENV] = str(folder.path)  # StopLog records stops there (a remote search: the mirror)
+    # A searcher unpickled in this process reopens this search's study: never one an earlier search (a resume
+    # in the same process, as in the tests or a notebook) left in the environment.
+    os.environ[STUDY_DB_ENV] = str(folder.db_path)
+    t0 = time.time()
+    s = space.search
+    view = watch(folder.path, s.metric, s.mode, progress_columns(space), s.time_budget_s, verbose)
+    with interrupts() as signals:
+        with view:
+            try:
+                grid = tuner.fit()
+            except Exception:
+                from fer_tune.search.recovery import raise_if_storage_fault
+
+                raise_if_storage_fault(folder.path)  # Optuna's commit or Ray's write failed on a full disk
+                raise
+        elapsed = time.time() - t0
+        folder.sync_down()  # a search in an object store: Ray's trial files, for the tables
+        trials, _ = write_results(folder.path)  # a second Ctrl-C still absorbed: the tables are whole
+    budget = space.search.time_budget_s
+    budget_hit = budget is not None and elapsed >= budget - 1
+    unfinished = grid.num_terminated + grid.num_errors < len(grid)
+    interrupted = bool(signals) or unfinished or (len(grid) < space.total_trials() and not budget_hit)
+    print(summarize(trials, folder.path))
+    if interrupted:
+        folder.sync_up()
+        print(f"fer-tune: search interrupted; nothing is lost. Continue it with: fer-tune --resume {folder}")
+        return 130
+    state.finished, state.ended = True, datetime.now().isoformat(timespec="seconds")
+    state.phase.finished, state.phase.ended = True, state.ended
+    folder.write_state(state)
+    folder.sync_up()
+    if len(trials) and (trials["status"] == "ERROR").all():
+        print("fer-tune: every trial failed; see the stop reasons above and error.txt in each trial folder")
+        return 1
+    return 0
+
+
+def _has_errors(folder: Path) -> bool:
+    from fer_tune.search.results import load_results
+
+    return bool((load_results(folder)[0]["status"] == "ERROR").any())

@@ -1,0 +1,199 @@
+"""The `search` and `resources` blocks of a search space: typed settings, parsed and checked.
+
+Errors start with the key path (`search.metric: ...`), as everywhere in a space.
+"""
+
+from __future__ import annotations
+
+import numbers
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fer_tune.base import ConfigError, check
+from fer_tune.training import METRIC_MODES
+
+ALGORITHMS = ("optuna", "random", "grid")
+SCHEDULERS = ("asha", "none")
+
+
+@dataclass
+class SearchSettings:
+    """The `search` block: how many trials, which algorithm and scheduler, how long."""
+
+    algorithm: str = "optuna"  # optuna (TPE) | random | grid
+    num_samples: int = 0  # trials (grid: passes over the grid); default 20, grid: 1
+    metric: str = "val_acc"  # a key of METRIC_MODES; trials are ranked by its best epoch
+    mode: str | None = None  # max | min; default: the metric's direction in METRIC_MODES
+    scheduler: str = "asha"  # asha | none
+    max_t: int | None = None  # ASHA's last rung, in epochs (default: the largest train.epochs of the space)
+    grace_period: int = 1  # epochs every trial runs before ASHA may stop it
+    reduction_factor: int = 3  # ASHA keeps 1/reduction_factor of the trials at each rung
+    time_budget_s: float | None = None  # stop the search after this many seconds
+    # stop a trial that has not reported for this many seconds (a hung trial); None: never
+    trial_timeout_s: float | None = None
+    seed: int = 0  # seeds Optuna's sampler or Ray's random search
+    max_concurrent: int | None = None  # default: as many trials as the resources hold
+    max_failures: int = 0  # retries of a failed trial
+    # stop a trial whose val_acc stayed flat near chance this many epochs (collapsed to one class); 0: never
+    stuck_epochs: int = 0
+    # `--retrain`'s epochs, fixed in advance (None: the best config's own train.epochs); a search may rank
+    # configs at fewer epochs than its final model trains for
+    retrain_epochs: int | None = None
+    # configs tried first (partial run configs; the rest is sampled): recipes known to be good, so that a
+    # short search starts from them instead of from chance (Optuna's enqueue_trial; checked against the space)
+    points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Resources:
+    """The `resources` block: what each trial reserves."""
+
+    cpus_per_trial: float = 1.0  # also the torch threads of the trial (at least 1)
+    # None: 1 when the search uses GPUs, else 0; "auto": measured per family (fer_tune.search.packing)
+    gpus_per_trial: float | str | None = None
+    gpu_shares: dict[str, float] | None = None  # per family, over gpus_per_trial ("auto" fills it)
+
+
+def parse_duration(value: Any, key: str = "search.time_budget") -> float | None:
+    """`90m`, `2h`, `3600s`, `1.5h`, a number of seconds, or null."""
+    if value is None:
+        return None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*", str(value))
+    check(
+        m is not None and float(m.group(1)) > 0,
+        key,
+        f"expected a duration like 90m, 2h, 3600s; got {value!r}",
+    )
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _parse_search(raw: Any) -> SearchSettings:
+    s = SearchSettings(num_samples=20)
+    if raw is None:
+        return s
+    check(isinstance(raw, Mapping), "search", f"expected a mapping, got {raw!r}")
+    simple = {"algorithm": str, "num_samples": int, "metric": str, "mode": str, "seed": int}
+    simple |= {"max_concurrent": int, "max_failures": int, "stuck_epochs": int, "retrain_epochs": int}
+    for key, value in raw.items():
+        k = f"search.{key}"
+        if key in simple:
+            kind = simple[key]
+            ok = isinstance(value, kind) and not isinstance(value, bool)
+            ok = ok or (key in ("max_concurrent", "retrain_epochs") and value is None)
+            check(ok, k, f"expected {kind.__name__}, got {value!r}")
+            setattr(s, key, value)
+        elif key == "time_budget":
+            s.time_budget_s = parse_duration(value, k)
+        elif key == "trial_timeout":
+            s.trial_timeout_s = parse_duration(value, k)
+        elif key == "scheduler":
+            _parse_scheduler(value, s)
+        elif key == "points_to_evaluate":
+            value = [] if value is None else value
+            check(isinstance(value, list), k, f"expected a list of configs, got {value!r}")
+            for i, point in enumerate(value):
+                check(isinstance(point, Mapping), f"{k}.{i}", f"expected a config mapping, got {point!r}")
+            s.points_to_evaluate = [dict(p) for p in value]
+        else:
+            known = [*simple, "time_budget", "trial_timeout", "scheduler", "points_to_evaluate"]
+            raise ConfigError(f"{k}: unknown key; known keys: {', '.join(known)}")
+    check(s.algorithm in ALGORITHMS, "search.algorithm", f"must be one of {ALGORITHMS}, got {s.algorithm!r}")
+    if "num_samples" not in raw:
+        s.num_samples = 1 if s.algorithm == "grid" else 20
+    _check_metric(s)
+    check(s.num_samples >= 1, "search.num_samples", f"must be >= 1, got {s.num_samples}")
+    check(s.max_failures >= 0, "search.max_failures", f"must be >= 0, got {s.max_failures}")
+    check(
+        s.stuck_epochs == 0 or s.stuck_epochs >= 2,
+        "search.stuck_epochs",
+        f"must be 0 or >= 2, got {s.stuck_epochs}",
+    )
+    check(s.max_concurrent is None or s.max_concurrent >= 1, "search.max_concurrent", "must be >= 1")
+    check(
+        s.retrain_epochs is None or s.retrain_epochs >= 1,
+        "search.retrain_epochs",
+        f"must be >= 1, got {s.retrain_epochs}",
+    )
+    return s
+
+
+def _check_metric(s: SearchSettings) -> None:
+    """A known metric, and a mode that agrees with its direction (filled in when the metric has one)."""
+    known = ", ".join(METRIC_MODES)
+    check(s.metric in METRIC_MODES, "search.metric", f"unknown metric {s.metric!r}; known: {known}")
+    check(s.mode in (None, "min", "max"), "search.mode", f"must be min or max, got {s.mode!r}")
+    direction = METRIC_MODES[s.metric]
+    if direction is None:
+        check(s.mode is not None, "search.mode", f"required with search.metric {s.metric} (min or max)")
+    else:
+        check(
+            s.mode in (None, direction),
+            "search.mode",
+            f"{s.mode} contradicts search.metric {s.metric}, which is {direction}imised",
+        )
+        s.mode = direction
+
+
+def _parse_scheduler(value: Any, s: SearchSettings) -> None:
+    if value is None or isinstance(value, str):
+        value = {"type": value or "none"}
+    check(isinstance(value, Mapping), "search.scheduler", f"expected asha, none or a mapping, got {value!r}")
+    for key, v in value.items():
+        k = f"search.scheduler.{key}"
+        if key == "type":
+            check(v in SCHEDULERS, k, f"must be one of {SCHEDULERS}, got {v!r}")
+            s.scheduler = v
+        elif key in ("max_t", "grace_period", "reduction_factor"):
+            ok = (
+                isinstance(v, int)
+                and not isinstance(v, bool)
+                and v >= (2 if key == "reduction_factor" else 1)
+            )
+            check(ok or (key == "max_t" and v is None), k, f"expected a positive integer, got {v!r}")
+            setattr(s, key, v)
+        else:
+            raise ConfigError(f"{k}: unknown key; known keys: type, max_t, grace_period, reduction_factor")
+
+
+def _parse_resources(raw: Any) -> Resources:
+    r = Resources()
+    if raw is None:
+        return r
+    check(isinstance(raw, Mapping), "resources", f"expected a mapping, got {raw!r}")
+    for key, value in raw.items():
+        k = f"resources.{key}"
+        check(
+            key in ("cpus_per_trial", "gpus_per_trial", "gpu_shares"),
+            k,
+            "unknown key; known: cpus_per_trial, gpus_per_trial, gpu_shares",
+        )
+        if key == "gpu_shares":
+            check(isinstance(value, Mapping), k, f"expected a mapping family -> GPU share, got {value!r}")
+            for arch, v in value.items():
+                check(_is_number(v) and v > 0, f"{k}.{arch}", f"expected a number > 0, got {v!r}")
+            r.gpu_shares = {str(a): float(v) for a, v in value.items()}
+            continue
+        if key == "gpus_per_trial" and value == "auto":
+            r.gpus_per_trial = "auto"
+            continue
+        check(
+            value is None or (_is_number(value) and value >= 0), k, f"expected a number >= 0, got {value!r}"
+        )
+        setattr(r, key, None if value is None else float(value))
+    return r
+
+
+def _check_gpu_share(g: float, key: str) -> None:
+    # A trial trains on one GPU (no multi-GPU trials yet); shares that do not divide 1 strand a remainder of
+    # every GPU (ray#5902).
+    check(g <= 1, key, f"a trial trains on one GPU: must be <= 1, got {g:g}")
+    divides = g == 1 or abs(1 / g - round(1 / g)) < 1e-6
+    check(divides, key, f"must be 1 or divide 1 (0.5, 0.25, ...), got {g:g}")

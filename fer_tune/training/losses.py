@@ -1,0 +1,42 @@
+"""Losses: cross-entropy or focal, with optional per-class weights from the training counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fer_tune.data import EMOTIONS
+from fer_tune.training.config import TrainConfig
+
+
+def class_weights(labels: np.ndarray, mode: str) -> np.ndarray | None:
+    """Per-class loss weights from training counts (`train.class_weights`), averaging 1 over the samples.
+
+    inverse: 1/n_c, so every class weighs as much as any other in total; sqrt: 1/sqrt(n_c), half-way.
+    """
+    if mode == "none":
+        return None
+    counts = np.bincount(labels, minlength=len(EMOTIONS)).astype(np.float64)
+    w = 1 / np.maximum(counts, 1) ** (1.0 if mode == "inverse" else 0.5)
+    return (w * counts.sum() / (w @ counts)).astype(np.float32)
+
+
+def classification_loss(
+    out: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy or focal loss (`train.loss`), with label smoothing and per-class weights.
+
+    Weighted losses are weighted means, sum(w_y * l) / sum(w_y), as torch's cross-entropy takes them.
+    """
+    ls = cfg.label_smoothing
+    if cfg.loss == "ce":
+        return F.cross_entropy(out, y, weight=weight, label_smoothing=ls)
+    out = out.float()
+    ce = F.cross_entropy(out, y, label_smoothing=ls, reduction="none")
+    p_true = out.softmax(1).gather(1, y[:, None]).squeeze(1)
+    focal = (1 - p_true).pow(cfg.focal_gamma) * ce  # confident, right answers count less
+    if weight is None:
+        return focal.mean()
+    w = weight[y]
+    return (focal * w).sum() / w.sum()

@@ -1,0 +1,373 @@
+"""The trainable: one `train(config, data)` for `fer-tune train`, Ray Tune trials and final retrains.
+
+Each split lives on the device as one uint8 tensor; batches are randperm slices, augmented whole on the
+device (`fer_tune.training.augment`). Every epoch reports the same metrics, writes a self-describing checkpoint (model,
+optimizer, schedulers, RNG states, history, config, normalisation) and can be resumed bit-for-bit on CPU.
+
+Choices (documented in the README):
+- Validation is PublicTest. When it is also trained on (`train.train_on: Training+PublicTest`), `val_*` is
+  still computed on it but is not held out: the result says `val_held_out: False`. Without PublicTest in
+  the data, `val_loss`/`val_acc` are NaN and the plateau schedule steps on `train_loss`.
+- `model.pt` holds the last epoch's weights (no selection on the validation split); it records the best
+  epoch and its `val_acc` beside them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim import lr_scheduler
+
+from fer_tune.base import DataError
+from fer_tune.data import EMOTIONS, FER2013
+from fer_tune.models import build_model
+from fer_tune.training.augment import augment_batch, eval_batch, normalize
+from fer_tune.training.checkpoint import ReportFn, model_meta, restore, save_epoch
+from fer_tune.training.config import RunConfig, as_run_config
+from fer_tune.training.device import Precision, channels_last, setup_device, to_device
+from fer_tune.training.distill import Teacher, distill_loss, load_teacher
+from fer_tune.training.losses import class_weights, classification_loss
+from fer_tune.training.metrics import METRIC_KEYS, METRIC_MODES, scores  # noqa: F401  (METRIC_MODES re-exported)
+from fer_tune.training.optim import build_optimizer, build_schedulers
+
+CUDA_CHECK_EVERY = 25  # steps between non-finite-loss checks on CUDA (a check is a host-device sync)
+
+
+def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of n rows with each class in proportion (at least one each), reproducible by seed."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * n / len(labels)
+    quota = np.maximum(1, np.floor(exact)).astype(int)
+    for i in np.argsort(-(exact - np.floor(exact)))[: max(0, n - quota.sum())]:  # largest remainders first
+        quota[i] += 1
+    while quota.sum() > n:  # the one-per-class floor overshot: take from the largest classes
+        quota[np.argmax(quota)] -= 1
+    rng = np.random.default_rng(seed)
+    picks = [
+        rng.choice(np.flatnonzero(labels == c), q, replace=False) for c, q in zip(classes, quota, strict=True)
+    ]
+    return np.sort(np.concatenate(picks))
+
+
+def pixel_stats(images: np.ndarray) -> tuple[float, float]:
+    """Mean and std of uint8 pixels from their 256-bin histogram.
+
+    Runs at every trial's start: numpy's `std()` would make a float64 copy of the whole split (530 MB for
+    FER2013's Training), per trial; the histogram is one pass over the bytes and exact.
+    """
+    counts = np.bincount(images.ravel(), minlength=256).astype(np.float64)
+    levels = np.arange(256.0)
+    n = counts.sum()
+    mean = counts @ levels / n
+    var = max(counts @ (levels * levels) / n - mean * mean, 0.0)
+    return float(mean), float(np.sqrt(var)) or 1.0
+
+
+def epoch_order(labels: torch.Tensor, sampler: str) -> torch.Tensor:
+    """The epoch's image indices: a permutation (shuffle), or n draws with replacement in which every class
+    is equally likely (balanced: a rare class's images are seen several times an epoch)."""
+    if sampler == "balanced":
+        per_class = torch.bincount(labels, minlength=len(EMOTIONS)).clamp(min=1)
+        return torch.multinomial(1.0 / per_class[labels].float(), len(labels), replacement=True)
+    return torch.randperm(len(labels), device=labels.device)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: lr_scheduler.LRScheduler | None,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: RunConfig,
+    norm: tuple[float, float],
+    epoch: int,
+    amp: Precision,
+    scaler: torch.amp.GradScaler | None = None,
+    bar: Any = None,
+    weight: torch.Tensor | None = None,
+    teacher: Teacher | None = None,
+) -> dict[str, float]:
+    """One pass over the training images in randperm batches (the last partial batch is dropped).
+
+    With fp16 `scaler` scales the loss (and skips steps whose gradients overflowed, as GradScaler does).
+    `weight`: per-class loss weights. `train.sampler: balanced` draws the epoch's n images with replacement,
+    each class equally often, instead of a permutation. With a `teacher`, `train.distill_alpha` of the loss is
+    `distill_loss` against its output on the same augmented batch.
+    """
+    model.train()
+    dev, n = images.device, len(labels)
+    bs = min(cfg.train.batch_size, n)
+    steps, check_every = n // bs, (1 if dev.type == "cpu" else CUDA_CHECK_EVERY)
+    perm = epoch_order(labels, cfg.train.sampler)
+    loss_sum = torch.zeros((), device=dev)
+    correct = torch.zeros((), device=dev, dtype=torch.long)
+    first_bad = torch.full((), -1, device=dev, dtype=torch.long)  # first step with a non-finite loss
+    lr = opt.param_groups[0]["lr"]
+    for step in range(1, steps + 1):
+        idx = perm[(step - 1) * bs : step * bs]
+        x, y_a, y_b, lam = augment_batch(normalize(images[idx], *norm), labels[idx], cfg.augment)
+        with amp.autocast():
+            x = channels_last(x)
+            out = model(x)
+            loss = classification_loss(out, y_a, cfg.train, weight)
+            if lam < 1:
+                loss = lam * loss + (1 - lam) * classification_loss(out, y_b, cfg.train, weight)
+            if teacher is not None and cfg.train.distill_alpha > 0:
+                soft = distill_loss(out, teacher(x), cfg.train.distill_temperature)
+                loss = (1 - cfg.train.distill_alpha) * loss + cfg.train.distill_alpha * soft
+        opt.zero_grad(set_to_none=True)
+        if scaler is None:
+            loss.backward()
+        else:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)  # clip (and step) on true gradients
+        if cfg.train.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        if scaler is None:
+            opt.step()
+        else:
+            scaler.step(opt)
+            scaler.update()
+        lr = opt.param_groups[0]["lr"]  # the rate this step used
+        if sched is not None:
+            sched.step()
+        loss = loss.detach().float()
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
+        loss_sum += loss * bs
+        correct += (out.argmax(1) == (y_a if lam >= 0.5 else y_b)).sum()  # against the dominant label
+        if step % check_every == 0 or step == steps:
+            if (bad := int(first_bad)) >= 0:
+                raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {bad}")
+            if bar is not None:
+                bar.update(step - bar.n)
+                bar.set_postfix(loss=f"{float(loss_sum) / (step * bs):.3f}", refresh=False)
+    seen = steps * bs
+    return {"train_loss": float(loss_sum) / seen, "train_acc": int(correct) / seen, "lr": lr, "images": seen}
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    norm: tuple[float, float],
+    input_size: int,
+    amp: Precision | None = None,
+) -> dict[str, Any]:
+    """Mean cross-entropy and `fer_tune.training.metrics.scores` (accuracy, macro-F1, recall per class) in eval mode,
+    without augmentation (the center crop for crop-trained models); NaN scores for no images."""
+    k = len(EMOTIONS)
+    if len(labels) == 0:
+        return {"loss": math.nan, **scores(np.zeros((k, k), dtype=np.int64))}  # every score NaN
+    model.eval()
+    loss_sum = torch.zeros((), device=images.device)
+    cm = torch.zeros(k * k, device=images.device, dtype=torch.long)
+    for i in range(0, len(labels), 512):
+        x, y = eval_batch(images[i : i + 512], *norm, input_size), labels[i : i + 512]
+        with amp.autocast() if amp is not None else contextlib.nullcontext():
+            out = model(channels_last(x)).float()
+        loss_sum += F.cross_entropy(out, y, reduction="sum")
+        cm += torch.bincount(y * k + out.argmax(1), minlength=k * k)
+    return {"loss": float(loss_sum) / len(labels), **scores(cm.view(k, k).cpu().numpy())}
+
+
+@dataclass
+class DeviceData:
+    """Training and validation splits on the device, the clean-accuracy sample, what the model records."""
+
+    x_train: torch.Tensor  # (N, 48, 48) uint8
+    y_train: torch.Tensor  # (N,) int64
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    clean: torch.Tensor  # indices of the fixed training sample scored without augmentation
+    weight: torch.Tensor | None  # per-class loss weights (train.class_weights), float32
+    state: dict[str, Any]  # mean, std, input_size, val_held_out, data: saved with checkpoints and model.pt
+
+    @property
+    def norm(self) -> tuple[float, float]:
+        return self.state["mean"], self.state["std"]
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return len(self.y_train) // min(batch_size, len(self.y_train))
+
+
+def prepare_data(cfg: RunConfig, data: FER2013, dev: torch.device) -> DeviceData:
+    """The training split (or its stratified subset) and PublicTest, on the device as uint8."""
+    usages = cfg.train.train_usages
+    missing = [u for u in usages if u not in data.splits]
+    if missing:
+        raise DataError(f"{data.source or 'dataset'}: no {'/'.join(missing)} images to train on")
+    tr = data.split(*usages)
+    if cfg.train.subset is not None:
+        keep = stratified_subset(tr.labels, cfg.train.subset, cfg.seed)
+        tr = FER2013(tr.images[keep], tr.labels[keep], tr.usage[keep], tr.source)
+    va = data.split("PublicTest")
+    val_held_out = len(va) > 0 and "PublicTest" not in usages
+    if len(va) and not val_held_out:
+        warnings.warn("PublicTest is trained on: val_* metrics are not held out", stacklevel=3)
+    # Normalisation from the training split (0..255 scale); saved with the model.
+    mean, std = pixel_stats(tr.images)
+    n_clean = len(va) if len(va) else min(len(tr), 2048)
+    clean = torch.randperm(len(tr), generator=torch.Generator().manual_seed(cfg.seed))[:n_clean]
+    info = {"source": data.source, "train_usages": list(usages), "n_train": len(tr), "n_val": len(va)}
+    weight = class_weights(tr.labels, cfg.train.class_weights)
+    return DeviceData(
+        to_device(tr.images, dev),
+        to_device(tr.labels, dev),
+        to_device(va.images, dev),
+        to_device(va.labels, dev),
+        clean.to(dev),
+        None if weight is None else torch.from_numpy(weight).to(dev),
+        {
+            "mean": mean,
+            "std": std,
+            "input_size": cfg.augment.input_size,
+            "val_held_out": val_held_out,
+            "data": info,
+        },
+    )
+
+
+def run_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: lr_scheduler.LRScheduler | None,
+    plateau: lr_scheduler.ReduceLROnPlateau | None,
+    d: DeviceData,
+    cfg: RunConfig,
+    epoch: int,
+    amp: Precision,
+    scaler: torch.amp.GradScaler | None = None,
+    progress: bool = False,
+    teacher: Teacher | None = None,
+) -> dict[str, Any]:
+    """Train one epoch, score PublicTest and the clean training sample, step plateau; the metrics."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=d.steps_per_epoch(cfg.train.batch_size),
+            desc=f"epoch {epoch}/{cfg.train.epochs}",
+            leave=False,
+        )
+    t0 = time.perf_counter()
+    try:
+        stats = train_one_epoch(
+            model, opt, sched, d.x_train, d.y_train, cfg, d.norm, epoch, amp, scaler, bar, d.weight, teacher
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if d.x_train.is_cuda:
+        torch.cuda.synchronize(d.x_train.device)
+    train_seconds = time.perf_counter() - t0
+    size = cfg.augment.input_size
+    val = evaluate_split(model, d.x_val, d.y_val, d.norm, size, amp)
+    clean = evaluate_split(model, d.x_train[d.clean], d.y_train[d.clean], d.norm, size, amp)
+    if plateau is not None:
+        plateau.step(val["loss"] if len(d.y_val) else stats["train_loss"])
+    metrics = {
+        "epoch": epoch,
+        "train_loss": stats["train_loss"],
+        "train_acc": stats["train_acc"],
+        "clean_train_acc": clean["accuracy"],
+        "val_loss": val["loss"],
+        "val_acc": val["accuracy"],
+        "val_macro_f1": val["macro_f1"],
+        **{f"val_recall_{c}": r for c, r in val["recall"].items()},
+        "lr": stats["lr"],
+        "epoch_seconds": time.perf_counter() - t0,
+        "images_per_second": stats["images"] / train_seconds,
+    }
+    if progress:
+        from tqdm import tqdm
+
+        tqdm.write(
+            " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+        )
+    return metrics
+
+
+def train(
+    config: RunConfig | Mapping[str, Any],
+    data: FER2013,
+    *,
+    device: str | torch.device | None = None,
+    threads: int | None = None,
+    report: ReportFn | None = None,
+    resume: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = False,
+    gpu_fraction: float | None = None,
+) -> dict[str, Any]:
+    """Train one run config on `data`; standalone and as the body of a Ray Tune trial.
+
+    Args:
+        config: a RunConfig or a (sampled) nested mapping.
+        data: FER2013 holding the `train.train_usages` splits and, for validation, PublicTest.
+        device: cpu, cuda, cuda:1 (default: cuda when available); cuda without CUDA is a DeviceError.
+        threads: torch CPU threads (default: leave torch's setting alone).
+        report: called `report(metrics, checkpoint_dir)` each epoch after `checkpoint.pt` was written there.
+        resume: a folder holding `checkpoint.pt`, or the file, to continue from.
+        out_dir: where to write config.yaml, metrics.csv, checkpoint.pt and model.pt (each epoch).
+        progress: show a tqdm bar per epoch.
+        gpu_fraction: this process's share of its GPU (a packed trial, < 1): caps its memory at
+            `fer_tune.training.device.memory_cap(gpu_fraction)`.
+
+    Returns:
+        `best_val_acc`, `best_epoch`, `history` (one metrics dict per epoch), `val_held_out`, `params`.
+    """
+    cfg = as_run_config(config)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    dev, amp = setup_device(device, cfg.train.precision, gpu_fraction)
+    teacher = None
+    if cfg.train.teacher is not None:  # read before the data: a bad teacher fails at once
+        teacher = load_teacher(cfg.train.teacher, cfg.augment.input_size, cfg.train.train_usages, dev)
+
+    d = prepare_data(cfg, data, dev)
+    if teacher is not None:
+        teacher.standardise_for(*d.norm)
+        d.state["teacher"] = teacher.describe()  # model.pt says what it was distilled from
+    torch.manual_seed(cfg.seed)  # after the teacher was built: a student's start is the same with or without
+    model = build_model(cfg.model).to(dev, memory_format=torch.channels_last)
+    opt = build_optimizer(model, cfg.train)
+    sched, plateau = build_schedulers(opt, cfg.train, d.steps_per_epoch(cfg.train.batch_size))
+    scaler = amp.scaler()
+    history: list[dict[str, Any]] = []
+    if resume is not None:
+        schedulers = {"scheduler": sched, "plateau": plateau, "scaler": scaler}
+        history = restore(resume, cfg, dev, model, opt, schedulers)
+
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.to_yaml(out / "config.yaml", header="resolved run config (fer-tune train)")
+    for epoch in range(len(history) + 1, cfg.train.epochs + 1):
+        metrics = run_epoch(model, opt, sched, plateau, d, cfg, epoch, amp, scaler, progress, teacher)
+        history.append(metrics)
+        save_epoch(model, opt, (sched, plateau, scaler), cfg, history, d.state, dev, out, report)
+
+    meta = model_meta(cfg, history, d.state)
+    return {
+        "best_val_acc": meta["best_val_acc"],
+        "best_epoch": meta["best_epoch"],
+        "history": history,
+        "val_held_out": d.state["val_held_out"],
+        "params": sum(p.numel() for p in model.parameters()),
+        "out_dir": str(out) if out is not None else None,
+    }
