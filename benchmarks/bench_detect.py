@@ -5,10 +5,10 @@
 Each scene is 640x480 smooth gray clutter (as in tests/test_predict.py) with 4 FER2013 PublicTest faces
 pasted at random non-overlapping places, each 48-192 px on a side and padded with its own edge pixels by a
 quarter of its side (a FER2013 crop is tight; a real face has a head around it). For each `scale_step` of
-`fer_tune.inference.detect.FaceDetector` (OpenCV's `scaleFactor`): the share of pasted faces found (a FER2013-framed box
-with IoU >= 0.5 with the pasted square), boxes that match no face, the median ms per scene (detection alone),
-and the median ms per 640x480 photo of scikit-image's astronaut; ratios against the first step, in the same
-run. The scenes, faces and places are the same for every step.
+`fer_tune.inference.detect.FaceDetector` (OpenCV's `scaleFactor`): the share of pasted faces found (a
+FER2013-framed box with IoU >= 0.5 with the pasted square), boxes that match no face, the median ms per
+scene (detection alone), and the median ms per 640x480 photo of scikit-image's astronaut; ratios against the
+first step, in the same run. The scenes, faces and places are the same for every step.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""CPU cost of the live view's update path (`fer_tune.search.progress.LiveView`), on a fake terminal and on a pipe.
+"""CPU cost of the live view's update path (`fer_tune.search.progress.LiveView`), on a fake terminal and
+on a pipe.
 
     python benchmarks/bench_live.py [--trials 8 64 256] [--seconds 3]
 

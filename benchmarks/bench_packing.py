@@ -2,11 +2,12 @@
 
     python benchmarks/bench_packing.py [--config configs/resnet.yaml configs/vgg.yaml] [--seconds 4]
 
-For each run config, `fer_tune.search.packing.measure_packing` starts 8 worker processes on the GPU (as Ray runs
-packed trials), each building the config's model and training it (its batch size, input size, precision,
-SGD) on random batches; for k = 1, 2, 4, 8 it lets k of them train at once and counts images. Prints a table
-of aggregate images/s with the ratio to the baseline, one trial alone, measured in the same run; the share
-`--gpus-per-trial auto` would choose; and the memory per trial. `--json` writes the measurements.
+For each run config, `fer_tune.search.packing.measure_packing` starts 8 worker processes on the GPU (as Ray
+runs packed trials), each building the config's model and training it (its batch size, input size,
+precision, SGD) on random batches; for k = 1, 2, 4, 8 it lets k of them train at once and counts images.
+Prints a table of aggregate images/s with the ratio to the baseline, one trial alone, measured in the same
+run; the share `--gpus-per-trial auto` would choose; and the memory per trial. `--json` writes the
+measurements.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Shared fixtures: a private parse cache, small synthetic FER2013, the real data when present, one Ray."""
+"""Shared fixtures: a clean environment, a private parse cache, small synthetic FER2013 (in memory and as a
+CSV), the real data when present, one Ray."""
 
 from __future__ import annotations
 
@@ -9,18 +10,44 @@ import numpy as np
 import pytest
 import torch
 
-from fer_tune.data import FER2013, USAGES
+from fer_tune.data import FER2013, USAGES, save_csv
 from fer_tune.training.device import TRIAL_DEVICE_ENV
 
 SHARED_FER = (Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "fer2013").resolve()
 
+# What a developer's shell may hold that would change what the tests do: `RAY_ADDRESS` (the session's Ray, and
+# every `fer-tune` subprocess, would join that cluster), `WANDB_*` (`WANDB_PROJECT` turns logging on, a key
+# or a mode changes how), `FER_TUNE_*` (`FER_TUNE_DATA`, the search folder and study database the trials
+# use, the trial device). `FER_TUNE_CACHE` is set again below, to the session's own folder. No WANDB_MODE
+# is set in their place: a test that logs says how (a global `disabled` once hid a bug).
+LEAKY_PREFIXES = ("WANDB_", "FER_TUNE_")
+# What tests or fer-tune itself may set in this process, cleared again before each test. Not every WANDB_*
+# (wandb keeps its service's address there while this process holds runs).
+LEAKY_NAMES = (
+    "RAY_ADDRESS",
+    *("WANDB_PROJECT", "WANDB_MODE", "WANDB_API_KEY", "WANDB_ENTITY", "WANDB_BASE_URL"),
+)
+
+# At import, before any fixture, Ray or subprocess: they all inherit os.environ.
+for _name in list(os.environ):
+    if _name.startswith(LEAKY_PREFIXES) or _name in LEAKY_NAMES:
+        del os.environ[_name]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Keep the parse cache (and wandb, Ray usage stats) of the tests away from the user's."""
+    """Keep the parse cache (and Ray usage stats) of the tests away from the user's."""
     os.environ["FER_TUNE_CACHE"] = str(tmp_path_factory.mktemp("fer-tune-cache"))
-    os.environ.setdefault("WANDB_MODE", "disabled")
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts without those variables, also where an earlier test set one in this process (a
+    search run in-process sets `FER_TUNE_STUDY_DB`); the session's `FER_TUNE_CACHE` stays."""
+    for name in list(os.environ):
+        if (name.startswith("FER_TUNE_") and name != "FER_TUNE_CACHE") or name in LEAKY_NAMES:
+            monkeypatch.delenv(name)
 
 
 def make_fer(n_per_class: dict[str, int], seed: int = 0) -> FER2013:
@@ -57,6 +84,14 @@ def tiny_data() -> FER2013:
     return make_fer({"Training": 20, "PublicTest": 6})
 
 
+@pytest.fixture(scope="module")
+def data_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny data (20 Training, 6 PublicTest images per class) as a fer2013.csv, for `--data`."""
+    return save_csv(
+        make_fer({"Training": 20, "PublicTest": 6}), tmp_path_factory.mktemp("data") / "fer2013.csv"
+    )
+
+
 @pytest.fixture(scope="session")
 def shared_fer() -> Path:
     """The real FER2013 image folders beside the checkout (CI has them); skips where absent."""
@@ -82,6 +117,7 @@ def ray_cluster():
     """
     ray = pytest.importorskip("ray")
     ray.init(
+        address="local",  # a new local Ray, never a cluster named by RAY_ADDRESS
         num_cpus=2,
         num_gpus=2,
         runtime_env={"env_vars": {TRIAL_DEVICE_ENV: "cpu"}},

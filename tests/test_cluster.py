@@ -30,7 +30,7 @@ from conftest import make_fer
 
 from fer_tune.data import save_csv
 
-pytestmark = [pytest.mark.slow, pytest.mark.long, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.long, pytest.mark.timeout(600)]
 
 BIN = Path(sys.executable).parent
 BUCKET = "fer-results"

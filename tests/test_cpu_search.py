@@ -99,6 +99,7 @@ def test_retrain_needs_a_positive_number_of_seeds(capsys) -> None:
     assert "--retrain: the number of seeds must be >= 1, got 0" in capsys.readouterr().err
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.long
 def test_bench_search_quick_budget_on_tiny_data(small_csv, tmp_path) -> None:

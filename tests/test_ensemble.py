@@ -38,22 +38,23 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, data, one_thread):
+def trained_run(tmp_path_factory, data, one_thread):
+    """A TINY model trained on `data` (the ensembles here are copies of it)."""
     out = tmp_path_factory.mktemp("run")
     train(RunConfig.from_dict(TINY), data, out_dir=out, device="cpu")
     return out
 
 
-def _seeds(root, run, n=2):
+def _seeds(root, trained_run, n=2):
     """A retrain-shaped folder whose seeds are copies of one model."""
     for s in range(n):
         (root / f"seed_{s}").mkdir(parents=True)
-        shutil.copy(run / "model.pt", root / f"seed_{s}" / "model.pt")
+        shutil.copy(trained_run / "model.pt", root / f"seed_{s}" / "model.pt")
     return root
 
 
-def test_ensemble_of_identical_models_equals_either(run):
-    model, _ = load_model(run)
+def test_ensemble_of_identical_models_equals_either(trained_run):
+    model, _ = load_model(trained_run)
     x = torch.randn(5, 1, 44, 44)
     with torch.no_grad():
         single = model(x).softmax(-1)
@@ -70,34 +71,34 @@ def test_ensemble_is_the_mean_of_probabilities():
         assert torch.allclose(Ensemble([a, b])(x).exp(), want, atol=1e-6)
 
 
-def test_model_files_and_load(tmp_path, run):
-    assert model_files(run) == [run / "model.pt"]
-    root = _seeds(tmp_path / "final", run, 3)
+def test_model_files_and_load(tmp_path, trained_run):
+    assert model_files(trained_run) == [trained_run / "model.pt"]
+    root = _seeds(tmp_path / "final", trained_run, 3)
     (root / "seed_x").mkdir()  # not a seed folder: ignored
     assert [p.parent.name for p in model_files(root)] == ["seed_0", "seed_1", "seed_2"]
     model, meta = load(root)
     assert isinstance(model, Ensemble) and len(model.members) == 3
     assert meta["members"] == ["seed_0", "seed_1", "seed_2"] and meta["input_size"] == 44
-    single, meta1 = load(run)
-    assert not isinstance(single, Ensemble) and meta1["members"] == [run.name]
+    single, meta1 = load(trained_run)
+    assert not isinstance(single, Ensemble) and meta1["members"] == [trained_run.name]
     with pytest.raises(DataError, match="no model.pt, nor seed_<s>/model.pt"):
         model_files(tmp_path / "final" / "seed_x")
     with pytest.raises(DataError, match="no such model file or folder"):
         model_files(tmp_path / "missing")
 
 
-def test_members_must_share_their_input_size(tmp_path, run, data, one_thread):
+def test_members_must_share_their_input_size(tmp_path, trained_run, data, one_thread):
     other = tmp_path / "other"
     train(RunConfig.from_dict({**TINY, "augment": {"rotation": 0.0, "crop": 40}}), data, out_dir=other)
-    root = _seeds(tmp_path / "final", run, 1)
+    root = _seeds(tmp_path / "final", trained_run, 1)
     (root / "seed_1").mkdir()
     shutil.copy(other / "model.pt", root / "seed_1" / "model.pt")
     with pytest.raises(DataError, match=r"seed_1/model.pt has input_size 40, seed_0 has 44"):
         load_models(root)
 
 
-def test_evaluate_ensemble_scores_each_seed_and_the_ensemble(tmp_path, run, data):
-    root = _seeds(tmp_path / "final", run)
+def test_evaluate_ensemble_scores_each_seed_and_the_ensemble(tmp_path, trained_run, data):
+    root = _seeds(tmp_path / "final", trained_run)
     # a retrain's report already there: evaluation is added to it, nothing of it is lost
     (root / "metrics.json").write_text(json.dumps({"per_seed": {"seed_0": {}}, "summary": {"x": 1}}))
     result = evaluate_ensemble(root, data, device="cpu")
@@ -118,10 +119,10 @@ def test_evaluate_ensemble_scores_each_seed_and_the_ensemble(tmp_path, run, data
     assert {r["model"] for r in result["table"]} == {"seed_0", "seed_1", "ensemble"}
 
 
-def test_cli_evaluate_of_a_retrain_folder(tmp_path, run, data, capsys):
+def test_cli_evaluate_of_a_retrain_folder(tmp_path, trained_run, data, capsys):
     from fer_tune.data import save_csv
 
-    root = _seeds(tmp_path / "final", run)
+    root = _seeds(tmp_path / "final", trained_run)
     csv = tmp_path / "fer.csv"
     save_csv(data, csv)
     assert main(["evaluate", str(root), "--data", str(csv), "--device", "cpu"]) == 0
@@ -135,11 +136,11 @@ def test_cli_evaluate_of_a_retrain_folder(tmp_path, run, data, capsys):
     assert "no model.pt, nor seed_<s>/model.pt" in capsys.readouterr().err
 
 
-def test_cli_evaluate_of_a_retrain_folder_of_one_seed(tmp_path, run, data, capsys):
+def test_cli_evaluate_of_a_retrain_folder_of_one_seed(tmp_path, trained_run, data, capsys):
     """A one-seed retrain (e.g. a model distilled with `retrain --teacher`) is scored as its one model."""
     from fer_tune.data import save_csv
 
-    root = _seeds(tmp_path / "distilled", run, n=1)
+    root = _seeds(tmp_path / "distilled", trained_run, n=1)
     csv = tmp_path / "fer.csv"
     save_csv(data, csv)
     assert main(["evaluate", str(root), "--data", str(csv), "--out", str(tmp_path / "eval")]) == 0
@@ -151,7 +152,7 @@ def test_cli_evaluate_of_a_retrain_folder_of_one_seed(tmp_path, run, data, capsy
     }
 
 
-def test_members_standardised_differently_each_get_their_own_input(tmp_path, run, data, one_thread):
+def test_members_standardised_differently_each_get_their_own_input(tmp_path, trained_run, data, one_thread):
     """Seeds of a `train.subset` retrain each saw their own subset, so their mean and std differ: the
     ensemble is still the mean of each member's probabilities on the faces as that member was trained."""
     from fer_tune.data import FER2013
@@ -161,7 +162,7 @@ def test_members_standardised_differently_each_get_their_own_input(tmp_path, run
     )
     other = tmp_path / "other"
     train(RunConfig.from_dict(TINY), brighter, out_dir=other)
-    root = _seeds(tmp_path / "final", run, 1)
+    root = _seeds(tmp_path / "final", trained_run, 1)
     (root / "seed_1").mkdir()
     shutil.copy(other / "model.pt", root / "seed_1" / "model.pt")
     model, meta = load(root)

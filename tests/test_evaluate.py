@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=[40, 4], ids=["crop40", "shift4"])
-def model_dir(
+def augmented_model_dir(
     request: pytest.FixtureRequest, tiny_data: FER2013, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """A model trained for one epoch on 40-px crops, or on 48-px images shifted by up to 4 px."""
@@ -77,8 +77,8 @@ def test_tta_views_are_the_documented_crops() -> None:
         tta_views(x, 48, "fivecrop")
 
 
-def test_flip_tta_averages_the_logits_of_image_and_mirror(model_dir: Path) -> None:
-    model, meta = load_model(model_dir)
+def test_flip_tta_averages_the_logits_of_image_and_mirror(augmented_model_dir: Path) -> None:
+    model, meta = load_model(augmented_model_dir)
     images = torch.from_numpy(make_fer({"PublicTest": 1}).images)
     x = normalize(images, meta["mean"], meta["std"])
     s = meta["input_size"]
@@ -90,9 +90,9 @@ def test_flip_tta_averages_the_logits_of_image_and_mirror(model_dir: Path) -> No
 
 @pytest.mark.parametrize("tta", ["none", "flip", "tencrop"])
 def test_evaluate_dir_on_a_private_test_only_folder(
-    model_dir: Path, private_only: FER2013, tmp_path: Path, tta: str
+    augmented_model_dir: Path, private_only: FER2013, tmp_path: Path, tta: str
 ) -> None:
-    result = evaluate_dir(model_dir, private_only, tta=tta, out_dir=tmp_path)
+    result = evaluate_dir(augmented_model_dir, private_only, tta=tta, out_dir=tmp_path)
     assert list(result["splits"]) == ["PrivateTest"] and result["tta"] == tta
     m = result["splits"]["PrivateTest"]
     assert m["n"] == 28 and 0 <= m["accuracy"] <= 1 and set(m["recall"]) == set(EMOTIONS)
@@ -102,15 +102,15 @@ def test_evaluate_dir_on_a_private_test_only_folder(
     assert "PrivateTest" in format_metrics(result) and "macro_f1" in format_metrics(result["splits"])
 
 
-def test_evaluate_model_scores_every_split(model_dir: Path, tiny_data: FER2013) -> None:
-    model, meta = load_model(model_dir)
+def test_evaluate_model_scores_every_split(augmented_model_dir: Path, tiny_data: FER2013) -> None:
+    model, meta = load_model(augmented_model_dir)
     result = evaluate_model(model, meta, tiny_data)
     assert list(result) == ["Training", "PublicTest"]
     assert result["PublicTest"]["n"] == 42 and result["Training"]["n"] == 140
 
 
-def test_unlabelled_data_and_missing_model_are_user_errors(model_dir: Path, tmp_path: Path) -> None:
-    model, meta = load_model(model_dir)
+def test_unlabelled_data_and_missing_model_are_user_errors(augmented_model_dir: Path, tmp_path: Path) -> None:
+    model, meta = load_model(augmented_model_dir)
     images = np.zeros((2, 48, 48), np.uint8)
     with pytest.raises(DataError, match="without labels"):
         evaluate_model(
@@ -126,7 +126,7 @@ def test_save_confusion_png(tmp_path: Path) -> None:
 
 
 def test_cli_evaluate_writes_metrics_beside_the_model(
-    model_dir: Path, private_only: FER2013, tmp_path: Path, capsys: pytest.CaptureFixture
+    augmented_model_dir: Path, private_only: FER2013, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     data_dir = save_image_folder(private_only, tmp_path / "private")
     out = tmp_path / "eval"
@@ -134,7 +134,7 @@ def test_cli_evaluate_writes_metrics_beside_the_model(
         main(
             [
                 "evaluate",
-                str(model_dir / "model.pt"),
+                str(augmented_model_dir / "model.pt"),
                 "--data",
                 str(data_dir),
                 "--tta",

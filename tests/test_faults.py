@@ -1,4 +1,4 @@
-"""The faults that end searches (README, "When things go wrong"): each ends with one line and a folder that
+"""The faults that end searches (docs/faults.md): each ends with one line and a folder that
 still resumes.
 
 The fast tests build broken folders by hand. The slow ones run `fer-tune` in subprocesses with their own Ray:
@@ -27,8 +27,8 @@ from ray.tune import Checkpoint
 import fer_tune
 from fer_tune.base import DataError
 from fer_tune.cli import main
-from fer_tune.data import save_csv
 from fer_tune.search import SearchFolder, SearchState, load_results, parse_space
+from fer_tune.search.internals import default_placement_group_factory, storage_context, training_result
 from fer_tune.search.recovery import (
     check_experiment_state,
     good_checkpoint,
@@ -186,17 +186,18 @@ def test_a_cut_checkpoint_falls_back_to_the_one_before(tmp_path: Path, trial_che
         pass
 
 
+@pytest.mark.ray
 def test_a_snapshot_naming_a_deleted_checkpoint_resumes_from_the_newest(
-    tmp_path: Path, trial_checkpoints: Path
+    ray_cluster, tmp_path: Path, trial_checkpoints: Path
 ) -> None:
     """Ray deletes old checkpoints (num_to_keep=2) faster than it saves its state: the state it resumes from
-    can name a checkpoint that is gone. fer-tune continues the trial from the newest one instead."""
-    from ray.train._internal.session import _TrainingResult
-    from ray.train._internal.storage import StorageContext
+    can name a checkpoint that is gone. fer-tune continues the trial from the newest one instead.
+
+    Ray must be up: the healed trial's result.json lies in its driver staging folder, under Ray's session."""
     from ray.tune import CheckpointConfig, PlacementGroupFactory
     from ray.tune.experiment import Trial
 
-    storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="exp", trial_dir_name="trial_t1")
+    storage = storage_context(str(tmp_path), "exp", "trial_t1")
     trial = Trial(
         "fer_trial",
         stub=True,
@@ -205,7 +206,7 @@ def test_a_snapshot_naming_a_deleted_checkpoint_resumes_from_the_newest(
         checkpoint_config=CheckpointConfig(num_to_keep=2),
         placement_group_factory=PlacementGroupFactory([{"CPU": 1}]),
     )
-    trial.placement_group_factory = trial._default_placement_group_factory  # as Ray's controller sets it
+    trial.placement_group_factory = default_placement_group_factory(trial)  # as Ray's controller sets it
     folder = tmp_path / "exp" / "trial_t1"
     snapshot = None
     for k in range(4):  # one checkpoint per report, as fer-tune's trainable makes them
@@ -213,7 +214,7 @@ def test_a_snapshot_naming_a_deleted_checkpoint_resumes_from_the_newest(
         ckpt.mkdir(parents=True)
         shutil.copy(trial_checkpoints / "checkpoint_000002" / "checkpoint.pt", ckpt / "checkpoint.pt")
         metrics = {"training_iteration": k + 1, "time_total_s": k}
-        trial.on_checkpoint(_TrainingResult(Checkpoint(str(ckpt)), metrics))
+        trial.on_checkpoint(training_result(Checkpoint(str(ckpt)), metrics))
         if k == 1:
             snapshot = trial.get_json_state()  # Ray's last save of its state before the kill
     assert not (folder / "checkpoint_000001").exists() and (folder / "checkpoint_000003").exists()
@@ -243,13 +244,6 @@ def test_a_snapshot_naming_a_deleted_checkpoint_resumes_from_the_newest(
 
 
 # -- faults in a running search (subprocesses) ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def data_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_csv(
-        make_fer({"Training": 20, "PublicTest": 6}), tmp_path_factory.mktemp("data") / "fer2013.csv"
-    )
 
 
 def write_space(tmp_path: Path, search: dict, train: dict) -> Path:
@@ -368,6 +362,7 @@ def whole_lines(text: str) -> list[str]:
     return lines if text.endswith("\n") else lines[:-1]
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 @pytest.mark.parametrize("fault", ["full", "read-only"])
@@ -442,6 +437,7 @@ if sys.argv and sys.argv[0].endswith("default_worker.py"):
 """
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_hung_trial_is_stopped_after_the_trial_timeout_and_the_search_goes_on(
@@ -480,6 +476,7 @@ def test_a_hung_trial_is_stopped_after_the_trial_timeout_and_the_search_goes_on(
     assert "timed out" in set(__import__("pandas").read_csv(folder / "trials.csv")["stop_reason"])
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_ctrl_c_twice_leaves_a_resumable_folder(tmp_path: Path, data_csv: Path, runner: Runner) -> None:
@@ -496,6 +493,7 @@ def test_ctrl_c_twice_leaves_a_resumable_folder(tmp_path: Path, data_csv: Path, 
     assert_continued(folder, 4, 25)
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_after_a_crash_cut_checkpoints_resume_from_the_last_good_one(

@@ -14,6 +14,7 @@ from fer_tune.base import DataError
 from fer_tune.search import InSpaceSampler, Phase, SearchFolder, SearchState, parse_space
 from fer_tune.search.conversion import config_distributions, outside
 from fer_tune.search.folder import STUDY_DB_ENV, study_storage
+from fer_tune.search.internals import study_backend
 
 SMOKE = Path(__file__).resolve().parents[1] / "results" / "smoke-cpu"
 
@@ -57,7 +58,7 @@ def test_study_storage_reopens_the_database_of_the_folder_being_resumed(tmp_path
     shutil.move(tmp_path / "a", tmp_path / "b")  # the folder moved; its old path is gone
     monkeypatch.setenv(STUDY_DB_ENV, str(tmp_path / "b" / "optuna.db"))
     again = pickle.loads(blob)
-    assert [t.params for t in optuna.load_study(study_name="s", storage=again._storage._backend).trials] == [
+    assert [t.params for t in optuna.load_study(study_name="s", storage=study_backend(again)).trials] == [
         {"x": 1.0}
     ]
     assert not (tmp_path / "a").exists()

@@ -15,12 +15,12 @@ import pytest
 import torch
 from conftest import make_fer
 
-from fer_tune.training import device as fdev
 from fer_tune.base import ConfigError, DeviceError
 from fer_tune.cli import main
 from fer_tune.data import save_csv
 from fer_tune.search import parse_space
 from fer_tune.training import Precision, RunConfig, setup_device, train, trial_device
+from fer_tune.training import device as fdev
 from fer_tune.training.device import MEMORY_SAFETY, memory_cap
 
 TINY = {
@@ -98,7 +98,7 @@ def test_trial_adapter_asks_for_the_packed_share(fake_cuda, monkeypatch, tiny_da
     """fer_trial (the Ray trainable) hands train() its GPU and share; train's set-up caps that GPU."""
     import ray.tune
 
-    from fer_tune.search import runner as search
+    from fer_tune.search import trainable as search
     from fer_tune.training import trainer as train_mod
 
     fake = fake_cuda(count=1)
@@ -106,6 +106,8 @@ def test_trial_adapter_asks_for_the_packed_share(fake_cuda, monkeypatch, tiny_da
     monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: None)
     trial_dir = SimpleNamespace(get_trial_dir=lambda: str(tmp_path))
     monkeypatch.setattr(ray.tune, "get_context", lambda: trial_dir)
+    # Asked of a process outside Ray, this would start one (8 s, in the fast tests).
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=lambda: "node-1"))
     seen = {}
 
     def spy(config, data, **kwargs):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.long, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.long, pytest.mark.timeout(1500)]
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_load.py"
 

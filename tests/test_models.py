@@ -69,12 +69,7 @@ EXTREMES = {
 CASES = [(arch, variant) for arch in list_models() for variant in ("default", "small", "large")]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest's: the module's tests on one thread
 
 
 def config_of(arch: str, variant: str) -> dict:

@@ -1,7 +1,8 @@
 """`--gpus-per-trial auto`: the packing rule, the per-family probe, and a search packed by it on logical GPUs.
 
 The probe itself (`measure_packing`) needs a GPU: it is measured on one by `benchmarks/bench_packing.py`
-(figures in the README) and exercised by the `gpu`-marked test below; here a fake probe stands in for it.
+(figures in docs/benchmarks.md) and exercised by the `gpu`-marked test below; here a fake probe stands in
+for it.
 """
 
 from __future__ import annotations

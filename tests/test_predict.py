@@ -1,4 +1,5 @@
-"""`fer-tune predict` and `fer_tune.inference.predictor`: real faces found where they are, every input kind, bad files.
+"""`fer-tune predict` and `fer_tune.inference.predictor`: real faces found where they are, every input kind,
+bad files.
 
 Photos are real: scikit-image's astronaut (a test dependency) and FER2013 faces from the shared copy pasted
 at known places. Most tests use an untrained model (detection and file handling do not depend on weights);
@@ -44,7 +45,8 @@ def save_untrained(cfg: dict, path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
+def untrained_run(tmp_path_factory) -> Path:
+    """A TINY model saved untrained: these tests are about faces, files and rows, not predictions."""
     return save_untrained(TINY, tmp_path_factory.mktemp("run"))
 
 
@@ -159,10 +161,10 @@ def _formats(astronaut: np.ndarray, folder: Path) -> dict[str, Path]:
     return {name: folder / name for name in files}
 
 
-def test_every_image_kind_in_a_folder_recursively(tmp_path, run, astronaut, capsys):
+def test_every_image_kind_in_a_folder_recursively(tmp_path, untrained_run, astronaut, capsys):
     files = _formats(astronaut, tmp_path / "photos")
     assert Image.open(files["e.tiff"]).mode.startswith("I;16")
-    code, out, err = run_cli(run, tmp_path / "photos", "--out", tmp_path / "out", capsys=capsys)
+    code, out, err = run_cli(untrained_run, tmp_path / "photos", "--out", tmp_path / "out", capsys=capsys)
     assert code == 0, err
     rows = read_csv(tmp_path / "out")
     assert sorted(Path(r["file"]).name for r in rows) == sorted(Path(n).name for n in files)
@@ -174,7 +176,7 @@ def test_every_image_kind_in_a_folder_recursively(tmp_path, run, astronaut, caps
     assert len(out.splitlines()) == len(files)
 
 
-def test_exif_rotation_is_applied(tmp_path, run, astronaut, capsys):
+def test_exif_rotation_is_applied(tmp_path, untrained_run, astronaut, capsys):
     sideways = Image.fromarray(np.ascontiguousarray(np.rot90(astronaut, k=-1)))  # stored rotated 90 cw
     exif = Image.Exif()
     exif[0x0112] = 8  # Orientation 8: display rotated 90 ccw, which makes it upright again
@@ -182,21 +184,21 @@ def test_exif_rotation_is_applied(tmp_path, run, astronaut, capsys):
     upright = read_image(tmp_path / "phone.jpg")
     assert upright.shape == astronaut.shape
     assert np.abs(upright.astype(int) - astronaut).mean() < 8  # JPEG noise only
-    code, _, _ = run_cli(run, tmp_path / "phone.jpg", "--out", tmp_path / "out", capsys=capsys)
+    code, _, _ = run_cli(untrained_run, tmp_path / "phone.jpg", "--out", tmp_path / "out", capsys=capsys)
     (row,) = read_csv(tmp_path / "out")
     assert code == 0 and near(Box(*(int(row[k]) for k in "xywh")), ASTRONAUT_FACE)
 
 
-def test_no_face_is_a_row_not_an_error(tmp_path, run, capsys):
+def test_no_face_is_a_row_not_an_error(tmp_path, untrained_run, capsys):
     Image.fromarray(np.tile(np.arange(256, dtype=np.uint8), (200, 1))).save(tmp_path / "wall.png")
-    code, out, err = run_cli(run, tmp_path / "wall.png", "--out", tmp_path / "out", capsys=capsys)
+    code, out, err = run_cli(untrained_run, tmp_path / "wall.png", "--out", tmp_path / "out", capsys=capsys)
     assert code == 0 and err == ""
     assert out.strip() == f"{tmp_path / 'wall.png'}: no face"
     (row,) = read_csv(tmp_path / "out")
     assert row["emotion"] == "no face" and row["x"] == ""
 
 
-def test_corrupt_files_are_named_and_the_rest_is_processed(tmp_path, run, astronaut, capsys):
+def test_corrupt_files_are_named_and_the_rest_is_processed(tmp_path, untrained_run, astronaut, capsys):
     folder = tmp_path / "mixed"
     folder.mkdir()
     Image.fromarray(astronaut).save(folder / "a_good.jpg")
@@ -205,7 +207,9 @@ def test_corrupt_files_are_named_and_the_rest_is_processed(tmp_path, run, astron
     (folder / "c_not_an_image.png").write_text("hello")
     Image.fromarray(astronaut).save(folder / "d_good.png")
     (folder / "e_broken.mp4").write_bytes(b"\x00" * 1000)
-    code, out, err = run_cli(run, folder, tmp_path / "missing.jpg", "--out", tmp_path / "out", capsys=capsys)
+    code, out, err = run_cli(
+        untrained_run, folder, tmp_path / "missing.jpg", "--out", tmp_path / "out", capsys=capsys
+    )
     assert code == 1
     errors = err.strip().splitlines()
     assert len(errors) == 4 and all(e.startswith("fer-tune: error: ") for e in errors)
@@ -215,14 +219,14 @@ def test_corrupt_files_are_named_and_the_rest_is_processed(tmp_path, run, astron
     assert len(out.splitlines()) == 2
 
 
-def test_video_every_nth_frame(tmp_path, run, astronaut, capsys):
+def test_video_every_nth_frame(tmp_path, untrained_run, astronaut, capsys):
     path = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (512, 512))
     blank = np.full_like(astronaut, 128)
     for i in range(7):  # faces on even frames
         writer.write(np.ascontiguousarray((astronaut if i % 2 == 0 else blank)[..., ::-1]))
     writer.release()
-    code, out, _ = run_cli(run, path, "--every", "3", "--out", tmp_path / "out", capsys=capsys)
+    code, out, _ = run_cli(untrained_run, path, "--every", "3", "--out", tmp_path / "out", capsys=capsys)
     assert code == 0
     rows = read_csv(tmp_path / "out")
     assert [(r["frame"], r["emotion"] == "no face") for r in rows] == [
@@ -234,9 +238,11 @@ def test_video_every_nth_frame(tmp_path, run, astronaut, capsys):
     assert (tmp_path / "out" / "clip.avi.annotated.mp4").stat().st_size > 0
 
 
-def test_no_detect_takes_the_image_as_the_face(tmp_path, run, capsys):
+def test_no_detect_takes_the_image_as_the_face(tmp_path, untrained_run, capsys):
     Image.fromarray(np.full((60, 50), 90, np.uint8)).save(tmp_path / "crop.png")
-    code, _, _ = run_cli(run, tmp_path / "crop.png", "--no-detect", "--out", tmp_path / "o", capsys=capsys)
+    code, _, _ = run_cli(
+        untrained_run, tmp_path / "crop.png", "--no-detect", "--out", tmp_path / "o", capsys=capsys
+    )
     (row,) = read_csv(tmp_path / "o")
     assert code == 0 and (row["x"], row["y"], row["w"], row["h"]) == ("0", "0", "50", "60")
 
@@ -257,8 +263,8 @@ def test_huge_image_is_shrunk_for_detection(astronaut):
     assert near(box, tuple(v * 8 for v in ASTRONAUT_FACE))
 
 
-def test_python_api_numpy_and_pil(run, astronaut):
-    pred = load(run, device="cpu")
+def test_python_api_numpy_and_pil(untrained_run, astronaut):
+    pred = load(untrained_run, device="cpu")
     assert pred.classes == EMOTIONS
     gray = cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY)
     face = crop(gray, Box(*ASTRONAUT_FACE))
@@ -277,22 +283,22 @@ def test_python_api_numpy_and_pil(run, astronaut):
     assert flip.shape == (1, 7)
 
 
-def test_bad_model_and_bad_every_are_one_line_errors(tmp_path, run, capsys):
+def test_bad_model_and_bad_every_are_one_line_errors(tmp_path, untrained_run, capsys):
     code, _, err = run_cli(tmp_path / "nope", "x.jpg", capsys=capsys)
     assert code == 2 and err.count("\n") == 1 and "nope" in err
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
     code, _, err = run_cli(tmp_path / "bad.onnx", "x.jpg", capsys=capsys)
     assert code == 2 and err.count("\n") == 1 and "bad.onnx" in err
-    code, _, err = run_cli(run, "x.jpg", "--every", "0", capsys=capsys)
+    code, _, err = run_cli(untrained_run, "x.jpg", "--every", "0", capsys=capsys)
     assert code == 2 and "--every" in err
-    code, _, err = run_cli(run, "x.jpg", "--scale-step", "1", capsys=capsys)
+    code, _, err = run_cli(untrained_run, "x.jpg", "--scale-step", "1", capsys=capsys)
     assert code == 2 and err.count("\n") == 1 and "--scale-step: must be in (1, 2], got 1.0" in err
     with pytest.raises(ConfigError, match=r"^scale_step: must be in \(1, 2\], got 1.0"):
         FaceDetector(scale_step=1.0)  # OpenCV itself would fail an assertion
 
 
 def test_a_coarser_scale_step_reaches_the_detector_and_finds_the_astronaut(
-    tmp_path, run, astronaut, capsys, monkeypatch
+    tmp_path, untrained_run, astronaut, capsys, monkeypatch
 ):
     steps = []
     raw_boxes = FaceDetector.raw_boxes
@@ -304,15 +310,16 @@ def test_a_coarser_scale_step_reaches_the_detector_and_finds_the_astronaut(
     monkeypatch.setattr(FaceDetector, "raw_boxes", spy)
     photo = tmp_path / "photo.jpg"
     Image.fromarray(astronaut).save(photo)
-    code, _, _ = run_cli(run, photo, "--out", tmp_path / "o", "--scale-step", "1.15", capsys=capsys)
+    code, _, _ = run_cli(untrained_run, photo, "--out", tmp_path / "o", "--scale-step", "1.15", capsys=capsys)
     assert code == 0 and steps == [1.15]
     (row,) = read_csv(tmp_path / "o")
     assert near(Box(*(int(row[k]) for k in "xywh")), ASTRONAUT_FACE)
-    assert run_cli(run, photo, capsys=capsys)[0] == 0 and steps == [1.15, 1.1]  # the default
+    assert run_cli(untrained_run, photo, capsys=capsys)[0] == 0 and steps == [1.15, 1.1]  # the default
 
 
-def test_progress_bar_goes_to_stderr(tmp_path, run, astronaut):
+def test_progress_bar_goes_to_stderr(tmp_path, untrained_run, astronaut):
     _formats(astronaut, tmp_path / "p")
     out, err = io.StringIO(), io.StringIO()
-    assert predict_files(load(run, "cpu"), [str(tmp_path / "p")], stdout=out, stderr=err, progress=True) == 0
+    pred = load(untrained_run, "cpu")
+    assert predict_files(pred, [str(tmp_path / "p")], stdout=out, stderr=err, progress=True) == 0
     assert "file/s" in err.getvalue() and "file/s" not in out.getvalue()

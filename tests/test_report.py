@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fer_tune.analysis import report
-from fer_tune.analysis import diagnose, param_importance, write_report
+from fer_tune.analysis import diagnose, param_importance, report, write_report
 from fer_tune.analysis.report import budget
 from fer_tune.base import DataError
 from fer_tune.cli import main

@@ -15,15 +15,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_fer
 from optuna.trial import TrialState
 
 from fer_tune.base import DataError
-from fer_tune.data import save_csv
 from fer_tune.search import SearchFolder, load_results
 from fer_tune.search.searcher import LOST
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
 
 EPOCHS = 25
 
@@ -80,13 +78,6 @@ def fer_tune(tmp_path: Path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-@pytest.fixture(scope="module")
-def data_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_csv(
-        make_fer({"Training": 20, "PublicTest": 6}), tmp_path_factory.mktemp("data") / "fer2013.csv"
-    )
 
 
 def epochs_reported(trial_dir: Path) -> int:

@@ -13,16 +13,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import make_fer
 from optuna.trial import TrialState
 
 from fer_tune.base import DataError
 from fer_tune.cli import main
-from fer_tune.data import save_csv
 from fer_tune.search import export_config, load_results, trial_config
 from fer_tune.training import RunConfig
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 RESULT_FILES = (
     "trials.csv",
@@ -55,13 +53,8 @@ def tiny_space(
     return path
 
 
-@pytest.fixture(scope="module")
-def data_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_csv(
-        make_fer({"Training": 20, "PublicTest": 6}), tmp_path_factory.mktemp("data") / "fer2013.csv"
-    )
-
-
+@pytest.mark.ray
+@pytest.mark.slow
 def test_fractional_gpus_pack_four_trials_and_log_to_wandb_offline(
     ray_cluster, tmp_path: Path, data_csv: Path, monkeypatch
 ) -> None:
@@ -92,6 +85,8 @@ def test_fractional_gpus_pack_four_trials_and_log_to_wandb_offline(
     assert all(logged)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_asha_stops_trials_and_results_files_are_complete(
     ray_cluster, tmp_path: Path, data_csv: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -158,6 +153,8 @@ def test_asha_stops_trials_and_results_files_are_complete(
     assert (folder / "trials.csv").read_text() == before
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_every_trial_failing_ends_with_a_summary(ray_cluster, tmp_path: Path, data_csv: Path, capsys) -> None:
     space = tiny_space(
         tmp_path, {"num_samples": 2, "scheduler": "none"}, {"cpus_per_trial": 1}, train={"lr": 1e7}

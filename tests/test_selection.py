@@ -14,12 +14,13 @@ import yaml
 from conftest import make_fer
 from optuna.trial import TrialState
 
-from fer_tune.search import runner as search
 from fer_tune.analysis import write_report
 from fer_tune.analysis.report import budget
 from fer_tune.cli import main
 from fer_tune.data import save_csv
 from fer_tune.search import export_config, load_results, parse_space
+from fer_tune.search import runner as search
+from fer_tune.search.internals import optuna_study
 from fer_tune.search.space import METRIC_MODES
 from fer_tune.training import METRIC_KEYS
 
@@ -76,7 +77,7 @@ def test_optuna_learns_the_best_epoch_and_early_stops_as_pruned() -> None:
     searcher.on_trial_result("stopped", _result(1, 0.45))
     searcher.on_trial_complete("stopped", _result(2, 0.4))  # stopped after 2 of its 3 epochs
     searcher.on_trial_complete("failed", error=True)
-    done, late, stopped, failed = searcher._ot_study.get_trials(deepcopy=False)
+    done, late, stopped, failed = optuna_study(searcher).get_trials(deepcopy=False)
     assert done.state == TrialState.COMPLETE and done.value == 0.7  # not the last epoch's 0.6
     assert late.state == TrialState.COMPLETE and late.value == 0.65
     assert stopped.state == TrialState.PRUNED and stopped.intermediate_values == {1: 0.45, 2: 0.4}
@@ -89,7 +90,7 @@ def test_optuna_best_epoch_follows_the_mode() -> None:
     for epoch, v in enumerate([1.5, 1.1], 1):
         searcher.on_trial_result("t", _result(epoch, v, "val_loss"))
     searcher.on_trial_complete("t", _result(3, 1.3, "val_loss"))
-    assert searcher._ot_study.get_trials()[0].value == 1.1
+    assert optuna_study(searcher).get_trials()[0].value == 1.1
 
 
 def test_budget_does_not_count_time_budget_cuts_as_savings_of_early_stopping() -> None:
@@ -155,10 +156,12 @@ def test_trials_are_given_no_privatetest(ray_cluster, monkeypatch) -> None:
     def capture(config, data, resources):
         seen["splits"] = data.splits
 
-    monkeypatch.setattr(search, "fer_trial", capture)
+    from fer_tune.search import trainable
+
+    monkeypatch.setattr(trainable, "fer_trial", capture)
     space = parse_space({**TINY, "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0}})
     data = make_fer({"Training": 2, "PublicTest": 2, "PrivateTest": 2})
-    search.make_trainable(space, data)({})  # what with_parameters fetches from the object store for a trial
+    trainable.make_trainable(space, data)({})  # what with_parameters fetches from the object store for one
     assert seen["splits"] == ["Training", "PublicTest"]
 
 
@@ -210,6 +213,9 @@ def test_stuck_stopper_stops_only_flat_trials_at_chance() -> None:
     assert [stuck("c", {"val_acc": v}) for v in (0.55, 0.551, 0.552)] == [False] * 3  # flat, far above chance
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_trials_stuck_at_chance_are_stopped_and_said_so(ray_cluster, tmp_path: Path) -> None:
     csv = save_csv(make_fer({"Training": 20, "PublicTest": 6}), tmp_path / "fer2013.csv")
     space = {

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fer_tune.search import runner as search
 from fer_tune.base import ConfigError
 from fer_tune.cli import main
+from fer_tune.data import find_data
 from fer_tune.search import Dist, bundled_names, load_space, parse_duration, parse_space
+from fer_tune.search import runner as search
 from fer_tune.training import RunConfig
 
 TINY = {"model": {"arch": "cnn", "kernels": [8]}, "train": {"epochs": 2, "warmup_epochs": 0}}
@@ -203,13 +204,13 @@ def test_missing_data_says_where_it_looked_and_where_fer2013_comes_from(tmp_path
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("FER_TUNE_DATA", raising=False)
     with pytest.raises(Exception, match="kaggle.com") as e:
-        search.find_data(None, None)
+        find_data(None, None)
     assert str(tmp_path) in str(e.value)
     (tmp_path / "icml_face_data.csv").write_text("")
-    assert search.find_data(None, None) == tmp_path / "icml_face_data.csv"
+    assert find_data(None, None) == tmp_path / "icml_face_data.csv"
     monkeypatch.setenv("FER_TUNE_DATA", str(tmp_path / "nope.csv"))
     with pytest.raises(Exception, match=r"nope.csv.*FER_TUNE_DATA"):
-        search.find_data(None, "other.csv")
+        find_data(None, "other.csv")
 
 
 def test_dist_names_are_key_paths() -> None:

@@ -15,11 +15,9 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import make_fer
 
 from fer_tune.base import ConfigError
 from fer_tune.cli import main
-from fer_tune.data import save_csv
 from fer_tune.search import load_results
 from fer_tune.search.wandb_runs import WandbTracking
 
@@ -83,13 +81,6 @@ def space(tmp_path: Path, search: dict, train: dict, name: str = "s") -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def data_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_csv(
-        make_fer({"Training": 20, "PublicTest": 6}), tmp_path_factory.mktemp("data") / "fer2013.csv"
-    )
-
-
 # -- searches ------------------------------------------------------------------------------------------------
 
 
@@ -131,6 +122,7 @@ def test_every_offline_run_holds_its_config_and_exactly_its_epochs(
         assert run["exit_code"] == (1 if row["stop_reason"].startswith("error") else 0)
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_offline_as_a_new_user_does_no_key_no_env_no_traceback(tmp_path: Path, data_csv: Path) -> None:

@@ -14,7 +14,6 @@ import torch
 import yaml
 from conftest import make_fer
 
-from fer_tune.training import augment
 from fer_tune.base import ConfigError, DataError, OutputError
 from fer_tune.cli import main
 from fer_tune.data import EMOTIONS, FER2013, load_fer2013
@@ -24,6 +23,7 @@ from fer_tune.training import (
     AugmentConfig,
     RunConfig,
     TrainConfig,
+    augment,
     build_optimizer,
     build_schedulers,
     load_model,

@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import yaml
-from ray._common.utils import binary_to_hex
 
 from fer_tune.cli import main
 
@@ -29,7 +28,7 @@ class _Plant:
 
 def _plant(folder: Path, marker: Path) -> None:
     payload = pickle.dumps(_Plant(marker))
-    fallback = {"_type": "CLOUDPICKLE_FALLBACK", "value": binary_to_hex(payload)}  # Ray's JSON fallback
+    fallback = {"_type": "CLOUDPICKLE_FALLBACK", "value": payload.hex()}  # Ray's JSON fallback (hex)
     for state in folder.glob("experiment_state-*.json"):
         doc = json.loads(state.read_text())
         for entry in doc["trial_data"]:

@@ -25,7 +25,22 @@ INVERT_MARGIN = 0.005  # augmented train_acc below val_acc by more than rounding
 
 @dataclass(frozen=True)
 class Diagnosis:
-    """The fit of one trial, from its per-epoch clean_train_acc, train_acc and val_acc."""
+    """The fit of one trial, from its per-epoch clean_train_acc, train_acc and val_acc.
+
+    Accuracies are fractions (0..1); NaN where the history is too short to say.
+
+    Args:
+        label: `overfitting`, `underfitting`, `regularisation inverts the gap`, `good fit` or `too short`.
+        epochs: epochs with a val_acc.
+        best_epoch: the epoch of the best val_acc.
+        val_best: the best val_acc.
+        val_end: the last epoch's val_acc.
+        clean_best: clean_train_acc at the best epoch.
+        clean_end: clean_train_acc at the last epoch.
+        train_best: the augmented train_acc at the best epoch.
+        gap_best: clean_train_acc - val_acc at the best epoch.
+        gap_end: clean_train_acc - val_acc at the last epoch.
+    """
 
     label: str
     epochs: int
@@ -46,6 +61,13 @@ def diagnose(history: pd.DataFrame | Sequence[Mapping[str, float]]) -> Diagnosis
     (both accuracies low and still rising at the end), `regularisation inverts the gap` (augmented train_acc
     below val_acc while clean_train_acc is above it: augmentation, not the data, limits train accuracy),
     `good fit`, or `too short` (under 2 epochs).
+
+    Args:
+        history: one row per epoch (a DataFrame or a list of metric dicts); rows without val_acc are
+            ignored.
+
+    Returns:
+        The label and the numbers it was read from.
     """
     h = pd.DataFrame(list(history) if not isinstance(history, pd.DataFrame) else history)
     if h.empty:

@@ -56,7 +56,11 @@ def param_importance(
     because fANOVA needs scikit-learn (not a dependency) and PED-ANOVA handles conditional (per-family)
     parameters.
 
-    `declared`: `group.key` -> the Optuna distribution the space samples it from (its log scale is used).
+    Args:
+        trials: the trials table of `load_results`.
+        sel: what the trials are ranked by.
+        declared: `group.key` -> the Optuna distribution the space samples it from (its log scale is used);
+            None for none.
 
     Returns:
         (importances by `group.key`, the distributions used, a note for the report: "" when it worked).
@@ -66,7 +70,9 @@ def param_importance(
         return {}, {}, f"needs at least {MIN_IMPORTANCE_TRIALS} finished trials, this search has {len(done)}"
     cols = [c for c in done.columns if c.startswith("config/")]
     declared = declared or {}
-    dists = {short_key(c): d for c in cols if (d := _distribution(done[c], declared.get(short_key(c)))) is not None}
+    dists = {
+        short_key(c): d for c in cols if (d := _distribution(done[c], declared.get(short_key(c)))) is not None
+    }
     if not dists:
         return {}, {}, "no config key varied between the finished trials"
     frozen = []

@@ -21,7 +21,17 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def plot_curves(history: pd.DataFrame, trial_ids: Sequence[str], path: Path, title: str = "") -> Path:
-    """Accuracies (augmented train, clean train, val) and losses per epoch, one row per trial."""
+    """Accuracies (augmented train, clean train, val) and losses per epoch, one row per trial.
+
+    Args:
+        history: the history table of `load_results`.
+        trial_ids: the trials to plot, top to bottom.
+        path: the PNG file to write.
+        title: put before each panel's title; empty for none.
+
+    Returns:
+        `path`.
+    """
     fig = Figure(figsize=(10, 2.8 * max(1, len(trial_ids))), layout="constrained")
     for i, tid in enumerate(trial_ids):
         h = history[history["trial_id"] == tid].sort_values("epoch")
@@ -49,6 +59,15 @@ def plot_curves(history: pd.DataFrame, trial_ids: Sequence[str], path: Path, tit
 
 
 def plot_importance(importances: Mapping[str, float], path: Path) -> Path:
+    """A horizontal bar per parameter, the most important on top.
+
+    Args:
+        importances: `group.key` -> importance, most important first.
+        path: the PNG file to write.
+
+    Returns:
+        `path`.
+    """
     names = list(importances)[::-1]
     fig = Figure(figsize=(6, 0.35 * len(names) + 1.2), layout="constrained")
     ax = fig.add_subplot()
@@ -64,7 +83,19 @@ def plot_scatter(
     path: Path,
     sel: Selection = VAL_ACC,
 ) -> Path:
-    """The best value of the ranked metric against each parameter, completed trials filled, stopped hollow."""
+    """The best value of the ranked metric against each parameter, completed trials filled, stopped hollow.
+
+    Args:
+        trials: the trials table of `load_results`.
+        dists: `group.key` -> the Optuna distribution of each parameter (categorical ones get ticks, log
+            ones a log axis).
+        params: the parameters to plot, one panel each.
+        path: the PNG file to write.
+        sel: what the trials are ranked by.
+
+    Returns:
+        `path`.
+    """
     fig = Figure(figsize=(4 * len(params), 3.4), layout="constrained")
     ranked = trials.dropna(subset=[sel.column])
     for i, name in enumerate(params):

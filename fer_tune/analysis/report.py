@@ -1,9 +1,10 @@
-"""`fer-tune report`: report.md and figures for one or more searches, read from their results folders alone.
+"""`fer-tune report`: report.md and figures for one or more searches, read from their results folders
+alone.
 
 Per search: a leaderboard per architecture family, learning curves and an over/underfitting diagnosis of the
-top trials, hyperparameter importance (Optuna's PED-ANOVA) with val_acc against the most important parameters,
-and the epochs ASHA saved. Several searches are also compared side by side. No Ray cluster, GPU or network is
-needed, and a search that is still running or was interrupted is reported as it stands.
+top trials, hyperparameter importance (Optuna's PED-ANOVA) with val_acc against the most important
+parameters, and the epochs ASHA saved. Several searches are also compared side by side. No Ray cluster, GPU
+or network is needed, and a search that is still running or was interrupted is reported as it stands.
 """
 
 from __future__ import annotations
@@ -55,7 +56,16 @@ def _value(sel: Selection) -> Any:
 def family_leaderboards(
     trials: pd.DataFrame, top: int = TOP_PER_FAMILY, sel: Selection = VAL_ACC
 ) -> dict[str, pd.DataFrame]:
-    """Per architecture family, its `top` trials with the config values the search varied, size and cost."""
+    """Per architecture family, its `top` trials with the config values the search varied, size and cost.
+
+    Args:
+        trials: the trials table of `load_results`.
+        top: rows per family.
+        sel: what the trials are ranked by.
+
+    Returns:
+        Family name -> its table, families in the order of their best trial.
+    """
     boards = {}
     for arch, group in sel.rank(trials).groupby("arch", sort=False):
         varied = _varied(trials[trials["arch"] == arch])
@@ -87,6 +97,13 @@ def budget(trials: pd.DataFrame) -> dict[str, float]:
 
     A trial the time budget cut would have been cut without early stopping too: it counts with the epochs
     it ran, not as a saving of ASHA.
+
+    Args:
+        trials: the trials table of `load_results`.
+
+    Returns:
+        Trials, epochs and seconds spent, what they would have been without early stopping, and what ASHA
+        and the time budget cut.
     """
     ran = trials[trials["epochs"].fillna(0) > 0]
     cut = ran["stop_reason"] == "stopped by time budget"
@@ -280,6 +297,17 @@ def write_report(search_dirs: Sequence[str | Path], out_dir: str | Path | None =
 
     `out_dir` defaults to `<search>/report` for one search and `./report` for several. Missing or corrupt
     result files raise DataError naming the file.
+
+    Args:
+        search_dirs: search folders, local or URIs; several are also compared.
+        out_dir: where report.md and the figures go; None for the default above.
+
+    Returns:
+        The path of report.md.
+
+    Raises:
+        DataError: no folder given, or a folder or one of its files cannot be read.
+        OutputError: the output folder cannot be written.
     """
     if not search_dirs:
         raise DataError("no search folder given")

@@ -28,7 +28,16 @@ class OutputError(FerTuneError):
 
 
 def check(ok: bool, key: str, msg: str) -> None:
-    """Raise `ConfigError("<key>: <msg>")` unless `ok`: the one way configs and spaces report a bad value."""
+    """Raise `ConfigError("<key>: <msg>")` unless `ok`: the one way configs and spaces report a bad value.
+
+    Args:
+        ok: the condition that holds for a good value.
+        key: the dotted key path the message starts with (`model.kernels`).
+        msg: what is wrong with the value, and what would be right.
+
+    Raises:
+        ConfigError: when `ok` is false.
+    """
     if not ok:
         raise ConfigError(f"{key}: {msg}")
 
@@ -39,6 +48,16 @@ def check_writable(folder: str | Path, flag: str) -> Path:
     Commands call this before parsing data or starting Ray, so a read-only, misspelt or full output folder
     fails in a second, not after the work. Only a real write tells: `os.access` passes for root and knows
     nothing of full disks or read-only mounts, and a full disk may only refuse at fsync.
+
+    Args:
+        folder: the output folder (`~` is expanded); created with its parents when missing.
+        flag: the command-line flag that named it (`--out`), for the message.
+
+    Returns:
+        The folder, with `~` expanded.
+
+    Raises:
+        OutputError: the path is a file, or the folder cannot be created or written.
     """
     path = Path(folder).expanduser()
     if path.exists() and not path.is_dir():

@@ -25,6 +25,9 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], None]) -> None:
         path: the file to write (its folder must exist).
         write: writes the content to the binary file object it is given; text goes as `f.write(s.encode())`
             or through `atomic_write_text`.
+
+    Raises:
+        OutputError: the temporary file cannot be written or renamed (full or read-only disk).
     """
     path = Path(path)
     tmp = ""
@@ -47,7 +50,15 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], None]) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` (UTF-8) to `path` through `atomic_write`."""
+    """Write `text` (UTF-8) to `path` through `atomic_write`.
+
+    Args:
+        path: the file to write (its folder must exist).
+        text: the whole new content.
+
+    Raises:
+        OutputError: the file cannot be written.
+    """
     atomic_write(path, lambda f: f.write(text.encode()))
 
 

@@ -38,17 +38,43 @@ OWN = (
 
 
 def is_uri(path: str | Path) -> bool:
-    """`s3://...`, `gs://...` and other pyarrow URIs (not `file://`, not a plain path)."""
+    """`s3://...`, `gs://...` and other pyarrow URIs (not `file://`, not a plain path).
+
+    Args:
+        path: a local path or a URI.
+
+    Returns:
+        Whether `path` names a remote location.
+    """
     text = str(path)
     return "://" in text and not text.startswith("file://")
 
 
 def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a URI with `/` (a trailing `/` of `uri` is dropped).
+
+    Args:
+        uri: a URI or a path inside a pyarrow filesystem.
+        *parts: the names to append, in order.
+
+    Returns:
+        The joined URI.
+    """
     return "/".join([uri.rstrip("/"), *parts])
 
 
 def filesystem(uri: str) -> tuple[Any, str]:
-    """(pyarrow filesystem, path inside it) of a URI; OutputError naming it when pyarrow cannot open it."""
+    """(pyarrow filesystem, path inside it) of a URI; OutputError naming it when pyarrow cannot open it.
+
+    Args:
+        uri: an `s3://`, `gs://` or other URI pyarrow accepts.
+
+    Returns:
+        The filesystem and the path inside it.
+
+    Raises:
+        OutputError: pyarrow cannot open the URI (unknown scheme, bad credentials or endpoint).
+    """
     import pyarrow.fs
 
     try:
@@ -58,7 +84,18 @@ def filesystem(uri: str) -> tuple[Any, str]:
 
 
 def check_writable_uri(uri: str, flag: str) -> str:
-    """Write and delete a small object under `uri` (as `errors.check_writable` does for a folder)."""
+    """Write and delete a small object under `uri` (as `errors.check_writable` does for a folder).
+
+    Args:
+        uri: the remote output folder.
+        flag: the command-line flag that named it (`--results`), for the message.
+
+    Returns:
+        `uri`, unchanged.
+
+    Raises:
+        OutputError: the store cannot be opened or written.
+    """
     fs, path = filesystem(uri)
     probe = join(path, ".fer-tune-write-test")
     try:
@@ -71,7 +108,14 @@ def check_writable_uri(uri: str, flag: str) -> str:
 
 
 def mirror_of(uri: str) -> Path:
-    """The local folder that stands for a remote search folder on this machine."""
+    """The local folder that stands for a remote search folder on this machine.
+
+    Args:
+        uri: the remote search folder.
+
+    Returns:
+        `$FER_TUNE_CACHE/searches/<hash of uri>/<last name of uri>` (not created here).
+    """
     cache = Path(os.environ.get("FER_TUNE_CACHE", Path.home() / ".cache" / "fer-tune"))
     key = hashlib.sha1(uri.rstrip("/").encode()).hexdigest()[:16]
     return cache / "searches" / key / uri.rstrip("/").rsplit("/", 1)[-1]
@@ -82,7 +126,17 @@ def pull(uri: str, local: Path, *, require: str | None = "fer_tune.json") -> Pat
     files the local copy holds in a newer version (a driver killed before its last upload left `optuna.db`
     newer here than in the store).
 
-    `require`: a file the folder must hold (else DataError: not a search folder)."""
+    Args:
+        uri: the remote search folder.
+        local: the folder to download into (usually `mirror_of(uri)`); created as needed.
+        require: a file the folder must hold to be a search folder; None to accept any folder.
+
+    Returns:
+        `local`.
+
+    Raises:
+        DataError: the folder cannot be listed, or lacks `require`.
+    """
     from pyarrow.fs import FileSelector, FileType
 
     fs, root = filesystem(uri)
@@ -107,7 +161,15 @@ def pull(uri: str, local: Path, *, require: str | None = "fer_tune.json") -> Pat
 def push(local: Path, uri: str) -> None:
     """Upload fer-tune's own files of the local mirror `local` to the remote search folder `uri`.
 
-    Ray's files are left alone: the copies in the mirror are older than the ones Ray wrote to the store."""
+    Ray's files are left alone: the copies in the mirror are older than the ones Ray wrote to the store.
+
+    Args:
+        local: the local mirror of the search folder.
+        uri: the remote search folder.
+
+    Raises:
+        OutputError: a file cannot be uploaded.
+    """
     import pyarrow.fs
 
     fs, root = filesystem(uri)
@@ -130,7 +192,14 @@ def _own(rel: Path) -> bool:
 
 
 def local_folder(path: str | Path) -> Path:
-    """A local search folder to read: `path` itself, or a remote one downloaded into its mirror."""
+    """A local search folder to read: `path` itself, or a remote one downloaded into its mirror.
+
+    Args:
+        path: a local search folder or a URI of a remote one.
+
+    Returns:
+        The local folder (for a URI: its mirror, refreshed by `pull`).
+    """
     if not is_uri(path):
         return Path(path)
     uri = str(path).rstrip("/")
@@ -138,7 +207,17 @@ def local_folder(path: str | Path) -> Path:
 
 
 def local_file(path: str | Path) -> Path:
-    """A local copy of a file given as a URI (say a remote search's `best_config.yaml`), or `path` itself."""
+    """A local copy of a file given as a URI (say a remote search's `best_config.yaml`), or `path` itself.
+
+    Args:
+        path: a local file or a URI of a remote one.
+
+    Returns:
+        The local file (for a URI: a fresh download into its folder's mirror).
+
+    Raises:
+        DataError: the remote file cannot be read.
+    """
     if not is_uri(path):
         return Path(path)
     uri = str(path)

@@ -13,7 +13,14 @@ from fer_tune.base import FerTuneError, check, check_writable
 
 
 def check_device(device: str | None) -> None:
-    """`--device cuda` on a machine without CUDA: one line before any data is parsed."""
+    """`--device cuda` on a machine without CUDA: one line before any data is parsed.
+
+    Args:
+        device: the `--device` value; None when not given (nothing is checked).
+
+    Raises:
+        DeviceError: the device cannot be used.
+    """
     if device is not None:
         from fer_tune.training import resolve_device
 
@@ -21,6 +28,14 @@ def check_device(device: str | None) -> None:
 
 
 def data_command(args: argparse.Namespace) -> int:
+    """`fer-tune data PATH`: print what the data holds (images per Usage and class).
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status.
+    """
     from fer_tune.data import describe, load_fer2013
 
     print(describe(load_fer2013(args.path)))
@@ -28,6 +43,14 @@ def data_command(args: argparse.Namespace) -> int:
 
 
 def train_command(args: argparse.Namespace) -> int:
+    """`fer-tune train CONFIG`: train one run config (or continue one with `--resume DIR`).
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status.
+    """
     from fer_tune.data import load_fer2013
     from fer_tune.training import RunConfig, check_teacher, train
 
@@ -47,6 +70,14 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
+    """`fer-tune evaluate MODEL`: score a model, or each seed of a retrain folder and their ensemble.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status.
+    """
     from fer_tune.training import (
         evaluate_dir,
         evaluate_ensemble,
@@ -69,6 +100,14 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 
 def search_command(args: argparse.Namespace) -> int:
+    """`fer-tune --space SPACE` (no subcommand): run a search, or continue one with `--resume DIR`.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status.
+    """
     from fer_tune.data import find_data
     from fer_tune.search import SearchResources, load_space, parse_duration, resume_search, run_search
     from fer_tune.search.recovery import check_target
@@ -111,7 +150,15 @@ def search_command(args: argparse.Namespace) -> int:
 
 
 def then_retrain(args: argparse.Namespace, folder: Path) -> int:
-    """`--retrain N`: the finished search's best config, N seeds, into <folder>/final."""
+    """`--retrain N`: the finished search's best config, N seeds, into <folder>/final.
+
+    Args:
+        args: the parsed command line (`--retrain`, `--gpus`).
+        folder: the finished search's local folder.
+
+    Returns:
+        The exit status, 0.
+    """
     if args.retrain:
         from fer_tune.search import retrain_best
 
@@ -120,6 +167,14 @@ def then_retrain(args: argparse.Namespace, folder: Path) -> int:
 
 
 def extend_command(args: argparse.Namespace) -> int:
+    """`fer-tune extend DIR --num-samples N`: add a phase of N trials to a search.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status.
+    """
     from fer_tune.search import extend_search
 
     outcome = extend_search(
@@ -135,6 +190,14 @@ def extend_command(args: argparse.Namespace) -> int:
 
 
 def resume_command(args: argparse.Namespace) -> int:
+    """`fer-tune resume DIR`: continue an interrupted search.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status.
+    """
     from fer_tune.search import resume_search
 
     return resume_search(
@@ -143,6 +206,14 @@ def resume_command(args: argparse.Namespace) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
+    """`fer-tune export DIR`: write a trial's run config (the best by default).
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status.
+    """
     from fer_tune.search import export_config
 
     path = export_config(args.search, rank=args.rank, out=args.output)
@@ -151,6 +222,14 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def retrain_command(args: argparse.Namespace) -> int:
+    """`fer-tune retrain CONFIG`: train a config with one or more seeds and evaluate it.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status.
+    """
     from fer_tune.training import retrain
 
     check_device(args.device)
@@ -171,6 +250,14 @@ def retrain_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
+    """`fer-tune report DIR...`: write report.md and its figures.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status.
+    """
     from fer_tune.analysis import write_report
 
     path = write_report(args.searches, out_dir=args.out)
@@ -179,6 +266,14 @@ def report_command(args: argparse.Namespace) -> int:
 
 
 def predict_command(args: argparse.Namespace) -> int:
+    """`fer-tune predict MODEL INPUT...`: classify the faces in photos, folders and videos.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status.
+    """
     from fer_tune.inference import FaceDetector, load, predict_files
 
     check_device(args.device)
@@ -193,6 +288,14 @@ def predict_command(args: argparse.Namespace) -> int:
 
 
 def export_model_command(args: argparse.Namespace) -> int:
+    """`fer-tune export-model MODEL`: write it as ONNX (optionally int8) or TorchScript.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status.
+    """
     from fer_tune.inference import export_model, export_quantized
 
     out = args.output or ("model.onnx" if args.format == "onnx" else "model.torchscript.pt")

@@ -1,4 +1,5 @@
-"""`fer-tune`'s command line: parsers that turn strings into arguments, then one call into `fer_tune.cli.commands`.
+"""`fer-tune`'s command line: parsers that turn strings into arguments, then one call into
+`fer_tune.cli.commands`.
 
 `fer-tune --space resnet.yaml --gpus 2` (no subcommand) runs a search; the other commands are data, train,
 evaluate, resume, extend, export, retrain, report, predict and export-model."""
@@ -198,7 +199,7 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
         "--scale-step",
         type=float,
         help="the face detector's ratio between window sizes (default 1.1); 1.15 detects 1.2x faster and "
-        "finds a few percent fewer faces (README)",
+        "finds a few percent fewer faces (docs/predict.md)",
     )
     predict.add_argument("--device", help="cpu, cuda (default: cuda when available; ONNX runs on cpu)")
 
@@ -234,7 +235,15 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `fer-tune` console script."""
+    """Entry point of the `fer-tune` console script.
+
+    Args:
+        argv: the arguments after the program name; None for `sys.argv[1:]`.
+
+    Returns:
+        The exit status: 0 done, 1 a search whose trials all failed or an input that could not be read, 2 a
+        user-facing error (printed as one line), 130 interrupted.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parsers = _parsers()
     command = argv[0] if argv and argv[0] in parsers else ""

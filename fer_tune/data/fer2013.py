@@ -52,7 +52,14 @@ _cache_used: dict[str, Path] = {}  # source -> cache file it was read from or wr
 
 @dataclass(frozen=True, eq=False)
 class FER2013:
-    """The whole dataset, or one or more of its Usage splits, as plain numpy arrays."""
+    """The whole dataset, or one or more of its Usage splits, as plain numpy arrays.
+
+    Args:
+        images: (N, 48, 48) uint8 grayscale faces.
+        labels: (N,) int64 class indices into `EMOTIONS`.
+        usage: (N,) str, each one of `USAGES`.
+        source: where it was read from, for messages and provenance; empty when built in memory.
+    """
 
     images: np.ndarray  # (N, 48, 48) uint8
     labels: np.ndarray  # (N,) int64, index into EMOTIONS
@@ -69,7 +76,17 @@ class FER2013:
         return [u for u in USAGES if u in present]
 
     def split(self, *usages: str) -> FER2013:
-        """The rows whose Usage is one of `usages` (e.g. `split("Training", "PublicTest")`)."""
+        """The rows whose Usage is one of `usages` (e.g. `split("Training", "PublicTest")`).
+
+        Args:
+            *usages: Usage names out of `USAGES`.
+
+        Returns:
+            A new FER2013 holding those rows, in their order here.
+
+        Raises:
+            DataError: a name is not one of `USAGES`.
+        """
         for u in usages:
             if u not in USAGES:
                 raise DataError(f"{self.source or 'dataset'}: unknown Usage {u!r}; expected one of {USAGES}")
@@ -81,7 +98,11 @@ class FER2013:
 
 
 def cache_dir() -> Path:
-    """Where parsed arrays are cached: `$FER_TUNE_CACHE`, else `~/.cache/fer-tune`."""
+    """Where parsed arrays are cached: `$FER_TUNE_CACHE`, else `~/.cache/fer-tune`.
+
+    Returns:
+        The folder, `~` expanded (not created here).
+    """
     return Path(os.environ.get("FER_TUNE_CACHE") or Path.home() / ".cache" / "fer-tune").expanduser()
 
 
@@ -92,6 +113,9 @@ def load_fer2013(path: str | os.PathLike, *, cache: bool = True) -> FER2013:
         path: a CSV file, an image-folder root (`<root>/<split>/<class>/*.png`), one split folder
             (`<split>/<class>/*.png`), or a folder holding a CSV (checked before images).
         cache: read and write the parsed arrays in `cache_dir()`.
+
+    Returns:
+        Every row of the source, with `source` set to its resolved path.
 
     Raises:
         DataError: the path is missing or the data is malformed; the message names the file and row or image.
@@ -402,7 +426,14 @@ def _cache_write(key: str, source: str, images: np.ndarray, labels: np.ndarray, 
 
 
 def describe(ds: FER2013) -> str:
-    """A table of images per Usage and class, with totals, the source and the cache location."""
+    """A table of images per Usage and class, with totals, the source and the cache location.
+
+    Args:
+        ds: the dataset to describe.
+
+    Returns:
+        Several lines of text for the terminal.
+    """
     import pandas as pd
 
     usage = pd.Categorical(ds.usage, categories=list(USAGES))
@@ -431,7 +462,20 @@ _TOKENS = np.array([list(f"{v} ".encode().ljust(4, b"\0")) for v in range(256)],
 
 
 def save_csv(ds: FER2013, path: str | os.PathLike, layout: str = "fer2013") -> Path:
-    """Write `ds` as a Kaggle CSV: layout `fer2013`, `icml` (icml_face_data.csv) or `train` (Training)."""
+    """Write `ds` as a Kaggle CSV: layout `fer2013`, `icml` (icml_face_data.csv) or `train` (Training).
+
+    Args:
+        ds: the rows to write.
+        path: the CSV file to write; its folder is created.
+        layout: `fer2013` (`emotion,pixels,Usage`), `icml` (`emotion, Usage, pixels`) or `train`
+            (`emotion,pixels`, Training rows only).
+
+    Returns:
+        `path`.
+
+    Raises:
+        DataError: layout `train` with rows of other splits.
+    """
     if layout not in _CSV_LAYOUTS:
         raise ValueError(f"layout must be one of {list(_CSV_LAYOUTS)}, not {layout!r}")
     if layout == "train" and set(ds.splits) - {"Training"}:
@@ -449,7 +493,16 @@ def save_csv(ds: FER2013, path: str | os.PathLike, layout: str = "fer2013") -> P
 
 
 def save_image_folder(ds: FER2013, root: str | os.PathLike, ext: str = "png") -> Path:
-    """Write `ds` as `<root>/<split>/<class>/<Usage>_<row>.<ext>`; splits train, val (PublicTest), test."""
+    """Write `ds` as `<root>/<split>/<class>/<Usage>_<row>.<ext>`; splits train, val (PublicTest), test.
+
+    Args:
+        ds: the rows to write.
+        root: the folder to write the tree into; created as needed.
+        ext: the image format, as a file extension Pillow writes (`png`, `jpg`, ...).
+
+    Returns:
+        `root`.
+    """
     from PIL import Image
 
     root = Path(root)

@@ -15,7 +15,19 @@ DATA_CANDIDATES = ("fer2013.csv", "icml_face_data.csv", "fer2013")
 
 
 def find_data(flag: str | None, space_data: str | None) -> Path:
-    """`--data`, else `$FER_TUNE_DATA`, else the space's `data:`, else FER2013 in the working directory."""
+    """`--data`, else `$FER_TUNE_DATA`, else the space's `data:`, else FER2013 in the working directory.
+
+    Args:
+        flag: the `--data` value; None when not given.
+        space_data: the search space's `data:` key; None when it has none.
+
+    Returns:
+        The resolved path of the data (a CSV or a folder).
+
+    Raises:
+        DataError: the path given does not exist, or none was given and none is found in the working
+            directory.
+    """
     for given, what in (
         (flag, "--data"),
         (os.environ.get("FER_TUNE_DATA"), "$FER_TUNE_DATA"),

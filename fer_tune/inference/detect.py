@@ -1,7 +1,7 @@
 """Faces in photos: read any image as FER2013 sees it, find faces, cut them as FER2013 frames them.
 
 The detector is OpenCV's Viola-Jones cascade `haarcascade_frontalface_default.xml`, which ships inside the
-opencv-python-headless 4.x wheel (nothing is downloaded at run time; the README says why this one). A
+opencv-python-headless 4.x wheel (nothing is downloaded at run time; docs/predict.md says why this one). A
 detector's box is looser than a FER2013 face: `FRAMING` maps one to the other, measured by
 `benchmarks/face_framing.py` on FER2013 faces (see there for how).
 """
@@ -36,7 +36,14 @@ SCALE_STEP = 1.1
 
 @dataclass(frozen=True)
 class Box:
-    """A face's FER2013-framed square in image pixels (may reach past the image's edges)."""
+    """A face's FER2013-framed square in image pixels (may reach past the image's edges).
+
+    Args:
+        x: left edge, px from the image's left.
+        y: top edge, px from the image's top.
+        w: width, px.
+        h: height, px (equal to `w` for a detected face).
+    """
 
     x: int
     y: int
@@ -55,7 +62,18 @@ def _cv2() -> Any:
 
 
 class FaceDetector:
-    """OpenCV's frontal-face cascade; `detect(gray)` gives FER2013-framed boxes, largest first."""
+    """OpenCV's frontal-face cascade; `detect(gray)` gives FER2013-framed boxes, largest first.
+
+    Args:
+        min_face: the smallest face looked for, px of the image.
+        detect_side: the longer side an image is shrunk to before detection, px.
+        scale_step: the ratio between the cascade's successive window sizes, in (1, 2]; smaller finds more
+            faces, more slowly.
+
+    Raises:
+        ConfigError: `scale_step` out of range.
+        DataError: OpenCV is missing or cannot read its cascade.
+    """
 
     def __init__(
         self, min_face: int = MIN_FACE, detect_side: int = DETECT_SIDE, scale_step: float = SCALE_STEP
@@ -71,7 +89,14 @@ class FaceDetector:
         self.min_face, self.detect_side, self.scale_step = min_face, detect_side, scale_step
 
     def raw_boxes(self, gray: np.ndarray) -> np.ndarray:
-        """The detector's own boxes (N, 4) as x, y, w, h floats in `gray`'s pixels, largest first."""
+        """The detector's own boxes (N, 4) as x, y, w, h floats in `gray`'s pixels, largest first.
+
+        Args:
+            gray: a (H, W) uint8 image.
+
+        Returns:
+            (N, 4) float64 boxes; (0, 4) when no face is found.
+        """
         cv2 = _cv2()
         h, w = gray.shape
         shrink = min(1.0, self.detect_side / max(h, w))
@@ -86,12 +111,26 @@ class FaceDetector:
         return boxes[np.argsort(-boxes[:, 2], kind="stable")]
 
     def detect(self, gray: np.ndarray) -> list[Box]:
-        """FER2013-framed square boxes of the faces in a (H, W) uint8 image."""
+        """FER2013-framed square boxes of the faces in a (H, W) uint8 image.
+
+        Args:
+            gray: a (H, W) uint8 image.
+
+        Returns:
+            The boxes, largest first; empty when no face is found.
+        """
         return [fer_box(b) for b in self.raw_boxes(gray)]
 
 
 def fer_box(box: np.ndarray | tuple[float, float, float, float]) -> Box:
-    """The square FER2013 would have cut around a detector box (x, y, w, h), per `FRAMING`."""
+    """The square FER2013 would have cut around a detector box (x, y, w, h), per `FRAMING`.
+
+    Args:
+        box: the detector's box, px.
+
+    Returns:
+        The square, rounded to whole pixels.
+    """
     x, y, w, h = (float(v) for v in box)
     side = FRAMING["scale"] * w
     cx, cy = x + w / 2 + FRAMING["dx"] * w, y + h / 2 + FRAMING["dy"] * w
@@ -99,7 +138,19 @@ def fer_box(box: np.ndarray | tuple[float, float, float, float]) -> Box:
 
 
 def crop(gray: np.ndarray, box: Box, size: int = 48) -> np.ndarray:
-    """The `box` of a (H, W) uint8 image as size x size uint8; parts outside the image repeat its edge."""
+    """The `box` of a (H, W) uint8 image as size x size uint8; parts outside the image repeat its edge.
+
+    Args:
+        gray: a (H, W) uint8 image.
+        box: the square to cut, px.
+        size: the side of the result, px.
+
+    Returns:
+        The (size, size) uint8 face.
+
+    Raises:
+        ValueError: the box lies wholly outside the image.
+    """
     cv2 = _cv2()
     h, w = gray.shape
     x0, y0, x1, y1 = box.x, box.y, box.x + box.w, box.y + box.h
@@ -119,6 +170,12 @@ def to_uint8_rgb(im: Any) -> np.ndarray:
 
     Transparency is laid over white (what a viewer shows); 16-bit and float grays are scaled to 0..255, since
     PIL's own `convert("L")` clips them at 255.
+
+    Args:
+        im: a `PIL.Image.Image`.
+
+    Returns:
+        (H, W, 3) uint8 RGB.
     """
     from PIL import Image
 
@@ -137,12 +194,29 @@ def to_uint8_rgb(im: Any) -> np.ndarray:
 
 
 def to_gray(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (H, W) uint8 luma (ITU-R 601, as PIL's and OpenCV's grayscale)."""
+    """(H, W, 3) uint8 RGB -> (H, W) uint8 luma (ITU-R 601, as PIL's and OpenCV's grayscale).
+
+    Args:
+        rgb: a (H, W, 3) uint8 RGB image.
+
+    Returns:
+        The (H, W) uint8 gray image.
+    """
     return _cv2().cvtColor(rgb, _cv2().COLOR_RGB2GRAY)
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB, upright per its EXIF orientation; DataError naming it if bad."""
+    """An image file as (H, W, 3) uint8 RGB, upright per its EXIF orientation; DataError naming it if bad.
+
+    Args:
+        path: any image file Pillow reads.
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+
+    Raises:
+        DataError: the file cannot be read or decoded.
+    """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:

@@ -29,7 +29,13 @@ NO_FACE = "no face"
 
 @dataclass(frozen=True)
 class Input:
-    """A file to predict on and the path its annotated copy takes under --out."""
+    """A file to predict on and the path its annotated copy takes under --out.
+
+    Args:
+        path: the file.
+        name: its output name, relative to --out: the file's name, or `<folder name>/<path inside it>`.
+        video: whether it is a video (by its extension).
+    """
 
     path: Path
     name: Path  # relative output name: the file's name, or <folder name>/<path inside the folder>
@@ -37,7 +43,14 @@ class Input:
 
 
 def expand(inputs: list[str]) -> tuple[list[Input], list[str]]:
-    """Files as given, folders' images and videos (recursively, sorted); and an error per missing path."""
+    """Files as given, folders' images and videos (recursively, sorted); and an error per missing path.
+
+    Args:
+        inputs: files and folders, as given on the command line.
+
+    Returns:
+        (the inputs found, one message per path that does not exist).
+    """
     found, errors = [], []
     for arg in inputs:
         p = Path(arg)
@@ -54,7 +67,18 @@ def expand(inputs: list[str]) -> tuple[list[Input], list[str]]:
 
 
 def frames(path: Path, every: int) -> Iterator[tuple[int, np.ndarray, float, int]]:
-    """(index, RGB frame, fps, frames in the file) of every `every`-th frame; DataError if unreadable."""
+    """(index, RGB frame, fps, frames in the file) of every `every`-th frame; DataError if unreadable.
+
+    Args:
+        path: a video file OpenCV (FFmpeg) reads.
+        every: keep one frame in this many, from the first.
+
+    Yields:
+        (frame index from 0, (H, W, 3) uint8 RGB, the file's fps, its frame count as the container says).
+
+    Raises:
+        DataError: the file cannot be opened, or no frame can be decoded.
+    """
     import cv2
 
     cap = cv2.VideoCapture(str(path))
@@ -80,7 +104,15 @@ def frames(path: Path, every: int) -> Iterator[tuple[int, np.ndarray, float, int
 
 
 def annotate(rgb: np.ndarray, faces: list[Face]) -> np.ndarray:
-    """A copy of the image with each face's box and `emotion probability` drawn on it."""
+    """A copy of the image with each face's box and `emotion probability` drawn on it.
+
+    Args:
+        rgb: a (H, W, 3) uint8 RGB image.
+        faces: its faces.
+
+    Returns:
+        The annotated copy; `rgb` is unchanged.
+    """
     import cv2
 
     out = np.ascontiguousarray(rgb.copy())
@@ -119,7 +151,14 @@ def _rows(file: str, frame: int | None, faces: list[Face]) -> list[dict[str, Any
 
 
 def format_row(row: dict[str, Any]) -> str:
-    """The stdout line of one predictions.csv row."""
+    """The stdout line of one predictions.csv row.
+
+    Args:
+        row: a row with `file`, `frame`, `emotion`, and for a face its box and `probability`.
+
+    Returns:
+        `<file>[ frame N]: face at x=.. y=.. WxH: <emotion> <probability>`, or `<file>: no face`.
+    """
     where = row["file"] + (f" frame {row['frame']}" if row.get("frame") is not None else "")
     if row["emotion"] == NO_FACE:
         return f"{where}: {NO_FACE}"
@@ -205,8 +244,24 @@ def predict_files(
 ) -> int:
     """Classify the faces in every input; 0 when all were read, 1 when any failed (each said on stderr).
 
-    `progress`: bars on stderr, of files and of a video's frames (None: when stderr is a terminal and
-    there is a folder or a video).
+    Args:
+        pred: the loaded predictor.
+        inputs: image and video files, and folders of them (searched recursively).
+        out: a folder for annotated copies and predictions.csv; None for stdout lines only.
+        detect: find faces; False takes each image (frame) as one face.
+        tta: `none`, `flip` or `tencrop`.
+        every: in a video, classify one frame in this many.
+        stdout: where the result lines go; None for `sys.stdout`.
+        stderr: where errors and progress bars go; None for `sys.stderr`.
+        progress: bars on stderr, of files and of a video's frames; None: when stderr is a terminal and
+            there is a folder or a video.
+
+    Returns:
+        The exit status: 0 when every input was read, 1 when any failed.
+
+    Raises:
+        DataError: `every` below 1.
+        OutputError: `out` cannot be written.
     """
     from tqdm import tqdm
 

@@ -1,4 +1,5 @@
-"""`fer-tune export-model`: a trained model (or a retrain's seed ensemble, one graph) as ONNX or TorchScript.
+"""`fer-tune export-model`: a trained model (or a retrain's seed ensemble, one graph) as ONNX or
+TorchScript.
 
 The exported graph takes what the model itself takes: float32 (B, 1, S, S) with a dynamic batch B, a 48x48
 grayscale face normalised as `(pixel - mean) / std` and center-cropped to S. It returns logits (B, 7) (for
@@ -40,6 +41,19 @@ def export_model(model_path: str | Path, out: str | Path, fmt: str = "onnx", *, 
 
     With `check` (ONNX only), ONNX Runtime's logits on random faces are compared with PyTorch's and a
     difference above 1e-4 is an error.
+
+    Args:
+        model_path: a run folder, a model.pt file or a retrain folder (its seed ensemble).
+        out: the file to write (`.onnx` or `.pt`); its folder is created.
+        fmt: `onnx` or `torchscript`.
+        check: compare ONNX Runtime's logits with PyTorch's (ONNX only).
+
+    Returns:
+        `out`.
+
+    Raises:
+        DataError: the model cannot be read, the deploy extra is missing, or the check failed.
+        OutputError: `out` cannot be written.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
@@ -48,7 +62,20 @@ def export_model(model_path: str | Path, out: str | Path, fmt: str = "onnx", *, 
 
 
 def export_int8(model_path: str | Path, out: str | Path, faces: np.ndarray) -> float:
-    """`export_model` to ONNX, then `quantize_int8` into `out` with `faces`; returns the top-1 agreement."""
+    """`export_model` to ONNX, then `quantize_int8` into `out` with `faces`; returns the top-1 agreement.
+
+    Args:
+        model_path: a run folder, a model.pt file or a retrain folder (its seed ensemble).
+        out: the `.onnx` file to write.
+        faces: (N, 48, 48) uint8 Training faces, N >= 2; half calibrate, half check.
+
+    Returns:
+        The share of the checking faces on which the int8 graph gives the float model's answer.
+
+    Raises:
+        DataError: the model cannot be read, or the agreement is under `MIN_AGREEMENT` (nothing written).
+        OutputError: `out` cannot be written.
+    """
     if len(faces) < 2:
         raise ValueError("int8 quantization needs at least 2 calibration faces")
     model, meta = load(model_path, device="cpu")
@@ -61,7 +88,9 @@ def export_int8(model_path: str | Path, out: str | Path, faces: np.ndarray) -> f
         float_onnx.unlink(missing_ok=True)
 
 
-def export_quantized(model_path: str | Path, out: str | Path, data: str | Path, n: int = 512) -> tuple[float, int]:
+def export_quantized(
+    model_path: str | Path, out: str | Path, data: str | Path, n: int = 512
+) -> tuple[float, int]:
     """`fer-tune export-model --quantize int8`: calibrate on `n` Training faces of `data`, write int8 ONNX.
 
     Args:
@@ -80,7 +109,18 @@ def export_quantized(model_path: str | Path, out: str | Path, data: str | Path, 
 
 
 def calibration_faces(training: Any, n: int = 512) -> np.ndarray:
-    """2n faces (n to calibrate, n to check) spread evenly over a FER2013's Training split (every class)."""
+    """2n faces (n to calibrate, n to check) spread evenly over a FER2013's Training split (every class).
+
+    Args:
+        training: a FER2013 holding the Training rows.
+        n: faces per half.
+
+    Returns:
+        (min(2n, rows), 48, 48) uint8 faces.
+
+    Raises:
+        DataError: fewer than 2 rows.
+    """
     if len(training) < 2:
         raise DataError(f"{training.source or 'dataset'}: int8 calibration needs 2+ Training faces")
     pick = np.linspace(0, len(training) - 1, min(2 * n, len(training))).astype(int)
@@ -88,7 +128,15 @@ def calibration_faces(training: Any, n: int = 512) -> np.ndarray:
 
 
 def model_inputs(faces: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
-    """What an exported graph takes: uint8 (N, 48, 48) faces normalised and center-cropped, float32."""
+    """What an exported graph takes: uint8 (N, 48, 48) faces normalised and center-cropped, float32.
+
+    Args:
+        faces: (N, 48, 48) uint8.
+        meta: the model's meta (`mean`, `std`, `input_size`).
+
+    Returns:
+        (N, 1, S, S) float32.
+    """
     x = normalize(torch.from_numpy(np.ascontiguousarray(faces, dtype=np.uint8)), meta["mean"], meta["std"])
     return center_crop(x, int(meta["input_size"])).contiguous().numpy()
 
@@ -98,6 +146,19 @@ def quantize_int8(float_onnx: Path, out: Path, meta: dict[str, Any], faces: np.n
 
     Half of `faces` calibrates the activations' ranges, the other half measures how often the int8 graph's
     answer is the float graph's; under MIN_AGREEMENT the file is not written (DataError).
+
+    Args:
+        float_onnx: the float32 graph from `export`.
+        out: the int8 `.onnx` file to write.
+        meta: the model's meta, written into the file's metadata with `quantized: int8`.
+        faces: (N, 48, 48) uint8 faces.
+
+    Returns:
+        The top-1 agreement on the second half of `faces`.
+
+    Raises:
+        DataError: the agreement is under `MIN_AGREEMENT`.
+        OutputError: `out` cannot be written.
     """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -153,7 +214,22 @@ def quantize_int8(float_onnx: Path, out: Path, meta: dict[str, Any], faces: np.n
 def export(
     model: nn.Module, meta: dict[str, Any], out: str | Path, fmt: str = "onnx", *, check: bool = True
 ) -> Path:
-    """`export_model` of a model in memory with its meta (`mean`, `std`, `input_size`, `arch`, `config`)."""
+    """`export_model` of a model in memory with its meta (`mean`, `std`, `input_size`, `arch`, `config`).
+
+    Args:
+        model: the model; a float32 CPU copy is exported, the caller's is left as it is.
+        meta: its meta.
+        out: the file to write; its folder is created.
+        fmt: `onnx` or `torchscript`.
+        check: compare ONNX Runtime's logits with PyTorch's (ONNX only).
+
+    Returns:
+        `out`.
+
+    Raises:
+        DataError: the deploy extra is missing, or the check failed.
+        OutputError: `out` cannot be written.
+    """
     # A copy: .float()/.cpu() convert a module in place, and the caller may go on using theirs.
     model = copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format).eval()
     out = Path(out)
@@ -232,7 +308,18 @@ class _quiet:
 
 @torch.no_grad()
 def onnx_parity(path: str | Path, model: nn.Module, input_size: int, n: int = 5, seed: int = 0) -> float:
-    """Max abs difference between ONNX Runtime's and PyTorch's logits on n random normalised faces."""
+    """Max abs difference between ONNX Runtime's and PyTorch's logits on n random normalised faces.
+
+    Args:
+        path: the `.onnx` file.
+        model: the PyTorch model it was exported from.
+        input_size: the image side, px.
+        n: how many random faces.
+        seed: seeds the faces.
+
+    Returns:
+        The largest absolute logit difference.
+    """
     from fer_tune.inference.onnx_runtime import onnx_session
 
     x = torch.randn(n, 1, input_size, input_size, generator=torch.Generator().manual_seed(seed))

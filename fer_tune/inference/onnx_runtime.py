@@ -1,4 +1,5 @@
-"""Exported models at run time: ONNX Runtime sessions, an ONNX graph as a torch module, and the metadata an export carries."""
+"""Exported models at run time: ONNX Runtime sessions, an ONNX graph as a torch module, and the metadata
+an export carries."""
 
 from __future__ import annotations
 
@@ -19,6 +20,16 @@ def onnx_session(path: str | Path, threads: int | None = None) -> Any:
     """An ONNX Runtime CPU session of `path` (`threads`: intra-op threads; None: ORT's default, one per core).
 
     DataError if onnxruntime is missing or the file is not ONNX.
+
+    Args:
+        path: an `.onnx` file.
+        threads: ORT's intra-op threads; None for its default, one per core.
+
+    Returns:
+        An `onnxruntime.InferenceSession` on the CPU.
+
+    Raises:
+        DataError: onnxruntime is not installed, or the file is not a readable ONNX model.
     """
     try:
         import onnxruntime as ort
@@ -37,7 +48,12 @@ def onnx_session(path: str | Path, threads: int | None = None) -> Any:
 
 
 class OnnxModule(nn.Module):
-    """An ONNX Runtime session as a module, so `predict_logits` runs it like a PyTorch model (CPU only)."""
+    """An ONNX Runtime session as a module, so `predict_logits` runs it like a PyTorch model (CPU only).
+
+    Args:
+        session: an `onnxruntime.InferenceSession` with one input (the images) and the logits as its first
+            output.
+    """
 
     def __init__(self, session: Any) -> None:
         super().__init__()
@@ -45,6 +61,14 @@ class OnnxModule(nn.Module):
         self.input = session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the session on a batch.
+
+        Args:
+            x: (B, 1, S, S) float images, standardised as the model's metadata says.
+
+        Returns:
+            (B, 7) float32 logits, on the CPU.
+        """
         feed = np.ascontiguousarray(x.detach().cpu().float().numpy())  # channels_last views are strided
         return torch.from_numpy(self.session.run(None, {self.input: feed})[0])
 
@@ -54,7 +78,14 @@ TORCHSCRIPT_META = "fer_tune.json"  # the extra file inside a TorchScript archiv
 
 
 def metadata(meta: dict[str, Any]) -> dict[str, str]:
-    """What the exported file says about its input and origin, as strings."""
+    """What the exported file says about its input and origin, as strings.
+
+    Args:
+        meta: the model's meta, as `fer_tune.training.ensemble.load` returns it.
+
+    Returns:
+        `METADATA_KEYS` -> JSON text, for ONNX metadata props or a TorchScript extra file.
+    """
     values = {
         "classes": list(EMOTIONS),
         "input_size": int(meta["input_size"]),
@@ -70,7 +101,18 @@ def metadata(meta: dict[str, Any]) -> dict[str, str]:
 
 
 def read_metadata(props: dict[str, str]) -> dict[str, Any]:
-    """The inverse of `metadata`: a meta dict as `fer_tune.training.ensemble.load` gives (for predict_logits)."""
+    """The inverse of `metadata`: a meta dict as `fer_tune.training.ensemble.load` gives (for
+    predict_logits).
+
+    Args:
+        props: the exported file's metadata, key -> JSON text.
+
+    Returns:
+        The meta dict.
+
+    Raises:
+        DataError: a key of `METADATA_KEYS` is missing (not exported by fer-tune).
+    """
     missing = [k for k in METADATA_KEYS if k not in props]
     if missing:
         raise DataError(f"not exported by fer-tune export-model: no metadata {', '.join(missing)}")

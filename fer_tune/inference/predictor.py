@@ -1,8 +1,9 @@
 """Emotions of faces, from Python: `load(MODEL)` gives a `Predictor` with `.predict(images)` and `.classes`.
 
-MODEL is a run folder or `model.pt`, a retrain folder (its seed ensemble, `fer_tune.training.ensemble`), or an ONNX
-file from `fer-tune export-model` (run by ONNX Runtime, the `deploy` extra). Every backend goes through
-`evaluate.predict_logits`: normalisation, the center crop and TTA are the ones the model was evaluated with.
+MODEL is a run folder or `model.pt`, a retrain folder (its seed ensemble, `fer_tune.training.ensemble`), or
+an ONNX file from `fer-tune export-model` (run by ONNX Runtime, the `deploy` extra). Every backend goes
+through `evaluate.predict_logits`: normalisation, the center crop and TTA are the ones the model was
+evaluated with.
 
     >>> p = load("results/reference/final")
     >>> probs = p.predict([face_crop, pil_image])   # (2, 7) probabilities, columns p.classes
@@ -31,22 +32,40 @@ FER_MEAN, FER_STD = 129.48, 64.97  # FER2013 Training pixels (0..255), as result
 
 @dataclass(frozen=True)
 class Face:
-    """One classified face: its FER2013-framed box and the probability of each class."""
+    """One classified face: its FER2013-framed box and the probability of each class.
+
+    Args:
+        box: the face's square in the photo, px.
+        probs: (7,) float32 probabilities, in `EMOTIONS` order.
+    """
 
     box: Box
     probs: np.ndarray  # (7,) float32, in EMOTIONS order
 
     @property
     def emotion(self) -> str:
+        """The most probable class's name."""
         return EMOTIONS[int(self.probs.argmax())]
 
     @property
     def probability(self) -> float:
+        """The most probable class's probability."""
         return float(self.probs.max())
 
 
 def as_face(image: Any) -> np.ndarray:
-    """A face crop (PIL image, or numpy (H, W), (H, W, 3) or (H, W, 4), any dtype) as 48x48 uint8 gray."""
+    """A face crop (PIL image, or numpy (H, W), (H, W, 3) or (H, W, 4), any dtype) as 48x48 uint8 gray.
+
+    Args:
+        image: the crop; RGB(A) is made gray, uint16 and floats in 0..1 are scaled to uint8, and other sizes
+            are resized (area averaging when shrinking, cubic when enlarging).
+
+    Returns:
+        (48, 48) uint8.
+
+    Raises:
+        ValueError: an unsupported dtype or shape.
+    """
     import cv2
 
     if not isinstance(image, np.ndarray):  # a PIL image, of any mode
@@ -72,7 +91,15 @@ def as_face(image: Any) -> np.ndarray:
 
 
 class Predictor:
-    """A loaded model with its normalisation: classifies face crops and whole photos."""
+    """A loaded model with its normalisation: classifies face crops and whole photos.
+
+    Args:
+        model: the classifier (a model, an `Ensemble` or an `OnnxModule`), in eval mode on `device`.
+        meta: its meta (`mean`, `std`, `input_size`, `config`, ...), as `ensemble.load` returns it.
+        device: where the model runs.
+        source: where it was loaded from, for messages.
+        precision: a `train.precision` value; `auto` is bf16 on GPUs and on CPUs with AMX.
+    """
 
     def __init__(
         self,
@@ -99,7 +126,15 @@ class Predictor:
         self._detector = detector
 
     def predict_crops(self, crops: np.ndarray, tta: str = "none") -> np.ndarray:
-        """Probabilities (N, 7) float32 of uint8 face crops (N, 48, 48), in batches of 256."""
+        """Probabilities (N, 7) float32 of uint8 face crops (N, 48, 48), in batches of 256.
+
+        Args:
+            crops: (N, 48, 48) uint8 faces, framed as FER2013's.
+            tta: `none`, `flip` or `tencrop`.
+
+        Returns:
+            (N, 7) float32, columns in `classes` order.
+        """
         images = torch.from_numpy(np.ascontiguousarray(crops, dtype=np.uint8)).to(self.device)
         # The device's fastest precision (bf16 on CPUs with AMX): `fer-tune evaluate` scores in fp32 on a CPU.
         logits = predict_logits(self.model, self.meta, images, tta, precision=self.precision)
@@ -109,6 +144,16 @@ class Predictor:
         """Probabilities (N, 7) of face crops: one image or a sequence (numpy arrays or PIL images).
 
         A (N, 48, 48) uint8 array is taken as N crops; any other image is made 48x48 gray first.
+
+        Args:
+            images: one crop, a sequence of them, or an (N, H, W[, C]) array.
+            tta: `none`, `flip` or `tencrop`.
+
+        Returns:
+            (N, 7) float32, columns in `classes` order.
+
+        Raises:
+            ValueError: an image of an unsupported dtype or shape.
         """
         if isinstance(images, np.ndarray):
             stack = images.ndim == 4 or (images.ndim == 3 and images.shape[1:] == (SIZE, SIZE))
@@ -124,6 +169,14 @@ class Predictor:
         """Find the faces in a photo (RGB or gray numpy, or PIL), crop each as FER2013 does, classify them.
 
         `detect=False` takes the whole image as one face. Largest face first; [] when none is found.
+
+        Args:
+            image: a photo: (H, W) gray or (H, W, 3[+1]) RGB uint8 numpy, or a PIL image.
+            detect: find faces with the detector; False takes the whole image as one face.
+            tta: `none`, `flip` or `tencrop`.
+
+        Returns:
+            The faces, largest first.
         """
         rgb = image if isinstance(image, np.ndarray) else to_uint8_rgb(image)
         gray = rgb if rgb.ndim == 2 else to_gray(np.ascontiguousarray(rgb[..., :3]))
@@ -139,6 +192,17 @@ def untrained(config: str | Path | dict[str, Any], device: str | torch.device | 
     """A `Predictor` of a run config's model with random weights and FER2013's Training mean and std.
 
     For benchmarks and tests: speed and file handling do not depend on the weights.
+
+    Args:
+        config: a run config YAML file, or its mapping.
+        device: where the model runs; None to pick CUDA when available.
+
+    Returns:
+        The predictor; its weights are drawn with the config's seed.
+
+    Raises:
+        ConfigError: the config is not valid.
+        DeviceError: the device cannot be used.
     """
     from fer_tune.models import build_model
     from fer_tune.training import RunConfig, model_meta
@@ -157,7 +221,16 @@ def untrained(config: str | Path | dict[str, Any], device: str | torch.device | 
 def load(model: str | Path, device: str | torch.device | None = None) -> Predictor:
     """A `Predictor` of a run folder, model.pt, retrain folder (seed ensemble) or exported ONNX file.
 
-    `device`: where a PyTorch model runs (default: CUDA when available); ONNX files run on the CPU.
+    Args:
+        model: a run folder, `model.pt`, retrain folder or `.onnx` file.
+        device: where a PyTorch model runs; None for CUDA when available. ONNX files run on the CPU.
+
+    Returns:
+        The predictor.
+
+    Raises:
+        DataError: the file cannot be read, or an ONNX file lacks fer-tune's metadata.
+        DeviceError: the device cannot be used, or a GPU asked for an ONNX file.
     """
     path = Path(model)
     if path.suffix.lower() == ".onnx":

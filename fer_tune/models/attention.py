@@ -43,7 +43,11 @@ class AttentionConfig(ModelConfig):
 
 
 class ConvAttention(nn.Module):
-    """Conv stem -> one token per feature-map position + learned positions -> pre-norm encoder."""
+    """Conv stem -> one token per feature-map position + learned positions -> pre-norm encoder.
+
+    Args:
+        cfg: the family's validated config.
+    """
 
     def __init__(self, cfg: AttentionConfig) -> None:
         super().__init__()
@@ -72,10 +76,22 @@ class ConvAttention(nn.Module):
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(width, NUM_CLASSES))
 
     def no_weight_decay(self) -> set[str]:
-        """The position embedding and class token: `build_optimizer` exempts them from weight decay."""
+        """The position embedding and class token: `build_optimizer` exempts them from weight decay.
+
+        Returns:
+            Parameter names relative to this module (`pos`, and `cls` with `pool: cls`).
+        """
         return {"pos"} | ({"cls"} if self.cls is not None else set())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch of images.
+
+        Args:
+            x: (B, 1, S, S) float images, S in 32..64, standardised as the model was trained.
+
+        Returns:
+            (B, 7) logits, in `EMOTIONS` order.
+        """
         x = self.features(x)  # (B, C, H, W)
         pos = self.pos
         if pos.shape[-2:] != x.shape[-2:]:
@@ -92,4 +108,12 @@ class ConvAttention(nn.Module):
 
 @register_model(AttentionConfig)
 def attention(cfg: AttentionConfig) -> nn.Module:
+    """Build the `attention` network (registered factory; `build_model` also initialises its convs).
+
+    Args:
+        cfg: the family's validated config.
+
+    Returns:
+        A model from (B, 1, S, S) images to (B, 7) logits.
+    """
     return ConvAttention(cfg)

@@ -34,5 +34,13 @@ class CNNConfig(ModelConfig):
 
 @register_model(CNNConfig)
 def cnn(cfg: CNNConfig) -> nn.Module:
+    """Build the `cnn` network (registered factory; `build_model` also initialises its convs).
+
+    Args:
+        cfg: the family's validated config.
+
+    Returns:
+        A model from (B, 1, S, S) images to (B, 7) logits.
+    """
     trunk = PlainTrunk(cfg.kernels, cfg.batchnorm, spread_pools(len(cfg.kernels)), cfg.res_blocks)
     return classifier(trunk, cfg.pool_size, [cfg.head_width] if cfg.head_width else [], cfg.dropout)

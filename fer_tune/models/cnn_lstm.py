@@ -39,7 +39,11 @@ class CNNLSTMConfig(ModelConfig):
 
 
 class CNNLSTM(nn.Module):
-    """Conv features (B, C, H, W) -> H steps of C x LSTM_COLUMNS features -> LSTM -> final states."""
+    """Conv features (B, C, H, W) -> H steps of C x LSTM_COLUMNS features -> LSTM -> final states.
+
+    Args:
+        cfg: the family's validated config.
+    """
 
     def __init__(self, cfg: CNNLSTMConfig) -> None:
         super().__init__()
@@ -59,6 +63,14 @@ class CNNLSTM(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch of images (the LSTM runs in float32 under autocast).
+
+        Args:
+            x: (B, 1, S, S) float images, S in 32..64, standardised as the model was trained.
+
+        Returns:
+            (B, 7) logits, in `EMOTIONS` order.
+        """
         x = self.columns(self.features(x))  # (B, C, H, LSTM_COLUMNS)
         steps = x.permute(0, 2, 1, 3).flatten(2)  # (B, H, C * LSTM_COLUMNS): one step per row
         # The LSTM runs in float32: oneDNN (CPU) and cuDNN < 9.13 have no bf16 LSTM, and it is a small part.
@@ -69,4 +81,12 @@ class CNNLSTM(nn.Module):
 
 @register_model(CNNLSTMConfig)
 def cnn_lstm(cfg: CNNLSTMConfig) -> nn.Module:
+    """Build the `cnn_lstm` network (registered factory; `build_model` also initialises its convs).
+
+    Args:
+        cfg: the family's validated config.
+
+    Returns:
+        A model from (B, 1, S, S) images to (B, 7) logits.
+    """
     return CNNLSTM(cfg)

@@ -69,7 +69,15 @@ class ModelConfig:
 
 
 def register_model(config_cls: type[ModelConfig]) -> Callable[[Callable], Callable]:
-    """Decorator: register `factory(cfg) -> nn.Module` as the family named by `config_cls.arch`."""
+    """Decorator: register `factory(cfg) -> nn.Module` as the family named by `config_cls.arch`.
+
+    Args:
+        config_cls: the family's config dataclass; the default of its `arch` field is the family name.
+
+    Returns:
+        The decorator, which registers the factory and returns it unchanged (a second family of the same
+        name raises ValueError).
+    """
     arch = config_cls.__dataclass_fields__["arch"].default
 
     def register(factory: Callable[[Any], nn.Module]) -> Callable[[Any], nn.Module]:
@@ -82,12 +90,26 @@ def register_model(config_cls: type[ModelConfig]) -> Callable[[Callable], Callab
 
 
 def list_models() -> list[str]:
-    """Registered family names, sorted."""
+    """Registered family names, sorted.
+
+    Returns:
+        The names `model.arch` accepts.
+    """
     return sorted(_REGISTRY)
 
 
 def model_config(mapping: Mapping[str, Any] | ModelConfig) -> ModelConfig:
-    """Validate a model mapping (e.g. a sampled config) into its family's dataclass, defaults filled in."""
+    """Validate a model mapping (e.g. a sampled config) into its family's dataclass, defaults filled in.
+
+    Args:
+        mapping: the `model:` keys, with `arch` naming a registered family; a config is validated again.
+
+    Returns:
+        The family's config, values coerced to their declared types.
+
+    Raises:
+        ConfigError: `arch` is missing or unknown, a key is unknown, or a value is out of range.
+    """
     if isinstance(mapping, ModelConfig):
         mapping = dataclasses.asdict(mapping)
     check(isinstance(mapping, Mapping), "model", f"expected a mapping with an `arch` key, got {mapping!r}")
@@ -105,7 +127,18 @@ def model_config(mapping: Mapping[str, Any] | ModelConfig) -> ModelConfig:
 
 
 def build_model(cfg: Mapping[str, Any] | ModelConfig | str, **overrides: Any) -> nn.Module:
-    """Build a freshly initialised model from a config (or a family name); `None` overrides are dropped."""
+    """Build a freshly initialised model from a config (or a family name); `None` overrides are dropped.
+
+    Args:
+        cfg: a model mapping or config, or a family name for its defaults.
+        **overrides: model keys to replace (`dropout=0.5`); a None value keeps the config's.
+
+    Returns:
+        The model, with Kaiming-initialised convs, mapping (B, 1, S, S) images to (B, 7) logits.
+
+    Raises:
+        ConfigError: the config, with the overrides, is not valid.
+    """
     cfg = model_config({"arch": cfg} if isinstance(cfg, str) else cfg)
     overrides = {k: v for k, v in overrides.items() if v is not None}  # None: keep the config's value
     if overrides:
@@ -120,7 +153,18 @@ def build_model(cfg: Mapping[str, Any] | ModelConfig | str, **overrides: Any) ->
 
 
 def model_stats(cfg: Mapping[str, Any] | ModelConfig, input_size: int = 48) -> dict[str, int]:
-    """Parameters and multiply-adds of one forward pass of one `input_size` image (cached per config)."""
+    """Parameters and multiply-adds of one forward pass of one `input_size` image (cached per config).
+
+    Args:
+        cfg: a model mapping or config.
+        input_size: the image side in px, in `INPUT_SIZES`.
+
+    Returns:
+        `{"params": ..., "macs": ...}`, counted on the meta device (nothing is allocated).
+
+    Raises:
+        ConfigError: the config is not valid or `input_size` is out of range.
+    """
     cfg = model_config(cfg)
     lo, hi = INPUT_SIZES
     check(lo <= input_size <= hi, "input_size", f"must be in {lo}..{hi}, got {input_size}")

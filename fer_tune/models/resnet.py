@@ -33,4 +33,12 @@ class ResNetConfig(ModelConfig):
 
 @register_model(ResNetConfig)
 def resnet(cfg: ResNetConfig) -> nn.Module:
+    """Build the `resnet` network (registered factory; `build_model` also initialises its convs).
+
+    Args:
+        cfg: the family's validated config.
+
+    Returns:
+        A model from (B, 1, S, S) images to (B, 7) logits.
+    """
     return classifier(ResNetTrunk(cfg.kernels, cfg.blocks_per_stage), 1, [], cfg.dropout)

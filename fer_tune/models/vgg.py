@@ -37,6 +37,14 @@ class VGGConfig(ModelConfig):
 
 @register_model(VGGConfig)
 def vgg(cfg: VGGConfig) -> nn.Module:
+    """Build the `vgg` network (registered factory; `build_model` also initialises its convs).
+
+    Args:
+        cfg: the family's validated config.
+
+    Returns:
+        A model from (B, 1, S, S) images to (B, 7) logits.
+    """
     n = cfg.convs_per_stage
     widths = [w for w in cfg.kernels for _ in range(n)]
     trunk = PlainTrunk(widths, True, pool_after={(i + 1) * n - 1 for i in range(len(cfg.kernels))})

@@ -11,5 +11,10 @@ class BudgetStopper(TimeoutStopper):
     fired: bool = False
 
     def stop_all(self) -> bool:
+        """Whether the time budget is spent (Ray then stops every trial); remembered in `fired`.
+
+        Returns:
+            True once the budget is spent.
+        """
         self.fired = super().stop_all() or self.fired
         return self.fired

@@ -19,7 +19,15 @@ if TYPE_CHECKING:  # a Space is only read here; fer_tune.search.space imports th
 
 
 def param_space(space: Space) -> dict[str, Any]:
-    """The space in Ray Tune's search space API, for `BasicVariantGenerator` (random and grid search)."""
+    """The space in Ray Tune's search space API, for `BasicVariantGenerator` (random and grid search).
+
+    Args:
+        space: the parsed space.
+
+    Returns:
+        The run-config groups with Ray domains as leaves; with families, `model` is a choice (or grid) of
+        one whole model mapping per family.
+    """
     from ray import tune
 
     def conv(node: Any) -> Any:
@@ -45,7 +53,16 @@ def param_space(space: Space) -> dict[str, Any]:
 
 
 def sample(space: Space, n: int = 3, seed: int = 0) -> list[dict[str, Any]]:
-    """Draw configs with Optuna's random sampler: per family, all-low, all-high and `n` random ones."""
+    """Draw configs with Optuna's random sampler: per family, all-low, all-high and `n` random ones.
+
+    Args:
+        space: the parsed space.
+        n: random configs per family.
+        seed: seeds the sampler.
+
+    Returns:
+        `n + 2` nested run-config mappings per family (not validated).
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -69,6 +86,18 @@ def point_params(space: Space, point: dict[str, Any], key: str = "point") -> dic
 
     Every key it gives must be one the space samples, with a value the space could draw (`key` names the point
     in errors); keys it leaves out are sampled as usual.
+
+    Args:
+        space: the parsed space.
+        point: a nested partial run config.
+        key: the key path of the point, for messages (`search.points_to_evaluate.0`).
+
+    Returns:
+        Optuna parameter name -> value, for `study.enqueue_trial`.
+
+    Raises:
+        ConfigError: a key the space does not sample, a value it could not draw, or a missing `model.arch`
+            in a space of several families.
     """
     flat = _flatten(point)
     arch_node = space.groups.get("model", {}).get("arch")
@@ -114,6 +143,9 @@ class DefineByRun:
     its own parameters. It returns the complete run config: OptunaSearch merges that over the captured
     parameters and `unflatten_dict`s the result; as the returned group keys (`model`, `train`, ...) come
     after the `group/...` parameter names, the trial's config is exactly the run config.
+
+    Args:
+        groups: the parsed space's run-config groups (`Space.groups`).
     """
 
     def __init__(self, groups: dict[str, Any]):
@@ -201,7 +233,15 @@ def _ray_domain(d: Dist) -> Any:
 
 
 def distribution(d: Dist) -> Any:
-    """The Optuna distribution `DefineByRun` suggests `d` from (qloguniform: its log-scale float)."""
+    """The Optuna distribution `DefineByRun` suggests `d` from (qloguniform: its log-scale float).
+
+    Args:
+        d: a distribution of the space.
+
+    Returns:
+        An optuna `CategoricalDistribution` (lists as JSON text), `IntDistribution` or
+        `FloatDistribution`.
+    """
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if d.kind in ("choice", "grid"):
@@ -216,7 +256,14 @@ def distribution(d: Dist) -> Any:
 
 
 def config_key(d: Dist) -> str:
-    """The run-config key a distribution sets (`model.families.cnn.dropout` -> `model.dropout`)."""
+    """The run-config key a distribution sets (`model.families.cnn.dropout` -> `model.dropout`).
+
+    Args:
+        d: a distribution of the space.
+
+    Returns:
+        The dotted key.
+    """
     parts = d.path.split(".")
     if parts[:2] == ["model", "families"]:
         parts = ["model", *parts[3:]]
@@ -225,7 +272,14 @@ def config_key(d: Dist) -> str:
 
 def config_distributions(space: Space) -> dict[str, Any]:
     """Run-config key -> Optuna distribution of every scalar key the space samples (per-layer list items,
-    `model.kernels.0`, are left out: tables show the whole list)."""
+    `model.kernels.0`, are left out: tables show the whole list).
+
+    Args:
+        space: the parsed space.
+
+    Returns:
+        `{dotted key: optuna distribution}`; the first family that declares a key wins.
+    """
     out: dict[str, Any] = {}
     for d in space.dists():
         key = config_key(d)
@@ -236,7 +290,18 @@ def config_distributions(space: Space) -> dict[str, Any]:
 
 def outside(space: Space, config: dict[str, Any]) -> str | None:
     """None when `space` could have proposed the run config `config` (a trial's params.json), else the first
-    key that it could not have, with its value: `train.lr 0.05 not in loguniform [0.001, 0.01]`."""
+    key that it could not have, with its value: `train.lr 0.05 not in loguniform [0.001, 0.01]`.
+
+    Args:
+        space: the parsed space.
+        config: a trial's run config; keys it leaves out are compared at their defaults.
+
+    Returns:
+        None, or the first key outside the space with its value.
+
+    Raises:
+        ConfigError: `config` is not a valid run config.
+    """
     from fer_tune.training import RunConfig
 
     resolved = RunConfig.from_dict(config).to_dict()  # the keys a space leaves out are at their defaults

@@ -1,4 +1,5 @@
-"""One sampled value of a search space: its distribution (`choice`, `loguniform`, ...), arguments and key path."""
+"""One sampled value of a search space: its distribution (`choice`, `loguniform`, ...), arguments and key
+path."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ PRIMITIVE = (type(None), bool, int, float, str)
 
 @dataclass(frozen=True)
 class Dist:
-    """One sampled value: `kind` from DISTRIBUTIONS, its `args`, and the dotted key path it sits at."""
+    """One sampled value: `kind` from DISTRIBUTIONS, its `args`, and the dotted key path it sits at.
+
+    Args:
+        kind: the distribution, one of `DISTRIBUTIONS`.
+        args: its arguments as written in the space (`loguniform: [1e-4, 0.1]` -> `(1e-4, 0.1)`).
+        path: the dotted key path (`model.families.cnn.kernels.0`).
+    """
 
     kind: str
     args: tuple
@@ -23,4 +30,9 @@ class Dist:
         return self.path.replace(".", "/")
 
     def to_yaml(self) -> dict[str, list]:
+        """The value as a space file spells it.
+
+        Returns:
+            `{kind: [args...]}`.
+        """
         return {self.kind: list(self.args)}

@@ -31,10 +31,31 @@ def extend_search(
     """`fer-tune extend DIR --num-samples N`: N more trials in the same folder and Optuna study, so TPE starts
     from every earlier trial; `space` may narrow ranges and fix values. Earlier trials the new space could
     not have proposed stay in the results but are hidden from the sampler. `data` defaults to the search's
-    (give it when the search was run on a FER2013 held in memory)."""
+    (give it when the search was run on a FER2013 held in memory).
+
+    Args:
+        path: the search folder, local or a URI.
+        num_samples: how many trials the new phase adds, at least 1.
+        space: a space file for the new phase (narrowed ranges, fixed values, its own resources); None keeps
+            the last phase's.
+        time_budget: the new phase's wall-clock budget (`2h`, `90m`, seconds); None for none.
+        address: a running Ray cluster's address; None to start one on this machine.
+        data: the dataset or its path; None for the data the search used.
+        verbose: Ray's own progress output instead of fer-tune's live view.
+
+    Returns:
+        The search folder and how the phase ended.
+
+    Raises:
+        ConfigError: the search has no Optuna study, `num_samples` < 1, or the new space ranks by another
+            metric or changes a parameter's kind.
+        DataError: the search has no optuna.db, or the data cannot be read.
+        OutputError: the search folder cannot be written.
+    """
     from optuna.trial import TrialState
 
     from fer_tune.search.conversion import outside
+    from fer_tune.search.internals import set_trial_user_attr
     from fer_tune.search.searcher import LOST
 
     folder = SearchFolder.open(path)
@@ -59,9 +80,7 @@ def extend_search(
     out = {t["trial_id"]: why for t in folder.ray_trials() if (why := outside(new, t["config"]))}
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         # An interrupted phase that is extended instead of resumed: its trials never end.
-        study._storage.set_trial_user_attr(
-            t._trial_id, LOST, f"phase {state.phase.number} extended, not resumed"
-        )
+        set_trial_user_attr(study, t, LOST, f"phase {state.phase.number} extended, not resumed")
         study.tell(t.number, state=TrialState.FAIL)
     number = state.phase.number + 1
     now = datetime.now().isoformat(timespec="seconds")

@@ -1,4 +1,5 @@
-"""The end of a search: its best config retrained with N seeds into `<folder>/final`, as `fer-tune retrain`."""
+"""The end of a search: its best config retrained with N seeds into `<folder>/final`, as
+`fer-tune retrain`."""
 
 from __future__ import annotations
 

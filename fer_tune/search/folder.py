@@ -44,7 +44,19 @@ FOLDER_ENV = "FER_TUNE_SEARCH_FOLDER"
 
 @dataclass
 class Phase:
-    """One run of trials in a search: the first search, or one `fer-tune extend`."""
+    """One run of trials in a search: the first search, or one `fer-tune extend`.
+
+    Args:
+        number: 1 for the search itself; 2, 3, ... for extensions.
+        space: the space file it was given.
+        num_samples: the trials it adds.
+        started: when it started (ISO 8601, local time, seconds).
+        finished: whether it ran to its end (not stopped by Ctrl-C or a crash).
+        ended: when it ended (ISO 8601); None while running.
+        command: the command line that started it.
+        outside: ids of earlier trials its space could not have proposed: kept in the results, hidden from
+            its sampler.
+    """
 
     number: int  # 1: the search itself; 2, 3, ...: extensions
     space: str  # the space file it was given
@@ -59,7 +71,23 @@ class Phase:
 
 @dataclass
 class SearchState:
-    """`fer_tune.json`: what resume, extend and report need to know about a search."""
+    """`fer_tune.json`: what resume, extend and report need to know about a search.
+
+    Args:
+        name: the search's name (its folder's).
+        space: phase 1's space file.
+        data: the absolute path of the data.
+        started: when the search started (ISO 8601).
+        cpus: the CPUs it was given (`--cpus`); None for all of the cluster's.
+        gpus: the GPUs it was given (`--gpus`); None for all of the cluster's.
+        wandb_project: the Weights & Biases project trials log to; None for no logging.
+        wandb_mode: `online` or `offline`.
+        finished: whether the latest phase finished.
+        ended: when the latest phase ended (ISO 8601); None while running.
+        command: the command line that started the search.
+        study: the Optuna study's name in optuna.db; None for a search that is not an Optuna one.
+        phases: every phase, in order; the last is the latest.
+    """
 
     name: str
     space: str  # phase 1's space file
@@ -77,6 +105,14 @@ class SearchState:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SearchState:
+        """The state read from `fer_tune.json`'s JSON; unknown keys are ignored.
+
+        Args:
+            raw: the parsed JSON; a record written before phases existed gets phase 1 from its own fields.
+
+        Returns:
+            The state.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         state = cls(**{k: v for k, v in raw.items() if k in known and k != "phases"})
         state.phases = [Phase(**p) for p in raw.get("phases") or []]
@@ -87,6 +123,11 @@ class SearchState:
         return state
 
     def to_dict(self) -> dict[str, Any]:
+        """The state as `fer_tune.json` holds it.
+
+        Returns:
+            Plain, JSON-safe values; `from_dict` reads them back.
+        """
         return dataclasses.asdict(self)
 
     @property
@@ -96,7 +137,13 @@ class SearchState:
 
 
 class SearchFolder:
-    """`results/<name>/`: its paths, state, spaces, study and Ray trials."""
+    """`results/<name>/`: its paths, state, spaces, study and Ray trials.
+
+    Args:
+        path: the local search folder (for a remote search, its mirror on this machine); `~` is expanded
+            and the path made absolute.
+        remote: the URI of a search in an object store; None for a local search.
+    """
 
     def __init__(self, path: str | Path, remote: str | None = None) -> None:
         self.path = Path(path).expanduser().resolve()
@@ -105,7 +152,17 @@ class SearchFolder:
 
     @classmethod
     def open(cls, path: str | Path) -> SearchFolder:
-        """An existing search: a local folder, or a URI downloaded into its local mirror."""
+        """An existing search: a local folder, or a URI downloaded into its local mirror.
+
+        Args:
+            path: the search folder or its URI.
+
+        Returns:
+            The folder (not checked to be a search: see `is_search`).
+
+        Raises:
+            DataError: a remote folder cannot be listed or holds no `fer_tune.json`.
+        """
         from fer_tune.base.storage import is_uri, local_folder
 
         if is_uri(path):
@@ -114,7 +171,19 @@ class SearchFolder:
 
     @classmethod
     def create(cls, results: str | Path, name: str) -> SearchFolder:
-        """A new search `name` under `results` (a folder or a URI), test-written first."""
+        """A new search `name` under `results` (a folder or a URI), test-written first.
+
+        Args:
+            results: the folder (or URI) that holds searches (`--results`).
+            name: the new search's name (`--name`).
+
+        Returns:
+            The new search's folder (not created yet for a local one).
+
+        Raises:
+            OutputError: `results` cannot be written.
+            ConfigError: the URI holds a search of that name already.
+        """
         from fer_tune.base import ConfigError, check_writable
         from fer_tune.base.storage import check_writable_uri, filesystem, is_uri, join, mirror_of
 
@@ -132,7 +201,14 @@ class SearchFolder:
         return cls(check_writable(Path(results).expanduser().resolve(), "--results") / name)
 
     def ray_storage(self, phase: int = 1) -> tuple[str, str]:
-        """(storage_path, name) of a phase's Ray experiment: local, or in the object store."""
+        """(storage_path, name) of a phase's Ray experiment: local, or in the object store.
+
+        Args:
+            phase: the phase number, from 1.
+
+        Returns:
+            What `tune.RunConfig` takes as `storage_path` and `name`.
+        """
 
         if self.remote is None:
             exp = self.experiment_dir(phase)
@@ -142,7 +218,14 @@ class SearchFolder:
         return self.remote, self.phase_name(phase)
 
     def experiment_location(self, phase: int = 1) -> str:
-        """What `Tuner.restore` takes for a phase: its folder or its URI."""
+        """What `Tuner.restore` takes for a phase: its folder or its URI.
+
+        Args:
+            phase: the phase number, from 1.
+
+        Returns:
+            `<storage_path>/<name>`.
+        """
         storage, name = self.ray_storage(phase)
         return f"{storage}/{name}"
 
@@ -171,7 +254,14 @@ class SearchFolder:
 
     @classmethod
     def of_experiment(cls, experiment: str | Path) -> SearchFolder:
-        """The search folder of a phase's Ray experiment folder (itself for phase 1)."""
+        """The search folder of a phase's Ray experiment folder (itself for phase 1).
+
+        Args:
+            experiment: a Ray experiment folder: the search folder or its `phase<N>` subfolder.
+
+        Returns:
+            The search folder.
+        """
         path = Path(experiment)
         return cls(
             path if (path / STATE_FILE).exists() or not (path.parent / STATE_FILE).exists() else path.parent
@@ -181,14 +271,17 @@ class SearchFolder:
 
     @property
     def name(self) -> str:
+        """The search's name: its folder's."""
         return self.path.name
 
     @property
     def state_path(self) -> Path:
+        """`fer_tune.json`."""
         return self.path / STATE_FILE
 
     @property
     def db_path(self) -> Path:
+        """`optuna.db`, the Optuna study of every phase."""
         return self.path / OPTUNA_DB
 
     @property
@@ -197,18 +290,42 @@ class SearchFolder:
         return f"sqlite:///{self.db_path}"
 
     def is_search(self) -> bool:
+        """Whether the folder holds a search (its `fer_tune.json`).
+
+        Returns:
+            True when `fer_tune.json` exists.
+        """
         return self.state_path.is_file()
 
     @staticmethod
     def phase_name(number: int) -> str:
+        """The folder name of an extension's Ray experiment.
+
+        Args:
+            number: the phase number, 2 or more.
+
+        Returns:
+            `phase<number>`.
+        """
         return f"phase{number}"
 
     def experiment_dir(self, phase: int = 1) -> Path:
-        """Ray's experiment folder of a phase."""
+        """Ray's experiment folder of a phase.
+
+        Args:
+            phase: the phase number, from 1.
+
+        Returns:
+            The search folder for phase 1, else its `phase<N>` subfolder.
+        """
         return self.path if phase == 1 else self.path / self.phase_name(phase)
 
     def experiment_dirs(self) -> list[tuple[int, Path]]:
-        """(phase, Ray experiment folder) of every phase on disk, in order."""
+        """(phase, Ray experiment folder) of every phase on disk, in order.
+
+        Returns:
+            Phase 1 (the search folder) always, then each `phase<N>` folder found.
+        """
         found = [(1, self.path)]
         for p in self.path.glob("phase*"):
             if p.is_dir() and p.name[5:].isdigit() and int(p.name[5:]) > 1:
@@ -216,11 +333,27 @@ class SearchFolder:
         return sorted(found)
 
     def space_path(self, phase: int = 1) -> Path:
+        """The resolved `space.yaml` of a phase.
+
+        Args:
+            phase: the phase number, from 1.
+
+        Returns:
+            The file, in the phase's experiment folder.
+        """
         return self.experiment_dir(phase) / SPACE_FILE
 
     # -- state ----------------------------------------------------------------------------------------------
 
     def read_state(self) -> SearchState:
+        """The search's `fer_tune.json`.
+
+        Returns:
+            The state.
+
+        Raises:
+            DataError: the file is missing (not a search folder) or unreadable.
+        """
         path = self.state_path
         try:
             raw = json.loads(path.read_text())
@@ -235,12 +368,28 @@ class SearchFolder:
             ) from None
 
     def write_state(self, state: SearchState) -> None:
-        """Atomically: a reader sees the old record or the new one, never half of one."""
+        """Write `fer_tune.json` atomically: a reader sees the old record or the new one, never half of one.
+
+        Args:
+            state: the new record.
+
+        Raises:
+            OutputError: the file cannot be written.
+        """
         atomic_write_text(self.state_path, json.dumps(state.to_dict(), indent=2) + "\n")
 
     # -- spaces ---------------------------------------------------------------------------------------------
 
     def write_space(self, space: Any, phase: int = 1) -> Path:
+        """Write a phase's resolved space, with a comment naming the file it came from.
+
+        Args:
+            space: the parsed `Space`, flags applied.
+            phase: the phase number, from 1; its folder is created.
+
+        Returns:
+            The `space.yaml` written.
+        """
         import yaml
 
         path = self.space_path(phase)
@@ -250,7 +399,17 @@ class SearchFolder:
         return path
 
     def read_space(self, phase: int | None = None) -> Any:
-        """The parsed `Space` of a phase (default: the latest on disk)."""
+        """The parsed `Space` of a phase (default: the latest on disk).
+
+        Args:
+            phase: the phase number, from 1; None for the latest.
+
+        Returns:
+            The space.
+
+        Raises:
+            DataError: the file is missing, unreadable or no longer a valid space.
+        """
         import yaml
 
         from fer_tune.base import ConfigError
@@ -267,7 +426,14 @@ class SearchFolder:
             raise DataError(f"{path}: {' '.join(str(e).split())}") from None
 
     def raw_space(self) -> dict[str, Any]:
-        """Phase 1's `space.yaml` as a plain mapping ({} when absent): for readers that need one key."""
+        """Phase 1's `space.yaml` as a plain mapping ({} when absent): for readers that need one key.
+
+        Returns:
+            The YAML mapping, unvalidated.
+
+        Raises:
+            DataError: the file is unreadable or not a mapping.
+        """
         import yaml
 
         path = self.space_path(1)
@@ -283,7 +449,14 @@ class SearchFolder:
 
     def distributions(self) -> dict[str, Any]:
         """Config key (`train.lr`) -> the Optuna distribution the spaces declare for it, over every phase
-        (the first phase that declares a key wins: later phases only narrow it)."""
+        (the first phase that declares a key wins: later phases only narrow it).
+
+        Returns:
+            `{config key: optuna BaseDistribution}`.
+
+        Raises:
+            DataError: a phase's space is unreadable.
+        """
         from fer_tune.search.conversion import config_distributions
 
         out: dict[str, Any] = {}
@@ -296,11 +469,22 @@ class SearchFolder:
     # -- the Optuna study -----------------------------------------------------------------------------------
 
     def storage(self) -> Any:
-        """The study's RDB storage (SQLite in `optuna.db`; created when absent)."""
+        """The study's RDB storage (SQLite in `optuna.db`; created when absent).
+
+        Returns:
+            An optuna RDBStorage that unpickles by reopening the folder's database.
+        """
         return study_storage(self.db_path)
 
     def load_study(self) -> Any:
-        """The search's Optuna study; DataError when the search has none."""
+        """The search's Optuna study; DataError when the search has none.
+
+        Returns:
+            The `optuna.Study`, loaded from `optuna.db`.
+
+        Raises:
+            DataError: no Optuna study, or `fer_tune.json` is unreadable.
+        """
         import optuna
 
         state = self.read_state()
@@ -314,7 +498,14 @@ class SearchFolder:
     # -- Ray's trials ---------------------------------------------------------------------------------------
 
     def stopped_by(self) -> dict[str, str]:
-        """Trial id -> what stopped it, for the trials fer-tune stopped itself ({} if none)."""
+        """Trial id -> what stopped it, for the trials fer-tune stopped itself ({} if none).
+
+        Returns:
+            `{trial id: cause}`, from `stopped_by.json`.
+
+        Raises:
+            DataError: the file is unreadable or not a mapping.
+        """
         path = self.path / STOPPED_BY_FILE
         try:
             data = json.loads(path.read_text())
@@ -329,7 +520,15 @@ class SearchFolder:
     def ray_trials(self) -> list[dict[str, Any]]:
         """Trial id, phase, status, config and folder of every trial of every phase, from Ray's newest
         experiment-state snapshot of each phase, read as plain JSON (its cloudpickled fields are never
-        decoded; the config comes from the trial's own `params.json`)."""
+        decoded; the config comes from the trial's own `params.json`).
+
+        Returns:
+            One `{"trial_id", "phase", "status", "config", "path"}` per trial, phase by phase.
+
+        Raises:
+            DataError: no such folder, phase 1 has no experiment state, or a state or `params.json` is
+                unreadable.
+        """
         if not self.path.is_dir():
             raise DataError(f"{self.path}: no such search folder")
         out: list[dict[str, Any]] = []
@@ -376,12 +575,23 @@ def _trial_params(trial_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def command_line() -> str:
-    """The command as the user typed it (`fer-tune ...`), not the script's absolute path on this machine."""
+    """The command as the user typed it (`fer-tune ...`), not the script's absolute path on this machine.
+
+    Returns:
+        The shell-quoted command line.
+    """
     return shlex.join(["fer-tune", *sys.argv[1:]])
 
 
 def study_storage(db: str | Path) -> Any:
-    """Optuna's RDB storage on the SQLite file `db`, pickled as a path (see `_StudyStorage`)."""
+    """Optuna's RDB storage on the SQLite file `db`, pickled as a path (see `_StudyStorage`).
+
+    Args:
+        db: the SQLite file; created when absent.
+
+    Returns:
+        The storage; unpickled, it reopens `$FER_TUNE_STUDY_DB` when set, else `db`.
+    """
     return _StudyStorage(f"sqlite:///{Path(db).resolve()}")
 
 

@@ -35,7 +35,14 @@ MOVED: dict[str, dict[str, str]] = {
 
 
 def resolve(target: str) -> object:
-    """The object a `"module:attribute"` target names."""
+    """The object a `"module:attribute"` target names.
+
+    Args:
+        target: `"module:attribute"`, as in `MOVED`.
+
+    Returns:
+        The attribute, its module imported.
+    """
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
 

@@ -27,7 +27,19 @@ MIN_GAIN = 1.1  # packing twice as many trials must add at least 10% aggregate i
 
 @dataclass
 class PackingResult:
-    """One model's aggregate training throughput with k trials packed on one GPU."""
+    """One model's aggregate training throughput with k trials packed on one GPU.
+
+    Args:
+        model: the model config probed (a `model:` mapping).
+        batch_size: images per training step.
+        input_size: the image side, px.
+        precision: `train.precision` of the probe.
+        images_per_second: k -> aggregate images/s of k concurrent trials.
+        peak_reserved_bytes: one trial's caching-allocator peak.
+        context_bytes: one process's CUDA context (device memory used beyond the allocator).
+        total_bytes: the GPU's memory.
+        device_name: the GPU's name.
+    """
 
     model: dict[str, Any]
     batch_size: int
@@ -40,14 +52,32 @@ class PackingResult:
     device_name: str
 
     def footprint(self) -> int:
+        """One packed trial's device memory: its allocator's peak plus its CUDA context, in bytes.
+
+        Returns:
+            `peak_reserved_bytes + context_bytes`.
+        """
         return self.peak_reserved_bytes + self.context_bytes
 
     def to_dict(self) -> dict[str, Any]:
+        """The result as plain values (for JSON).
+
+        Returns:
+            `dataclasses.asdict` of it.
+        """
         return dataclasses.asdict(self)
 
 
 def choose_share(result: PackingResult, min_gain: float = MIN_GAIN) -> float:
-    """The GPU share per trial (1, 1/2, 1/4, ...) that packs as many trials as still raise throughput."""
+    """The GPU share per trial (1, 1/2, 1/4, ...) that packs as many trials as still raise throughput.
+
+    Args:
+        result: the probe's measurements.
+        min_gain: the factor by which each step up in k must raise aggregate images/s (1.1: 10%).
+
+    Returns:
+        1/k for the largest k that still gained and whose trials fit in `MEMORY_SAFETY` of the GPU.
+    """
     budget = MEMORY_SAFETY * result.total_bytes
     fits = [k for k in sorted(result.images_per_second) if k * result.footprint() <= budget]
     best = 1
@@ -131,7 +161,23 @@ def measure_packing(
     seconds: float = 3.0,
     timeout: float = 300.0,
 ) -> PackingResult:
-    """Aggregate training images/s of k concurrent copies of `model` on the current GPU, for each k in ks."""
+    """Aggregate training images/s of k concurrent copies of `model` on the current GPU, for each k in ks.
+
+    Args:
+        model: a `model:` mapping.
+        batch_size: images per training step.
+        input_size: the image side, px.
+        precision: `train.precision`: `auto`, `bf16`, `fp16` or `fp32`.
+        ks: the numbers of concurrent trials to measure; `max(ks)` worker processes are started.
+        seconds: how long each k trains, in seconds.
+        timeout: the most the whole probe may take, in seconds.
+
+    Returns:
+        The measurements.
+
+    Raises:
+        RuntimeError: a worker failed (its message says why) or the probe ran past `timeout`.
+    """
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
     n = max(ks)
     commands = [ctx.Queue() for _ in range(n)]
@@ -189,6 +235,14 @@ def auto_shares(
 
     `configs` are sampled run configs (dicts); the heaviest of a family is the one with the most multiply-adds
     per batch, the one that needs the most memory and compute, so the share is safe for the rest.
+
+    Args:
+        configs: sampled run configs.
+        probe: measures one config as `measure_packing` does; None for `measure_packing` itself.
+        log: prints one line per family probed.
+
+    Returns:
+        Family name -> GPU share per trial.
     """
     from fer_tune.models import model_stats
     from fer_tune.training import RunConfig

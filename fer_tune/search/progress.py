@@ -1,4 +1,5 @@
-"""What the terminal shows while a search runs: one compact table redrawn in place, or one line of progress.
+"""What the terminal shows while a search runs: one compact table redrawn in place, or one line of
+progress.
 
 On a terminal, a `rich` table (trials running / finished / stopped / errored / pending, the best trial so far
 with its key values, the running trials, elapsed time and what remains of the time budget, where the results
@@ -23,6 +24,8 @@ from typing import Any
 
 from ray.tune import CLIReporter, ProgressReporter
 
+from fer_tune.search.internals import AUTH_TOKEN_LOGGER
+
 REDRAW_EVERY_S = 1.0  # the table on a terminal
 LINE_EVERY_S = 5.0  # the plain line, when something changed
 HEARTBEAT_S = 60.0  # the plain line, when nothing did
@@ -37,13 +40,36 @@ class LiveReporter(ProgressReporter):
     """The reporter given to Ray's `RunConfig`: forwards to the view `watch()` installed, if any."""
 
     def setup(self, start_time: float | None = None, total_samples: int | None = None, **kwargs: Any) -> None:
+        """Forward to `LiveView.setup`.
+
+        Args:
+            start_time: when the tuning loop started (`time.time()`); None for now.
+            total_samples: the trials the search will run; None when unknown.
+            **kwargs: Ray's other arguments, passed on.
+        """
         if _view is not None:
             _view.setup(start_time, total_samples, **kwargs)
 
     def should_report(self, trials: list, done: bool = False) -> bool:
+        """Forward to `LiveView.due`.
+
+        Args:
+            trials: every trial of the experiment.
+            done: whether the experiment has ended.
+
+        Returns:
+            Whether to draw now; False when no view is installed.
+        """
         return _view is not None and _view.due(trials, done)
 
     def report(self, trials: list, done: bool, *sys_info: str) -> None:
+        """Forward to `LiveView.update`.
+
+        Args:
+            trials: every trial of the experiment.
+            done: whether the experiment has ended.
+            *sys_info: Ray's status lines (shown with `--verbose`).
+        """
         if _view is not None:
             _view.update(trials, done, *sys_info)
 
@@ -53,7 +79,8 @@ class LiveView:
 
     Args:
         folder: the search folder (shown: where the results are written).
-        metric, mode: what trials are ranked by.
+        metric: what trials are ranked by (`search.metric`).
+        mode: `max` or `min`.
         keys: config keys (`model/arch`, `train/lr`) shown for the best and running trials.
         budget_s: the search's time budget, if any.
         verbose: show Ray's status table (its `CLIReporter`) instead.
@@ -98,7 +125,13 @@ class LiveView:
     # -- the reporter interface ------------------------------------------------------------------------------
 
     def setup(self, start_time: float | None, total_samples: int | None, **kwargs: Any) -> None:
-        """Called by Ray when the tuning loop starts."""
+        """Called by Ray when the tuning loop starts.
+
+        Args:
+            start_time: when the tuning loop started (`time.time()`); None for now.
+            total_samples: the trials the search will run; None when unknown.
+            **kwargs: passed on to Ray's table with `--verbose`.
+        """
         self.start = start_time or time.time()
         self.total = total_samples
         if self._ray_table is not None:
@@ -113,7 +146,15 @@ class LiveView:
             self._print(f"fer-tune: search started; results in {self.folder}")
 
     def due(self, trials: list, done: bool) -> bool:
-        """Whether to draw now: at most once a second (Ray asks after every step of its loop)."""
+        """Whether to draw now: at most once a second (Ray asks after every step of its loop).
+
+        Args:
+            trials: every trial of the experiment.
+            done: whether the experiment has ended.
+
+        Returns:
+            Whether `update` should be called.
+        """
         t0 = time.thread_time()
         if self._ray_table is not None:
             due = self._ray_table.should_report(trials, done)
@@ -123,7 +164,13 @@ class LiveView:
         return due
 
     def update(self, trials: list, done: bool, *sys_info: str) -> None:
-        """Draw the table (terminal), a line (elsewhere) or Ray's table (verbose)."""
+        """Draw the table (terminal), a line (elsewhere) or Ray's table (verbose).
+
+        Args:
+            trials: every trial of the experiment.
+            done: whether the experiment has ended.
+            *sys_info: Ray's status lines (shown with `--verbose`).
+        """
         t0 = time.thread_time()
         self._last_draw = time.monotonic()
         if self._ray_table is not None:
@@ -145,14 +192,28 @@ class LiveView:
 
     def counts(self, trials: list) -> dict[str, int]:
         """Trials per state: running, finished (all their epochs), stopped (by ASHA or the time budget),
-        errored, pending."""
+        errored, pending.
+
+        Args:
+            trials: every trial of the experiment.
+
+        Returns:
+            State -> count, every state present.
+        """
         n = dict.fromkeys(("running", "finished", "stopped", "errored", "pending"), 0)
         for t in trials:
             n[_state(t)] += 1
         return n
 
     def best(self, trials: list) -> Any:
-        """The trial with the best value of the metric in any epoch so far (None before the first result)."""
+        """The trial with the best value of the metric in any epoch so far (None before the first result).
+
+        Args:
+            trials: every trial of the experiment.
+
+        Returns:
+            Ray's Trial, or None.
+        """
         scored = [t for t in trials if _best_value(t, self.metric, self.mode) is not None]
         if not scored:
             return None
@@ -160,7 +221,14 @@ class LiveView:
         return pick(scored, key=lambda t: _best_value(t, self.metric, self.mode))
 
     def render(self, trials: list) -> Any:
-        """What the terminal shows: a line of counts and times, the table, where the results go."""
+        """What the terminal shows: a line of counts and times, the table, where the results go.
+
+        Args:
+            trials: every trial of the experiment.
+
+        Returns:
+            A rich renderable.
+        """
         from rich.console import Group
         from rich.text import Text
 
@@ -168,7 +236,14 @@ class LiveView:
         return Group(Text(head), self.table(trials), Text(f"results: {self.folder}", style="dim"))
 
     def table(self, trials: list) -> Any:
-        """The rich table: the best trial so far (marked *), then the running ones, with their key values."""
+        """The rich table: the best trial so far (marked *), then the running ones, with their key values.
+
+        Args:
+            trials: every trial of the experiment.
+
+        Returns:
+            A `rich.table.Table` (at most `MAX_ROWS` running trials).
+        """
         from rich.table import Table
 
         best = self.best(trials)
@@ -193,7 +268,14 @@ class LiveView:
         return table
 
     def line(self, trials: list) -> str:
-        """The plain one-line progress."""
+        """The plain one-line progress.
+
+        Args:
+            trials: every trial of the experiment.
+
+        Returns:
+            Times, counts and the best trial so far, on one line.
+        """
         best = self.best(trials)
         text = f"fer-tune: {self._times()} | {self._counts_text(self.counts(trials), len(trials))}"
         if best is not None:
@@ -241,7 +323,20 @@ def watch(
     verbose: bool = False,
     console: Any = None,
 ) -> Iterator[LiveView]:
-    """Show the progress of the `Tuner.fit()` run inside this block (through `LiveReporter`)."""
+    """Show the progress of the `Tuner.fit()` run inside this block (through `LiveReporter`).
+
+    Args:
+        folder: the search folder, shown.
+        metric: what trials are ranked by.
+        mode: `max` or `min`.
+        keys: config keys shown for the best and running trials (`train/lr`).
+        budget_s: the search's time budget in seconds; None for none.
+        verbose: show Ray's status table instead.
+        console: a `rich.console.Console` to draw on; None for stdout.
+
+    Yields:
+        The view (closed, the last table left on screen, when the block ends).
+    """
     global _view
     view = LiveView(folder, metric, mode, keys, budget_s, verbose, console)
     _view = view
@@ -257,8 +352,14 @@ def quiet_ray(verbose: bool) -> int:
 
     Ray's notice that it enabled token authentication (its default for a local cluster, printed on every
     start) is dropped; its warning that a cluster runs *without* authentication is kept.
+
+    Args:
+        verbose: show Ray's INFO lines.
+
+    Returns:
+        `logging.INFO` with `verbose`, else `logging.WARNING` (also set on the `ray` logger).
     """
-    auth = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    auth = logging.getLogger(AUTH_TOKEN_LOGGER)
     if not any(isinstance(f, _DropTokenNotice) for f in auth.filters):
         auth.addFilter(_DropTokenNotice())
     level = logging.INFO if verbose else logging.WARNING

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -33,10 +32,7 @@ from typing import Any
 
 import fer_tune
 from fer_tune.base import ConfigError, DataError, OutputError, atomic_write, check_writable
-
-# errno values that mean "the disk", not the trial: full, read-only, over quota.
-STORAGE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
-_STORAGE_WORDS = tuple(os.strerror(e) for e in STORAGE_ERRNOS) + ("database or disk is full",)
+from fer_tune.search.internals import set_latest_checkpoint_result, training_result
 
 
 class StorageFault(OutputError):
@@ -45,7 +41,16 @@ class StorageFault(OutputError):
 
 def check_target(results: str | Path, name: str | None) -> None:
     """Refuse a `--name` that is not one plain folder name and a `--results` inside the fer_tune package;
-    then test-write `--results` (a folder, or a URI of an object store)."""
+    then test-write `--results` (a folder, or a URI of an object store).
+
+    Args:
+        results: the `--results` folder or URI.
+        name: the `--name` value; None when not given.
+
+    Raises:
+        ConfigError: a name with a path separator (or `.`, `..`, empty), or results inside the package.
+        OutputError: `results` cannot be written.
+    """
     from fer_tune.base.storage import check_writable_uri, is_uri
 
     if name is not None:
@@ -68,13 +73,15 @@ def check_target(results: str | Path, name: str | None) -> None:
     check_writable(out, "--results")
 
 
-def is_storage_error(text: str) -> bool:
-    """Whether an error message says the disk is full or read-only (not that the trial is broken)."""
-    return any(word in text for word in _STORAGE_WORDS)
-
-
 def storage_fault(folder: str | Path) -> str | None:
-    """Why `folder` refuses writes (`No space left on device`, `Read-only file system`), or None."""
+    """Why `folder` refuses writes (`No space left on device`, `Read-only file system`), or None.
+
+    Args:
+        folder: the search folder; a small file is written and deleted there.
+
+    Returns:
+        The OS's reason, or None when the write succeeded.
+    """
     try:
         check_writable(folder, "results")
     except OutputError as e:
@@ -83,7 +90,14 @@ def storage_fault(folder: str | Path) -> str | None:
 
 
 def raise_if_storage_fault(folder: str | Path) -> None:
-    """StorageFault when `folder` refuses writes: the one error a full or read-only results disk gives."""
+    """StorageFault when `folder` refuses writes: the one error a full or read-only results disk gives.
+
+    Args:
+        folder: the search folder.
+
+    Raises:
+        StorageFault: the folder refuses writes; the message says how to resume.
+    """
     why = storage_fault(folder)
     if why is not None:
         raise StorageFault(
@@ -102,6 +116,15 @@ def good_checkpoint(checkpoint: Any) -> Iterator[str]:
 
     Ray records a checkpoint once its upload finished, but a crash of the machine can still leave its file cut
     (written, not yet flushed). Raises the first DataError (naming the file) when none is readable.
+
+    Args:
+        checkpoint: Ray's latest checkpoint of the trial (`ray.tune.get_checkpoint()`).
+
+    Yields:
+        The local folder holding the readable `checkpoint.pt` (deleted on exit when it was downloaded).
+
+    Raises:
+        DataError: no checkpoint of the trial is readable.
     """
     from ray.tune import Checkpoint
 
@@ -149,9 +172,14 @@ def heal_stale_checkpoint(trial: Any) -> str | None:
     from checkpoint"). The newer checkpoints are whole: continue from the newest, so no epoch is lost. Its Ray
     metrics are the snapshot's, moved on by as many reports as checkpoints (one per report), with the epoch's
     own metrics from the checkpoint. Returns what was done, or None when nothing needed doing.
+
+    Args:
+        trial: Ray's Trial, restored from the experiment state; changed in place.
+
+    Returns:
+        A line saying what was done, or None.
     """
     from pyarrow.fs import FileType
-    from ray.train._internal.session import _TrainingResult
     from ray.tune import Checkpoint
 
     from fer_tune.training import CHECKPOINT_KEYS
@@ -184,8 +212,7 @@ def heal_stale_checkpoint(trial: Any) -> str | None:
             h.get("epoch_seconds", 0.0) for h in history[-steps:]
         )
         record_epochs(Path(trial.local_path) / "result.json", history, stale.metrics, trial.trial_id)
-        manager._latest_checkpoint_result = _TrainingResult(Checkpoint(candidate, filesystem=fs), metrics)
-        manager._checkpoint_results = [manager._latest_checkpoint_result]
+        set_latest_checkpoint_result(manager, training_result(Checkpoint(candidate, filesystem=fs), metrics))
         trial.storage.current_checkpoint_index = index(candidate)  # its next checkpoint is the one after
         trial.invalidate_json_state()
         trial.run_metadata.invalidate_cache()
@@ -205,6 +232,18 @@ def record_epochs(
     epochs when the search died) would leave them out of the results for good. Rows follow Ray's: the
     epoch's metrics, `training_iteration` and `time_total_s` counted on from the `stale` record. Appended in
     place (Ray's logger may hold the file open for appending); a torn last line is cut off first.
+
+    Args:
+        result_json: the trial's `result.json`; nothing is done when it is missing.
+        history: the checkpoint's history, one metrics dict per epoch.
+        stale: the driver's last recorded result of the trial.
+        trial_id: Ray's trial id, written in each row.
+
+    Returns:
+        How many epochs were appended.
+
+    Raises:
+        OutputError: the file cannot be written.
     """
     if not result_json.is_file():
         return 0
@@ -243,7 +282,14 @@ def record_epochs(
 
 
 def whole_copy(state: Path) -> Path:
-    """Where `keep_whole_state` keeps the last whole version of an experiment-state file (hidden from Ray)."""
+    """Where `keep_whole_state` keeps the last whole version of an experiment-state file (hidden from Ray).
+
+    Args:
+        state: an `experiment_state-*.json`.
+
+    Returns:
+        `.<name>.whole` beside it.
+    """
     return state.with_name(f".{state.name}.whole")
 
 
@@ -261,6 +307,11 @@ def keep_whole_state(experiment: Path, seen: dict[str, Any], every_s: float = 1.
     so a SIGKILL (or power cut) during that copy leaves it cut short, and with it the only record of which
     trials finished. Called by the driver at every step of Ray's loop, it looks at most every `every_s`
     seconds; `seen` remembers when, and the version copied.
+
+    Args:
+        experiment: the phase's Ray experiment folder.
+        seen: the caller's memory between calls (empty at first); updated in place.
+        every_s: the least time between two looks, in seconds.
     """
     now = time.monotonic()
     if now - seen.get("at", -math.inf) < every_s:
@@ -290,7 +341,15 @@ def keep_whole_state(experiment: Path, seen: dict[str, Any], every_s: float = 1.
 def check_experiment_state(experiment: Path) -> None:
     """The newest `experiment_state-*.json` must be whole JSON before Ray reads it (Ray would fail with a JSON
     traceback). Cut short by a crash while Ray copied it: the whole copy of the last snapshot replaces it (a
-    note on stderr); without one, one line naming it and what to do."""
+    note on stderr); without one, one line naming it and what to do.
+
+    Args:
+        experiment: the phase's Ray experiment folder.
+
+    Raises:
+        DataError: the newest state is cut and no whole copy of it exists.
+        OutputError: the whole copy cannot be written back.
+    """
     states = sorted(experiment.glob("experiment_state-*.json"))
     if not states:
         return
@@ -328,7 +387,11 @@ _LOOP_RUNNING = False
 
 
 def mark_loop_running(running: bool = True) -> None:
-    """Called from the driver's Tune callback: a SIGINT fer-tune's handler sees now is a second one."""
+    """Called from the driver's Tune callback: a SIGINT fer-tune's handler sees now is a second one.
+
+    Args:
+        running: whether Tune's loop (and its SIGINT handler) is running.
+    """
     global _LOOP_RUNNING
     _LOOP_RUNNING = running
 
@@ -341,6 +404,9 @@ def interrupts() -> Iterator[list[int]]:
     back, so a second Ctrl-C would raise KeyboardInterrupt in the middle of that save and could leave the
     state file cut short. The handler installed here is that previous one: once Tune's loop runs it is only
     reached by a second Ctrl-C, which it reports and ignores. Yields the signals seen.
+
+    Yields:
+        The list the signal numbers seen are appended to (empty when the search was not interrupted).
     """
     seen: list[int] = []
     mark_loop_running(False)

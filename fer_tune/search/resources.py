@@ -1,4 +1,5 @@
-"""The resources of a search: the cluster it asks for, each trial's CPU and GPU share, how many run at once."""
+"""The resources of a search: the cluster it asks for, each trial's CPU and GPU share, how many run at
+once."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ class SearchResources:
 
     `gpus_per_trial` (`--gpus-per-trial`) overrides the space's, and is never dropped for lack of GPUs: a
     space's own share is (the same space runs on a CPU-only machine).
+
+    Args:
+        cpus: CPUs Ray may use (`--cpus`); None for all.
+        gpus: GPUs Ray may use (`--gpus`); 0 for CPU only, None for all visible.
+        address: a running Ray cluster (`auto` or `ray://host:port`); None to start one on this machine.
+        gpus_per_trial: each trial's GPU share, or `auto` to measure it; None for the space's.
     """
 
     cpus: int | None = None  # CPUs Ray may use (default: all)
@@ -24,7 +31,17 @@ class SearchResources:
 
 
 def fill_resources(space: Space, cluster: dict[str, float], gpus_flag: float | str | None = None) -> None:
-    """Default to one GPU per trial when the cluster has GPUs, measure `auto`; fail now on what cannot run."""
+    """Default to one GPU per trial when the cluster has GPUs, measure `auto`; fail now on what cannot run.
+
+    Args:
+        space: the search space; its `resources` are filled in place.
+        cluster: Ray's cluster resources (`{"CPU": ..., "GPU": ...}`).
+        gpus_flag: the `--gpus-per-trial` value; None when not given.
+
+    Raises:
+        ConfigError: a trial asks for more GPUs or CPUs than the cluster has.
+        DeviceError: `auto` with no GPU visible to torch.
+    """
     r, gpus = space.resources, cluster.get("GPU", 0)
     if r.gpus_per_trial is None:
         r.gpus_per_trial = 1.0 if gpus > 0 else 0.0
@@ -46,7 +63,15 @@ def fill_resources(space: Space, cluster: dict[str, float], gpus_flag: float | s
 
 
 def measure_shares(space: Space) -> None:
-    """`gpus_per_trial: auto`: probe each family's heaviest sampled config on this machine's GPU."""
+    """`gpus_per_trial: auto`: probe each family's heaviest sampled config on this machine's GPU.
+
+    Args:
+        space: the search space; `resources.gpu_shares` and `gpus_per_trial` are set in place (shares the
+            space gives win over measured ones).
+
+    Raises:
+        DeviceError: torch sees no GPU.
+    """
     import torch
 
     from fer_tune.base import DeviceError
@@ -63,7 +88,15 @@ def measure_shares(space: Space) -> None:
 
 
 def trial_slots(space: Space, cluster: dict[str, float]) -> int:
-    """Trials that fit on the cluster at once: how far ahead the search algorithm may propose."""
+    """Trials that fit on the cluster at once: how far ahead the search algorithm may propose.
+
+    Args:
+        space: the search space, its resources filled in (`fill_resources`).
+        cluster: Ray's cluster resources (`{"CPU": ..., "GPU": ...}`).
+
+    Returns:
+        At least 1, at most the space's total trials.
+    """
     r = space.resources
     share = min([r.gpus_per_trial, *(r.gpu_shares or {}).values()])  # the most trials a GPU can hold
     cpu = math.floor(cluster.get("CPU", 0) / r.cpus_per_trial + 1e-9) if r.cpus_per_trial else math.inf

@@ -31,7 +31,12 @@ _STATUS_REASON = {"RUNNING": "running", "PAUSED": "running", "PENDING": "pending
 
 @dataclass(frozen=True)
 class Selection:
-    """The metric trials are ranked by (their best epoch of it) and its direction, from `space.yaml`."""
+    """The metric trials are ranked by (their best epoch of it) and its direction, from `space.yaml`.
+
+    Args:
+        metric: `search.metric`, one of `METRIC_KEYS`.
+        mode: `max` or `min`.
+    """
 
     metric: str = "val_acc"
     mode: str = "max"
@@ -42,7 +47,14 @@ class Selection:
         return f"best_{self.metric}"
 
     def rank(self, trials: pd.DataFrame) -> pd.DataFrame:
-        """Trials with a value of the metric, best first (stable: ties keep their order)."""
+        """Trials with a value of the metric, best first (stable: ties keep their order).
+
+        Args:
+            trials: the trials table of `load_results`.
+
+        Returns:
+            The rows with a value in `column`, sorted best first.
+        """
         ranked = trials.dropna(subset=[self.column])
         return ranked.sort_values(self.column, ascending=self.mode == "min", kind="stable")
 
@@ -51,7 +63,17 @@ VAL_ACC = Selection()  # the default: val_acc, max
 
 
 def selection(search_dir: str | Path) -> Selection:
-    """The `search.metric` and `search.mode` of a search folder's `space.yaml` (val_acc, max without one)."""
+    """The `search.metric` and `search.mode` of a search folder's `space.yaml` (val_acc, max without one).
+
+    Args:
+        search_dir: the search folder.
+
+    Returns:
+        The selection; `mode` defaults to the metric's natural direction.
+
+    Raises:
+        DataError: `space.yaml` is unreadable, or names an unknown metric or mode.
+    """
     folder = SearchFolder(search_dir)
     path = folder.space_path(1)
     raw = folder.raw_space()
@@ -66,7 +88,18 @@ def selection(search_dir: str | Path) -> Selection:
 
 
 def load_results(search_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(trials: one row per trial, best first; history: one row per trial-epoch) of a search folder."""
+    """(trials: one row per trial, best first; history: one row per trial-epoch) of a search folder.
+
+    Args:
+        search_dir: the search folder (local; see `fer_tune.base.storage.local_folder` for a URI).
+
+    Returns:
+        (trials, history) tables; trials carry `stop_reason`, `best_<metric>`, model size, time and one
+        `config/...` column per config key.
+
+    Raises:
+        DataError: not a search folder, or one of its files is unreadable.
+    """
     folder = SearchFolder(search_dir)
     scheduler, sel, stopped_by = _scheduler(folder), selection(folder), folder.stopped_by()
     latest = folder.experiment_dirs()[-1][0]
@@ -91,7 +124,19 @@ def load_results(search_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def trial_config(search_dir: str | Path, trial_id: str) -> dict[str, Any]:
-    """The complete (resolved, defaults filled) run config of one trial."""
+    """The complete (resolved, defaults filled) run config of one trial.
+
+    Args:
+        search_dir: the search folder.
+        trial_id: Ray's trial id.
+
+    Returns:
+        The run config as plain values.
+
+    Raises:
+        DataError: no such trial, or the folder is unreadable.
+        ConfigError: the trial's config is not a valid run config.
+    """
     for trial in SearchFolder(search_dir).ray_trials():
         if trial["trial_id"] == trial_id:
             return RunConfig.from_dict(trial["config"]).to_dict()
@@ -99,7 +144,19 @@ def trial_config(search_dir: str | Path, trial_id: str) -> dict[str, Any]:
 
 
 def export_config(search_dir: str | Path, rank: int = 1, out: str | Path = "best.yaml") -> Path:
-    """Write the `rank`-th best trial's run config with a `provenance:` block; returns the path written."""
+    """Write the `rank`-th best trial's run config with a `provenance:` block; returns the path written.
+
+    Args:
+        search_dir: the search folder, local or a URI.
+        rank: 1 for the best trial, 2 for the next, ...
+        out: the YAML file to write; its folder is created.
+
+    Returns:
+        `out`.
+
+    Raises:
+        DataError: no trial of that rank, or the folder is unreadable.
+    """
     from fer_tune.base.storage import local_folder
 
     folder = local_folder(search_dir)  # a search in an object store: a local copy
@@ -112,7 +169,17 @@ def export_config(search_dir: str | Path, rank: int = 1, out: str | Path = "best
 
 
 def write_results(search_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(Re)write trials.csv, trials.parquet, leaderboard.md and best_config.yaml; returns load_results'."""
+    """(Re)write trials.csv, trials.parquet, leaderboard.md and best_config.yaml; returns load_results'.
+
+    Args:
+        search_dir: the local search folder; the files are written into it.
+
+    Returns:
+        (trials, history), as `load_results` returns them.
+
+    Raises:
+        DataError: the folder is unreadable.
+    """
     folder = Path(search_dir)
     trials, history = load_results(folder)
     table = trials.copy()
@@ -130,7 +197,17 @@ def write_results(search_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def leaderboard(trials: pd.DataFrame, name: str, top: int = 20, sel: Selection = VAL_ACC) -> str:
-    """A markdown table of the best `top` trials (written by hand: pandas' to_markdown needs tabulate)."""
+    """A markdown table of the best `top` trials (written by hand: pandas' to_markdown needs tabulate).
+
+    Args:
+        trials: the trials table of `load_results`, best first.
+        name: the search's name, for the heading.
+        top: how many trials to show.
+        sel: what the trials are ranked by, for the heading and the columns.
+
+    Returns:
+        The markdown, with a heading; varied config keys are columns.
+    """
     shown = ("trial_id", "arch", sel.column, "best_epoch", "best_val_acc", "epochs", "stop_reason")
     cols = [c for c in dict.fromkeys((*shown, "params", "macs", "seconds")) if c in trials.columns]
     varied = [c for c in trials.columns if c.startswith("config/") and trials[c].astype(str).nunique() > 1]
@@ -148,7 +225,15 @@ def leaderboard(trials: pd.DataFrame, name: str, top: int = 20, sel: Selection =
 
 
 def summarize(trials: pd.DataFrame, search_dir: str | Path) -> str:
-    """A few lines for the terminal: trials per stop reason, the best trial, the errors."""
+    """A few lines for the terminal: trials per stop reason, the best trial, the errors.
+
+    Args:
+        trials: the trials table of `load_results`.
+        search_dir: the search folder, for its `space.yaml` and the messages.
+
+    Returns:
+        The lines, joined (at most five errors are shown).
+    """
     if not len(trials):
         return f"{search_dir}: no trials"
     reasons = trials["stop_reason"].map(lambda r: "error" if r.startswith("error") else r).value_counts()

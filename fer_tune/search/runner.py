@@ -4,7 +4,8 @@
 once (`tune.with_parameters`), and runs one `fer_trial` per sampled config. The search folder
 `results/<name>/` (owned by `fer_tune.search.folder`) is Ray's experiment folder plus `fer_tune.json` (what
 `resume_search` and `extend_search` need), the Optuna study in `optuna.db`, and the results files written by
-`fer_tune.search.results`. `extend_search` adds trials to a search as a new phase in the same folder and study.
+`fer_tune.search.results`. `extend_search` adds trials to a search as a new phase in the same folder and
+study.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from fer_tune.base import ConfigError, DataError, check_writable
 from fer_tune.data import FER2013
 from fer_tune.search.folder import FOLDER_ENV, STUDY_DB_ENV, Phase, SearchFolder, SearchState, command_line
+from fer_tune.search.internals import optuna_study
 from fer_tune.search.recovery import check_experiment_state, check_target, interrupts
 from fer_tune.search.resources import SearchResources, fill_resources, trial_slots
 from fer_tune.search.space import Dist, Space, load_space
@@ -32,7 +34,12 @@ from fer_tune.search.wandb_runs import WandbTracking
 @dataclass
 class Outcome:
     """What a search run left: its folder and the exit status (0 done, 1 every trial failed, 130
-    interrupted)."""
+    interrupted).
+
+    Args:
+        folder: the local search folder (for a remote search, its mirror).
+        status: the exit status the command returns.
+    """
 
     folder: Path
     status: int
@@ -50,7 +57,28 @@ def run_search(
     verbose: bool = False,
 ) -> Outcome:
     """Run a search of `space` (a Space, or a bundled name or YAML path) on `data` (FER2013, or a path) into
-    `results/<name>/`. The space and data are checked before Ray starts."""
+    `results/<name>/`. The space and data are checked before Ray starts.
+
+    Args:
+        space: a parsed space, a bundled space's name or a space YAML file.
+        data: the dataset, or a path `load_fer2013` reads.
+        resources: the cluster and GPU share per trial; None for all of this machine, the space's share.
+        name: the search's name; None for `<space name>-<date>-<time>`.
+        results: the folder (or object-store URI) searches go in.
+        wandb_project: log each trial to this Weights & Biases project; None for `$WANDB_PROJECT`, or
+            none (`fer-tune` when `wandb_mode` is given).
+        wandb_mode: `online` or `offline`; None for `$WANDB_MODE`, else `online`.
+        verbose: Ray's own progress output instead of fer-tune's live view.
+
+    Returns:
+        The search folder and the exit status.
+
+    Raises:
+        ConfigError: a bad space or flags, or the folder holds a search already.
+        DataError: the data cannot be read, or lacks the splits trials train and validate on.
+        DeviceError: more GPUs asked for than torch sees.
+        OutputError: the results folder cannot be written.
+    """
     res = resources or SearchResources()
     space = space if isinstance(space, Space) else load_space(space, gpus_per_trial=res.gpus_per_trial)
     if res.gpus_per_trial is not None:
@@ -119,7 +147,21 @@ def resume_search(
     path: str | Path, *, retry_errored: bool = False, address: str | None = None, verbose: bool = False
 ) -> int:
     """`fer-tune --resume DIR`: continue an interrupted search (its latest phase) where its saved state left
-    it."""
+    it.
+
+    Args:
+        path: the search folder, local or a URI.
+        retry_errored: run errored trials again from their last checkpoint (also in a finished search).
+        address: a running Ray cluster's address; None to start one on this machine.
+        verbose: Ray's own progress output instead of fer-tune's live view.
+
+    Returns:
+        The exit status: 0 done (or nothing to resume), 1 every trial failed, 130 interrupted.
+
+    Raises:
+        DataError: not a search, no saved Ray Tune state, a damaged state file, or unreadable data.
+        OutputError: the search folder cannot be written.
+    """
     from ray import tune
 
     from fer_tune.search import legacy_names
@@ -197,7 +239,15 @@ def _ray(
 
 def progress_columns(space: Space, limit: int = 8) -> list[str]:
     """Varied keys every trial's config has: Ray's reporter raises KeyError on a key a trial lacks (a key
-    of one model family in a trial of another)."""
+    of one model family in a trial of another).
+
+    Args:
+        space: the search space.
+        limit: the most keys to return.
+
+    Returns:
+        Keys in Ray's `/` spelling (`train/lr`), in the space's order.
+    """
     model = space.groups.get("model", {})
     arch = model.get("arch")
     archs = list(arch.args) if isinstance(arch, Dist) else []
@@ -248,13 +298,14 @@ def _tuner(
             phase=phase,
         )
         search_alg = ConcurrencyLimiter(searcher, slots)
+        study = optuna_study(searcher)
         with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna 5
             warnings.simplefilter("ignore")
-            searcher._ot_study.set_metric_names([s.metric])  # the dashboard shows val_acc
-        if phase == 1 and not searcher._ot_study.trials:
+            study.set_metric_names([s.metric])  # the dashboard shows val_acc
+        if phase == 1 and not study.trials:
             # Not Ray's points_to_evaluate: OptunaSearch would enqueue them again into the study it reopens.
             for point in s.points_to_evaluate:
-                searcher._ot_study.enqueue_trial(point_params(space, point))
+                study.enqueue_trial(point_params(space, point))
         param_space: dict[str, Any] = {}
     else:
         search_alg = BasicVariantGenerator(random_state=s.seed, max_concurrent=slots)
@@ -286,7 +337,7 @@ def _tuner(
     if tracking is not None:
         from fer_tune.search.wandb_runs import WandbRuns
 
-        callbacks.append(WandbRuns(tracking))  # one run per trial, written by the driver (see tracking.py)
+        callbacks.append(WandbRuns(tracking))  # one run per trial, written by the driver (see wandb_runs.py)
     storage_path, experiment_name = folder.ray_storage(state.phase.number)
     return tune.Tuner(
         make_trainable(space, data),

@@ -17,6 +17,16 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
+from fer_tune.search.internals import (
+    completed_trials,
+    optuna_study,
+    optuna_trial_id,
+    optuna_trials,
+    rebind_trial,
+    set_optuna_study,
+    set_trial_user_attr,
+    study_backend,
+)
 from fer_tune.search.recovery import raise_if_storage_fault
 
 LOST = (
@@ -30,6 +40,11 @@ class BestEpochOptunaSearch(OptunaSearch):
     Each study trial is tagged with its Ray trial id and phase (user attrs `ray_trial_id`, `phase`), which the
     dashboard shows and `fer-tune extend` reads. Restored from Ray's saved state, it reconciles the study
     (`optuna.db`, written at once) with that state (saved every few seconds): see `restore`.
+
+    Args:
+        *args: Ray's `OptunaSearch` arguments (`space`, `metric`, `mode`, `sampler`, ...).
+        phase: the search phase the trials belong to (1, or an extension's number), tagged on each.
+        **kwargs: Ray's `OptunaSearch` keyword arguments (`storage`, `study_name`, ...).
     """
 
     def __init__(self, *args: Any, phase: int = 1, **kwargs: Any) -> None:
@@ -37,9 +52,17 @@ class BestEpochOptunaSearch(OptunaSearch):
         self._fer_phase = phase
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        """OptunaSearch's config, its study trial tagged with the Ray trial id and phase.
+
+        Args:
+            trial_id: Ray's trial id.
+
+        Returns:
+            The sampled config; None when there is none to give now.
+        """
         config = super().suggest(trial_id)
         if config is not None:
-            ot_trial = self._ot_trials[trial_id]
+            ot_trial = optuna_trials(self)[trial_id]
             ot_trial.set_user_attr("ray_trial_id", trial_id)
             ot_trial.set_user_attr("phase", getattr(self, "_fer_phase", 1))
         return config
@@ -50,31 +73,41 @@ class BestEpochOptunaSearch(OptunaSearch):
         - a study trial asked after the snapshot has no Ray trial (Ray starts a new one in its place): it is
           told FAIL and marked `fer_tune_lost`, so the study holds one live trial per Ray trial;
         - a trial the database already finished is not told again (Optuna refuses to update it).
+
+        Args:
+            checkpoint_path: Ray's saved searcher state.
         """
         super().restore(checkpoint_path)
         import optuna
         from optuna.trial import TrialState
 
-        study = self._ot_study
+        study = optuna_study(self)
         if study is None:
             return
         fresh = optuna.load_study(
-            study_name=study.study_name, storage=study._storage._backend, sampler=study.sampler
+            study_name=study.study_name, storage=study_backend(study), sampler=study.sampler
         )
-        for ot_trial in self._ot_trials.values():  # re-bound: the pickled study's trial cache may be stale
-            ot_trial.study, ot_trial.storage = fresh, fresh._storage
-        self._ot_study = fresh
-        known = {t._trial_id for t in self._ot_trials.values()}
+        asked = optuna_trials(self)
+        for ot_trial in asked.values():  # re-bound: the pickled study's trial cache may be stale
+            rebind_trial(ot_trial, fresh)
+        set_optuna_study(self, fresh)
+        known = {optuna_trial_id(t) for t in asked.values()}
         for t in fresh.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t._trial_id not in known:
-                fresh._storage.set_trial_user_attr(t._trial_id, LOST, "asked after Ray's last saved state")
+            if optuna_trial_id(t) not in known:
+                set_trial_user_attr(fresh, t, LOST, "asked after Ray's last saved state")
                 fresh.tell(t.number, state=TrialState.FAIL)
-        finished = {t._trial_id for t in fresh.get_trials(deepcopy=False) if t.state.is_finished()}
-        for ray_id, ot_trial in self._ot_trials.items():
-            if ot_trial._trial_id in finished:
-                self._completed_trials.add(ray_id)
+        finished = {optuna_trial_id(t) for t in fresh.get_trials(deepcopy=False) if t.state.is_finished()}
+        for ray_id, ot_trial in asked.items():
+            if optuna_trial_id(ot_trial) in finished:
+                completed_trials(self).add(ray_id)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Report the epoch to the study (OptunaSearch) and track the trial's best value.
+
+        Args:
+            trial_id: Ray's trial id.
+            result: the epoch's flattened result.
+        """
         super().on_trial_result(trial_id, result)
         self._track(trial_id, result)
         self._state("_fer_step")[trial_id] = result.get("training_iteration")
@@ -82,14 +115,25 @@ class BestEpochOptunaSearch(OptunaSearch):
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
-        if error and self._ot_study is not None:
+        """Tell the study the trial's best value, or PRUNED for one stopped before its `train.epochs`.
+
+        Args:
+            trial_id: Ray's trial id.
+            result: its last result; None when Ray has none.
+            error: whether the trial failed (told FAIL).
+
+        Raises:
+            StorageFault: the trial failed because the search folder's disk is full or read-only (the
+                search ends, so that a resume continues the trial).
+        """
+        if error and optuna_study(self) is not None:
             # Ray tells the searcher before any callback: a trial that failed because the disk is full or
             # read-only must not be told FAIL (the resumed search continues it), so the search ends here.
-            storage = self._ot_study._storage
-            url = getattr(getattr(storage, "_backend", storage), "url", "")  # optuna.db's, in the folder
+            url = getattr(study_backend(optuna_study(self)), "url", "")  # optuna.db's, in the folder
             if url.startswith("sqlite:///"):
                 raise_if_storage_fault(Path(url.removeprefix("sqlite:///")).parent)
-        if result and not error and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+        asked, told = optuna_trials(self), completed_trials(self)
+        if result and not error and trial_id in asked and trial_id not in told:
             # Ray withholds the result on which the scheduler stopped a trial (ASHA at a rung, or at max_t)
             # from on_trial_result: it arrives only here.
             self._track(trial_id, result)
@@ -97,7 +141,7 @@ class BestEpochOptunaSearch(OptunaSearch):
             if _epoch(result) < _planned_epochs(result):
                 value, step = result.get(self.metric), result.get("training_iteration", 0)
                 if _finite(value) and step != self._state("_fer_step").get(trial_id):
-                    self._ot_trials[trial_id].report(float(value), step)
+                    asked[trial_id].report(float(value), step)
                 result = None  # OptunaSearch tells a trial without a result (and no error) as PRUNED
             elif best is not None:
                 result = {**result, self.metric: best}

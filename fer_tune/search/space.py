@@ -43,7 +43,17 @@ TOP_KEYS = (*GROUPS, "search", "resources", "data")
 
 @dataclass
 class Space:
-    """A parsed, validated search space."""
+    """A parsed, validated search space.
+
+    Args:
+        name: the file's stem (`resnet`), the default search name.
+        source: the file it was read from.
+        groups: the run-config groups (`model`, `train`, `augment`, `seed`) with `Dist` leaves; `model` may
+            hold `families` (family name -> its sub-space).
+        search: the `search` block.
+        resources: the `resources` block.
+        data: the space's `data:` path; None when it has none.
+    """
 
     name: str  # file stem, e.g. "resnet"
     source: str  # the file it was read from
@@ -54,14 +64,23 @@ class Space:
 
     @property
     def families(self) -> dict[str, dict[str, Any]]:
+        """`model.families`: family name -> its sub-space ({} without families)."""
         return self.groups.get("model", {}).get("families", {})
 
     def dists(self) -> list[Dist]:
-        """Every distribution of the space, in file order."""
+        """Every distribution of the space, in file order.
+
+        Returns:
+            The `Dist` leaves, family sub-spaces included.
+        """
         return list(_leaves(self.groups))
 
     def varied_keys(self) -> list[str]:
-        """Run-config keys a trial's config varies in, Ray style (`model/kernels`): the progress columns."""
+        """Run-config keys a trial's config varies in, Ray style (`model/kernels`): the progress columns.
+
+        Returns:
+            `model/arch` first, then each varied key once (a per-layer list as the whole list's key).
+        """
         keys = ["model/arch"]
         for d in self.dists():
             parts = d.path.split(".")
@@ -75,12 +94,20 @@ class Space:
         return keys
 
     def max_epochs(self) -> int:
-        """The largest `train.epochs` any trial can have (ASHA's default max_t)."""
+        """The largest `train.epochs` any trial can have (ASHA's default max_t).
+
+        Returns:
+            Epochs; 30 (the default) when the space leaves `train.epochs` out.
+        """
         epochs = self.groups.get("train", {}).get("epochs", 30)
         return int(max(_values(epochs)))
 
     def grid_size(self) -> int:
-        """Configs in one pass over the grid (1 without grid values)."""
+        """Configs in one pass over the grid (1 without grid values).
+
+        Returns:
+            The product of the grid values' counts (summed over the families of a grid `model.arch`).
+        """
 
         def size(tree: Any) -> int:
             return math.prod(len(d.args) for d in _leaves(tree) if d.kind == "grid")
@@ -93,12 +120,20 @@ class Space:
         return size(shared) * size(model) * per_arch
 
     def total_trials(self) -> int:
-        """Trials the search runs when nothing stops it."""
+        """Trials the search runs when nothing stops it.
+
+        Returns:
+            `search.num_samples`, times the grid's size for a grid search.
+        """
         n = self.search.num_samples
         return n * self.grid_size() if self.search.algorithm == "grid" else n
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved space (overrides and defaults applied) in the file format: written as `space.yaml`."""
+        """The resolved space (overrides and defaults applied) in the file format: written as `space.yaml`.
+
+        Returns:
+            Plain values that `parse_space` reads back into an equal space.
+        """
         out: dict[str, Any] = {k: _to_yaml(v) for k, v in self.groups.items()}
         search = dataclasses.asdict(self.search)
         out["search"] = {
@@ -117,22 +152,38 @@ class Space:
             out["data"] = self.data
         return out
 
-    # -- translations (fer_tune.search.conversion) ------------------------------------------------------------------
+    # -- translations (fer_tune.search.conversion) ------------------------------------------------------
 
     def param_space(self) -> dict[str, Any]:
-        """The space in Ray Tune's search space API, for `BasicVariantGenerator` (random and grid search)."""
+        """The space in Ray Tune's search space API, for `BasicVariantGenerator` (random and grid search).
+
+        Returns:
+            See `fer_tune.search.conversion.param_space`.
+        """
         from fer_tune.search.conversion import param_space
 
         return param_space(self)
 
     def define_by_run(self) -> Any:
-        """The space as an Optuna define-by-run function (for `OptunaSearch(space=...)`)."""
+        """The space as an Optuna define-by-run function (for `OptunaSearch(space=...)`).
+
+        Returns:
+            A picklable `DefineByRun` that returns the complete run config of a trial.
+        """
         from fer_tune.search.conversion import DefineByRun
 
         return DefineByRun(self.groups)
 
     def sample(self, n: int = 3, seed: int = 0) -> list[dict[str, Any]]:
-        """Draw configs with Optuna's random sampler: per family, all-low, all-high and `n` random ones."""
+        """Draw configs with Optuna's random sampler: per family, all-low, all-high and `n` random ones.
+
+        Args:
+            n: random configs per family.
+            seed: seeds the sampler.
+
+        Returns:
+            Nested run-config mappings (not validated: see `RunConfig.from_dict`).
+        """
         from fer_tune.search.conversion import sample
 
         return sample(self, n, seed)
@@ -143,7 +194,11 @@ class Space:
 
 def bundled_dir() -> Path:
     """The bundled spaces: `fer_tune/search_spaces/` in an installed wheel, `search_spaces/` in a checkout
-    (also for an editable install, whose finder does not resolve that data-only package)."""
+    (also for an editable install, whose finder does not resolve that data-only package).
+
+    Returns:
+        The first of those folders that exists (the wheel's when neither does).
+    """
     package = Path(__file__).resolve().parents[1]  # fer_tune/
     for folder in (package / "search_spaces", package.parent / "search_spaces"):
         if folder.is_dir():
@@ -152,11 +207,26 @@ def bundled_dir() -> Path:
 
 
 def bundled_names() -> list[str]:
+    """The names of the bundled spaces (`resnet`, `families`, ...), sorted.
+
+    Returns:
+        The stems of the YAML files in `bundled_dir()`.
+    """
     return sorted(p.stem for p in bundled_dir().glob("*.yaml"))
 
 
 def resolve_path(name: str | Path) -> Path:
-    """A path as given when it exists, else a bundled space (`resnet` or `resnet.yaml`)."""
+    """A path as given when it exists, else a bundled space (`resnet` or `resnet.yaml`).
+
+    Args:
+        name: a space file, or a bundled space's name with or without `.yaml`.
+
+    Returns:
+        The file.
+
+    Raises:
+        ConfigError: neither a file nor a bundled space.
+    """
     path = Path(name)
     if path.is_file():
         return path
@@ -172,6 +242,17 @@ def load_space(name: str | Path, **overrides: Any) -> Space:
     """Read, parse and check a space file; `overrides` are `search`/`resources` fields (CLI flags) or `data`.
 
     Raises ConfigError (one line: file, key path, problem) for any problem, before anything runs.
+
+    Args:
+        name: a space file, or a bundled space's name (`resnet`).
+        **overrides: `search` or `resources` fields (`num_samples=8`, `gpus_per_trial=0.5`) or `data`; a
+            None value keeps the file's.
+
+    Returns:
+        The parsed, checked space.
+
+    Raises:
+        ConfigError: no such space, invalid YAML, or a bad key or value; the message names the file.
     """
     path = resolve_path(name)
     try:
@@ -187,7 +268,20 @@ def load_space(name: str | Path, **overrides: Any) -> Space:
 
 
 def parse_space(raw: Any, *, name: str = "space", source: str = "", **overrides: Any) -> Space:
-    """Parse and check a space mapping (see `load_space`); errors start with the key path."""
+    """Parse and check a space mapping (see `load_space`); errors start with the key path.
+
+    Args:
+        raw: the space as read from YAML.
+        name: the space's name (the default search name).
+        source: where it came from, recorded in the space.
+        **overrides: as for `load_space`.
+
+    Returns:
+        The parsed space; sampled configs are checked to be valid run configs.
+
+    Raises:
+        ConfigError: a bad key or value.
+    """
     check(isinstance(raw, Mapping), "space", f"expected a mapping of {', '.join(TOP_KEYS)}, got {raw!r}")
     for key in raw:
         check(key in TOP_KEYS, str(key), f"unknown key; known keys: {', '.join(TOP_KEYS)}")

@@ -20,7 +20,26 @@ SCHEDULERS = ("asha", "none")
 
 @dataclass
 class SearchSettings:
-    """The `search` block: how many trials, which algorithm and scheduler, how long."""
+    """The `search` block: how many trials, which algorithm and scheduler, how long.
+
+    Args:
+        algorithm: `optuna` (TPE), `random` or `grid`.
+        num_samples: trials (grid: passes over the grid); a parsed space has 20, or 1 for grid, by default.
+        metric: a key of `METRIC_MODES`; trials are ranked by its best epoch.
+        mode: `max` or `min`; None for the metric's direction in `METRIC_MODES`.
+        scheduler: `asha` or `none`.
+        max_t: ASHA's last rung, in epochs; None for the largest `train.epochs` of the space.
+        grace_period: epochs every trial runs before ASHA may stop it.
+        reduction_factor: ASHA keeps 1/reduction_factor of the trials at each rung.
+        time_budget_s: stop the search after this many seconds; None for no budget.
+        trial_timeout_s: stop a trial that has not reported for this many seconds (hung); None for never.
+        seed: seeds Optuna's sampler or Ray's random search.
+        max_concurrent: trials at once; None for as many as the resources hold.
+        max_failures: retries of a failed trial.
+        stuck_epochs: stop a trial whose val_acc stayed flat near chance this many epochs; 0 for never.
+        retrain_epochs: `--retrain`'s epochs, fixed in advance; None for the best config's own.
+        points_to_evaluate: partial run configs tried first (Optuna's `enqueue_trial`), the rest sampled.
+    """
 
     algorithm: str = "optuna"  # optuna (TPE) | random | grid
     num_samples: int = 0  # trials (grid: passes over the grid); default 20, grid: 1
@@ -48,7 +67,14 @@ class SearchSettings:
 
 @dataclass
 class Resources:
-    """The `resources` block: what each trial reserves."""
+    """The `resources` block: what each trial reserves.
+
+    Args:
+        cpus_per_trial: CPUs per trial, also its torch threads (at least 1).
+        gpus_per_trial: the GPU share per trial; None for 1 when the search uses GPUs, else 0; `auto` to
+            measure it per family (`fer_tune.search.packing`).
+        gpu_shares: family name -> its own GPU share, over `gpus_per_trial`; None for none (`auto` fills it).
+    """
 
     cpus_per_trial: float = 1.0  # also the torch threads of the trial (at least 1)
     # None: 1 when the search uses GPUs, else 0; "auto": measured per family (fer_tune.search.packing)
@@ -57,7 +83,18 @@ class Resources:
 
 
 def parse_duration(value: Any, key: str = "search.time_budget") -> float | None:
-    """`90m`, `2h`, `3600s`, `1.5h`, a number of seconds, or null."""
+    """`90m`, `2h`, `3600s`, `1.5h`, a number of seconds, or null.
+
+    Args:
+        value: the duration as written (suffix s, m, h or d; none for seconds), a number of seconds, or None.
+        key: the key path or flag it was given as, for the message.
+
+    Returns:
+        Seconds, or None for None.
+
+    Raises:
+        ConfigError: not a positive duration.
+    """
     if value is None:
         return None
     if isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0:

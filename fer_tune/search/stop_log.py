@@ -45,6 +45,12 @@ class StopLog(Callback):
 
     `trial_timeout_s`: a running trial with no report for that long (counted from its start or last report) is
     stopped by killing its actor, which Ray handles as a failed trial; it is recorded as timed out.
+
+    Args:
+        stopper: the search's time-budget stopper; None without a budget.
+        searcher: the search algorithm, told the trials the budget stopped (OptunaSearch records them as
+            pruned); None for random and grid searches.
+        trial_timeout_s: seconds without a report after which a running trial is stopped; None for never.
     """
 
     def __init__(
@@ -57,6 +63,13 @@ class StopLog(Callback):
         self.logged = False
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        """Heal stale checkpoints of trials about to resume, note which trials ended, stop hung ones.
+
+        Args:
+            iteration: Ray Tune's loop iteration.
+            trials: every trial of the experiment.
+            **info: Ray's other keyword arguments (unused).
+        """
         mark_loop_running()  # Ray Tune's SIGINT handler is installed: see fer_tune.search.recovery.interrupts
         checked = self.__dict__.setdefault("_fer_checked", set())  # once per trial and process
         for t in trials:
@@ -71,6 +84,13 @@ class StopLog(Callback):
             self._stop_hung(trials)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        """Keep a whole copy of the experiment state; once the budget fired, record the trials it stopped.
+
+        Args:
+            iteration: Ray Tune's loop iteration.
+            trials: every trial of the experiment.
+            **info: Ray's other keyword arguments (unused).
+        """
         if trials and _local(trials[0]):
             keep_whole_state(Path(trials[0].path).parent, self.__dict__.setdefault("_fer_state", {}))
         if self.stopper is None or not self.stopper.fired or self.logged:
@@ -96,9 +116,26 @@ class StopLog(Callback):
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_fer_")}  # this process's
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Start the trial's no-report clock.
+
+        Args:
+            iteration: Ray Tune's loop iteration.
+            trials: every trial of the experiment.
+            trial: the trial that started.
+            **info: Ray's other keyword arguments (unused).
+        """
         self._seen()[trial.trial_id] = time.monotonic()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        """Restart the trial's no-report clock.
+
+        Args:
+            iteration: Ray Tune's loop iteration.
+            trials: every trial of the experiment.
+            trial: the trial that reported.
+            result: its result.
+            **info: Ray's other keyword arguments (unused).
+        """
         self._seen()[trial.trial_id] = time.monotonic()
 
     def _stop_hung(self, trials: list) -> None:
@@ -121,9 +158,31 @@ class StopLog(Callback):
     # -- a full or read-only results disk -----------------------------------------------------------------
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """End the search when the trial failed because the results disk refuses writes.
+
+        Args:
+            iteration: Ray Tune's loop iteration.
+            trials: every trial of the experiment.
+            trial: the trial that failed.
+            **info: Ray's other keyword arguments (unused).
+
+        Raises:
+            StorageFault: the trial's local results disk is full or read-only.
+        """
         _check_storage(trial)  # random and grid searches (OptunaSearch raised before this)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """As `on_trial_error`, for a trial Ray is about to retry (`--max-failures`).
+
+        Args:
+            iteration: Ray Tune's loop iteration.
+            trials: every trial of the experiment.
+            trial: the trial that failed.
+            **info: Ray's other keyword arguments (unused).
+
+        Raises:
+            StorageFault: the trial's local results disk is full or read-only.
+        """
         _check_storage(trial)  # --max-failures: a retry would fail the same way
 
 
@@ -141,11 +200,27 @@ def _check_storage(trial: Any) -> None:
 
 
 def record(trials: list, cause: str) -> None:
-    """Add `trial id -> cause` to the search's `stopped_by.json` (atomically)."""
+    """Add `trial id -> cause` to the search's `stopped_by.json` (atomically).
+
+    Args:
+        trials: Ray's Trials, at least one; the search folder is found from the first.
+        cause: `TIME_BUDGET`, `TIMED_OUT` or `STUCK`.
+    """
     record_ids([t.trial_id for t in trials], cause, Path(trials[0].path).parent)
 
 
 def record_ids(ids: list[str], cause: str, experiment: Path | None) -> None:
+    """Add `trial id -> cause` for each of `ids` to the search's `stopped_by.json` (atomically).
+
+    Args:
+        ids: Ray's trial ids.
+        cause: `TIME_BUDGET`, `TIMED_OUT` or `STUCK`.
+        experiment: the trials' Ray experiment folder, used when `$FER_TUNE_SEARCH_FOLDER` is unset; None
+            to record nothing then.
+
+    Raises:
+        OutputError: the file cannot be written.
+    """
     # The search folder the driver works in (a remote search's mirror), else found from the trial: wherever
     # it was resumed from (a phase's trials sit in phase<N>/ below it).
     here = os.environ.get(FOLDER_ENV)

@@ -13,7 +13,10 @@ from fer_tune.search.stop_log import STUCK, record_ids
 class StuckStopper(TrialPlateauStopper):
     """Stops a trial whose val_acc stayed flat (std < 0.01) for `epochs` epochs at or below `chance`.
 
-    `chance`: the majority class's share plus 5 points, the accuracy of a model that answers one class.
+    Args:
+        epochs: how many epochs val_acc must stay flat (also the grace period before any stop).
+        chance: the val_acc at or below which a flat trial is stuck: the majority class's share plus 5
+            points, the accuracy of a model that answers one class.
     """
 
     def __init__(self, epochs: int, chance: float) -> None:

@@ -1,4 +1,5 @@
-"""The Ray Tune trainable of a search: one `fer_trial` per sampled config, on the resources its family asks for."""
+"""The Ray Tune trainable of a search: one `fer_trial` per sampled config, on the resources its family
+asks for."""
 
 from __future__ import annotations
 
@@ -22,7 +23,14 @@ TRIAL_SPLITS = ("Training", "PublicTest")
 def fer_trial(config: dict[str, Any], data: FER2013, resources: TrialResources) -> None:
     """The Ray Tune trainable: train the sampled run config, reporting and checkpointing every epoch.
 
-    `resources` is what the trial asked Ray for (its CPUs, and its model family's GPU share).
+    Args:
+        config: the sampled run config (a nested mapping).
+        data: the Training and PublicTest rows, from Ray's object store.
+        resources: what the trial asked Ray for (its CPUs, and its model family's GPU share).
+
+    Raises:
+        FloatingPointError: a non-finite loss; a retry of the trial fails at once with the same message.
+        DeviceError: the trial was given a GPU that CUDA cannot use.
     """
     import ray.tune
 
@@ -65,7 +73,15 @@ def fer_trial(config: dict[str, Any], data: FER2013, resources: TrialResources) 
 
 
 def check_selectable(data: FER2013, path: str | Path) -> None:
-    """A search selects configs on PublicTest: without it (or without Training) it cannot start."""
+    """A search selects configs on PublicTest: without it (or without Training) it cannot start.
+
+    Args:
+        data: the dataset.
+        path: where it came from, for the message.
+
+    Raises:
+        DataError: the data lacks Training or PublicTest.
+    """
     missing = [u for u in TRIAL_SPLITS if u not in data.splits]
     if missing:
         raise DataError(
@@ -75,6 +91,15 @@ def check_selectable(data: FER2013, path: str | Path) -> None:
 
 
 def make_trainable(space: Space, data: FER2013) -> Any:
+    """`fer_trial` bound to the data (without PrivateTest) and to the space's resources, for `tune.Tuner`.
+
+    Args:
+        space: the search space, its resources filled in.
+        data: the dataset; only Training and PublicTest go to the trials.
+
+    Returns:
+        The trainable, with its per-family resource request.
+    """
     from ray import tune
 
     r = space.resources
@@ -85,13 +110,26 @@ def make_trainable(space: Space, data: FER2013) -> Any:
 
 
 class TrialResources:
-    """A trial's resource request from its config: the GPU share of its model family (picklable for Ray)."""
+    """A trial's resource request from its config: the GPU share of its model family (picklable for Ray).
+
+    Args:
+        cpus: CPUs per trial.
+        gpus: the GPU share of a family without its own.
+        shares: family name -> its GPU share; None for none.
+    """
 
     def __init__(self, cpus: float, gpus: float, shares: dict[str, float] | None) -> None:
         self.cpus, self.gpus, self.shares = cpus, gpus, dict(shares or {})
 
     def gpus_for(self, config: dict[str, Any]) -> float:
-        """The GPU share of a trial of this config's model family."""
+        """The GPU share of a trial of this config's model family.
+
+        Args:
+            config: the trial's sampled run config.
+
+        Returns:
+            The family's share, else `gpus`.
+        """
         return self.shares.get((config.get("model") or {}).get("arch"), self.gpus)
 
     def __call__(self, config: dict[str, Any]) -> Any:
@@ -101,4 +139,12 @@ class TrialResources:
 
 
 def trial_dirname(trial: Any) -> str:
+    """The folder name of a trial in its experiment (`tune.TuneConfig(trial_dirname_creator=...)`).
+
+    Args:
+        trial: Ray's Trial.
+
+    Returns:
+        `trial_<trial id>`.
+    """
     return f"trial_{trial.trial_id}"

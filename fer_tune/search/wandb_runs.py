@@ -1,4 +1,5 @@
-"""wandb logging of a search: one run per trial, written by a thread of the driver, finished when it ends.
+"""wandb logging of a search: one run per trial, written by a thread of the driver, finished when it
+ends.
 
 Two designs lost data here. Ray's `WandbLoggerCallback` logs through an actor into Ray's staging folder, and
 Ray's final sync copies that folder into `results/` before the actor has finished the runs (runs were left
@@ -41,7 +42,13 @@ FINISH_TIMEOUT_S = 120  # the end of a search waits this long at most for wandb 
 
 @dataclass(frozen=True)
 class WandbTracking:
-    """Where a search's trials log: project, mode (online | offline) and group (the search's name)."""
+    """Where a search's trials log: project, mode (online | offline) and group (the search's name).
+
+    Args:
+        project: the wandb project.
+        mode: `online` or `offline`.
+        group: the search's name; each trial's run is in this group.
+    """
 
     project: str
     mode: str
@@ -49,7 +56,17 @@ class WandbTracking:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> WandbTracking | None:
-        """The tracking a search's state asks for (`wandb_project`, `wandb_mode`, `name`); None when off."""
+        """The tracking a search's state asks for (`wandb_project`, `wandb_mode`, `name`); None when off.
+
+        Args:
+            state: `SearchState.to_dict()`, or a mapping with those keys.
+
+        Returns:
+            The tracking, or None without a project or with mode `disabled`.
+
+        Raises:
+            ConfigError: an unknown mode.
+        """
         project = state.get("wandb_project")
         mode = {"dryrun": "offline", "run": "online"}.get(state.get("wandb_mode"), state.get("wandb_mode"))
         mode = mode or "online"
@@ -60,7 +77,11 @@ class WandbTracking:
         return cls(project=project, mode=mode, group=state["name"])
 
     def check(self) -> None:
-        """Fail before Ray starts when `online` has no API key (trials would each fail at `wandb.init`)."""
+        """Fail before Ray starts when `online` has no API key (trials would each fail at `wandb.init`).
+
+        Raises:
+            ConfigError: mode `online` and wandb finds no API key.
+        """
         if self.mode != "online":
             return
         import wandb
@@ -72,7 +93,14 @@ class WandbTracking:
             )
 
     def run_id(self, trial_id: str) -> str:
-        """`<search name>-<trial id>`: unique in the project, and the same when the trial is resumed."""
+        """`<search name>-<trial id>`: unique in the project, and the same when the trial is resumed.
+
+        Args:
+            trial_id: Ray's trial id.
+
+        Returns:
+            The wandb run id (characters wandb refuses as `-`, at most 128).
+        """
         return re.sub(r"[^\w.-]", "-", f"{self.group}-{trial_id}")[:128]
 
 
@@ -81,6 +109,9 @@ class WandbRuns(Callback):
 
     Pickled into Ray's `tuner.pkl` (a resumed search gets it back): keep its name and module; only the
     tracking settings are pickled.
+
+    Args:
+        tracking: the project, mode and group the runs go to.
     """
 
     def __init__(self, tracking: WandbTracking) -> None:
@@ -95,26 +126,69 @@ class WandbRuns(Callback):
         self.__init__(state["tracking"])
 
     def setup(self, **info: Any) -> None:
+        """Start the driver's wandb thread.
+
+        Args:
+            **info: Ray's keyword arguments (unused).
+        """
         self._queue = queue.Queue()
         self._thread = threading.Thread(target=_write, args=(self.tracking, self._queue), daemon=True)
         self._thread.start()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Create the trial's run (also for a trial that fails before its first epoch).
+
+        Args:
+            iteration: Ray Tune's loop iteration.
+            trials: every trial of the experiment.
+            trial: the trial that started.
+            **info: Ray's other keyword arguments (unused).
+        """
         self._put("start", trial, None)  # a trial that fails before its first epoch still has its run
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        """Log the epoch's metrics to the trial's run, at step `epoch`.
+
+        Args:
+            iteration: Ray Tune's loop iteration.
+            trials: every trial of the experiment.
+            trial: the trial that reported.
+            result: its result; only the keys of `METRIC_KEYS` are logged.
+            **info: Ray's other keyword arguments (unused).
+        """
         metrics = {k: result[k] for k in METRIC_KEYS if isinstance(result.get(k), (int, float))}
         if "epoch" in metrics:
             self._put("log", trial, metrics)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Finish the trial's run with exit code 0.
+
+        Args:
+            iteration: Ray Tune's loop iteration.
+            trials: every trial of the experiment.
+            trial: the trial that completed.
+            **info: Ray's other keyword arguments (unused).
+        """
         self._put("finish", trial, 0)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Finish the trial's run with exit code 1.
+
+        Args:
+            iteration: Ray Tune's loop iteration.
+            trials: every trial of the experiment.
+            trial: the trial that failed.
+            **info: Ray's other keyword arguments (unused).
+        """
         self._put("finish", trial, 1)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        """Finish the runs still open (trials the time budget stopped: 0; interrupted ones: 1), then wait."""
+        """Finish the runs still open (trials the time budget stopped: 0; interrupted ones: 1), then wait.
+
+        Args:
+            trials: every trial of the experiment.
+            **info: Ray's other keyword arguments (unused).
+        """
         if self._thread is None:
             return
         for t in trials:

@@ -17,25 +17,59 @@ from fer_tune.training.config import AugmentConfig
 
 
 def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """uint8 (B, 48, 48) -> float32 (B, 1, 48, 48), standardised by the training split's mean/std (0..255)."""
+    """uint8 (B, 48, 48) -> float32 (B, 1, 48, 48), standardised by the training split's mean/std (0..255).
+
+    Args:
+        images: (B, H, W) uint8 pixels.
+        mean: the training split's pixel mean, on the 0..255 scale.
+        std: the training split's pixel standard deviation, on the 0..255 scale.
+
+    Returns:
+        (B, 1, H, W) float32, on the device of `images`.
+    """
     return ((images.float() - mean) / std).unsqueeze(1)
 
 
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    """The central size x size window of a (B, C, H, W) batch (identity when size is the image side)."""
+    """The central size x size window of a (B, C, H, W) batch (identity when size is the image side).
+
+    Args:
+        x: the batch.
+        size: the side of the window, px (at most H and W).
+
+    Returns:
+        A (B, C, size, size) view of `x`.
+    """
     h, w = x.shape[-2:]
     top, left = (h - size) // 2, (w - size) // 2
     return x[..., top : top + size, left : left + size]
 
 
 def random_hflip(x: torch.Tensor, p: float = 0.5) -> torch.Tensor:
-    """Mirror each image left-right with probability p."""
+    """Mirror each image left-right with probability p.
+
+    Args:
+        x: a (B, C, H, W) batch.
+        p: the probability of each image's flip.
+
+    Returns:
+        The batch with some images mirrored.
+    """
     flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < p
     return torch.where(flip, x.flip(-1), x)
 
 
 def random_affine(x: torch.Tensor, degrees: float, scale: float) -> torch.Tensor:
-    """Rotate each image by U(-degrees, degrees), zoom by U(1 - scale, 1 + scale): one grid for the batch."""
+    """Rotate each image by U(-degrees, degrees), zoom by U(1 - scale, 1 + scale): one grid for the batch.
+
+    Args:
+        x: a normalised (B, C, H, W) batch; uncovered corners become 0, the mean gray.
+        degrees: the largest rotation either way, in degrees; 0 for none.
+        scale: the largest relative zoom either way (0.1: 0.9x to 1.1x); 0 for none.
+
+    Returns:
+        The transformed batch (`x` itself when both are 0).
+    """
     if degrees == 0 and scale == 0:
         return x
     b = x.shape[0]
@@ -52,7 +86,17 @@ def random_affine(x: torch.Tensor, degrees: float, scale: float) -> torch.Tensor
 
 
 def crop_at(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor:
-    """Per-image size x size windows of a (B, C, H, W) batch at offsets top[b], left[b], as one gather."""
+    """Per-image size x size windows of a (B, C, H, W) batch at offsets top[b], left[b], as one gather.
+
+    Args:
+        x: the batch.
+        top: (B,) row offsets, px.
+        left: (B,) column offsets, px.
+        size: the side of the windows, px.
+
+    Returns:
+        (B, C, size, size) crops.
+    """
     ar = torch.arange(size, device=x.device)
     rows = (top[:, None] + ar)[:, None, :, None]  # (B, 1, size, 1)
     cols = (left[:, None] + ar)[:, None, None, :]  # (B, 1, 1, size)
@@ -62,7 +106,16 @@ def crop_at(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int) -
 
 
 def random_crop(x: torch.Tensor, size: int, pad: int = 0) -> torch.Tensor:
-    """Random size x size crop per image of the batch reflect-padded by pad px (size=H: a shift up to pad)."""
+    """Random size x size crop per image of the batch reflect-padded by pad px (size=H: a shift up to pad).
+
+    Args:
+        x: a (B, C, H, W) batch.
+        size: the side of the crops, px.
+        pad: reflect padding on each side before cropping, px; 0 for none.
+
+    Returns:
+        (B, C, size, size) crops.
+    """
     if pad:
         x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     h, w = x.shape[-2:]
@@ -74,7 +127,16 @@ def random_crop(x: torch.Tensor, size: int, pad: int = 0) -> torch.Tensor:
 
 
 def random_erasing(x: torch.Tensor, p: float, area: tuple[float, float] = (0.02, 0.33)) -> torch.Tensor:
-    """With probability p per image, set a random box (area and aspect ratio as torchvision's) to 0."""
+    """With probability p per image, set a random box (area and aspect ratio as torchvision's) to 0.
+
+    Args:
+        x: a normalised (B, C, H, W) batch.
+        p: the probability of each image's erasing; 0 for none.
+        area: the range of the box's area, as fractions of the image's.
+
+    Returns:
+        The batch with the boxes set to 0 (`x` itself when p is 0).
+    """
     if p == 0:
         return x
     b, _, h, w = x.shape
@@ -100,6 +162,15 @@ def mix(
 
     Returns the mixed batch, both target vectors and lam, the weight of the first: the loss is
     `lam * CE(out, y) + (1 - lam) * CE(out, y_perm)`. With both alphas 0 it returns (x, y, y, 1.0).
+
+    Args:
+        x: a (B, C, H, W) batch.
+        y: (B,) class indices.
+        mixup: mixup's Beta(alpha, alpha) parameter; 0 for none.
+        cutmix: cutmix's Beta(alpha, alpha) parameter; 0 for none.
+
+    Returns:
+        (mixed x, y, y of the images mixed in, lam).
     """
     if mixup == 0 and cutmix == 0:
         return x, y, y, 1.0
@@ -127,6 +198,14 @@ def augment_batch(
     """The training transform of a normalised (B, 1, 48, 48) batch; returns `mix`'s (x, y_a, y_b, lam).
 
     Order: flip, rotation + zoom (one affine grid), shift or crop to `cfg.input_size`, erasing, mixup/cutmix.
+
+    Args:
+        x: a normalised (B, 1, 48, 48) batch.
+        y: (B,) class indices.
+        cfg: the `augment:` keys of the run.
+
+    Returns:
+        (augmented x, y, y of the images mixed in, lam), as `mix` returns them.
     """
     if cfg.hflip:
         x = random_hflip(x)
@@ -140,5 +219,15 @@ def augment_batch(
 
 
 def eval_batch(images: torch.Tensor, mean: float, std: float, input_size: int) -> torch.Tensor:
-    """The evaluation transform: normalise, then the center crop when the model was trained on crops."""
+    """The evaluation transform: normalise, then the center crop when the model was trained on crops.
+
+    Args:
+        images: (B, 48, 48) uint8 pixels.
+        mean: the training split's pixel mean (0..255).
+        std: the training split's pixel standard deviation (0..255).
+        input_size: the side the model was trained on, px.
+
+    Returns:
+        (B, 1, input_size, input_size) float32.
+    """
     return center_crop(normalize(images, mean, std), input_size)

@@ -37,25 +37,54 @@ LOAD_ERRORS = (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save through `atomic_write`."""
+    """torch.save through `atomic_write`.
+
+    Args:
+        obj: what to save (tensors, dicts, lists, numbers).
+        path: the file to write (its folder must exist).
+
+    Raises:
+        OutputError: the file cannot be written.
+    """
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
-    """The CPU and (on CUDA) device RNG states: a resumed run draws the same batches and augmentations."""
+    """The CPU and (on CUDA) device RNG states: a resumed run draws the same batches and augmentations.
+
+    Args:
+        device: the run's device; its CUDA RNG state is saved too when it is a GPU.
+
+    Returns:
+        `{"torch": ..., "cuda": ... or None}`, for `set_rng_state`.
+    """
     cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     return {"torch": torch.get_rng_state(), "cuda": cuda}
 
 
 def set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
-    """Restore what `rng_state` saved."""
+    """Restore what `rng_state` saved.
+
+    Args:
+        state: what `rng_state` returned.
+        device: the run's device; its CUDA RNG is restored when it is a GPU and a state was saved.
+    """
     torch.set_rng_state(state["torch"].cpu())
     if device.type == "cuda" and state.get("cuda") is not None:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def first_difference(a: Any, b: Any, key: str = "") -> str | None:
-    """Dotted path of the first key where two nested config dicts differ."""
+    """Dotted path of the first key where two nested config dicts differ.
+
+    Args:
+        a: a nested config dict (or a leaf value).
+        b: the other one.
+        key: the dotted path of `a` and `b` themselves; empty at the top.
+
+    Returns:
+        The dotted key (`train.lr`), or None when they are equal.
+    """
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         for k in [*a, *(k for k in b if k not in a)]:
             diff = first_difference(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
@@ -66,13 +95,33 @@ def first_difference(a: Any, b: Any, key: str = "") -> str | None:
 
 
 def one_line(e: BaseException) -> str:
-    """`Type: first sentence` of an exception: torch's messages run to paragraphs of advice."""
+    """`Type: first sentence` of an exception: torch's messages run to paragraphs of advice.
+
+    Args:
+        e: the exception.
+
+    Returns:
+        Its type name and the first sentence of its message, on one line.
+    """
     first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "").split(". ")[0].rstrip(".")
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def read_torch_file(path: Path, what: str, keys: tuple[str, ...], device: Any = "cpu") -> dict[str, Any]:
-    """`torch.load(weights_only=True)` of a dict fer-tune wrote, with `keys`; else DataError naming it."""
+    """`torch.load(weights_only=True)` of a dict fer-tune wrote, with `keys`; else DataError naming it.
+
+    Args:
+        path: the file to read.
+        what: what the file should be, for messages (`fer-tune model.pt`).
+        keys: the keys the dict must hold.
+        device: where tensors are loaded (`map_location`).
+
+    Returns:
+        The dict.
+
+    Raises:
+        DataError: the file cannot be read, holds pickled classes, is cut or corrupt, or lacks a key.
+    """
     try:
         with open(path, "rb"):
             pass
@@ -104,7 +153,24 @@ def restore(
     opt: torch.optim.Optimizer,
     schedulers: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """Restore model, optimizer, schedulers and RNG from a checkpoint of the same config; its history."""
+    """Restore model, optimizer, schedulers and RNG from a checkpoint of the same config; its history.
+
+    Args:
+        resume: a `checkpoint.pt`, or the folder holding one.
+        cfg: the run's config; it must equal the checkpoint's (keys added since take their defaults).
+        device: the run's device.
+        model: loaded in place.
+        opt: loaded in place.
+        schedulers: checkpoint key (`scheduler`, `plateau`, `scaler`) -> object with `load_state_dict`, or
+            None for one the run has not.
+
+    Returns:
+        The checkpoint's history: one metrics dict per epoch done.
+
+    Raises:
+        DataError: no checkpoint there, or it cannot be read or does not fit the model.
+        ConfigError: the config differs from the checkpoint's; the message names the first key.
+    """
     path = Path(resume)
     path = path / "checkpoint.pt" if path.is_dir() else path
     if not path.is_file():
@@ -129,7 +195,16 @@ def restore(
 
 
 def model_meta(cfg: RunConfig, history: list[dict], state: dict[str, Any]) -> dict[str, Any]:
-    """What model.pt says beside its weights: arch, config, history, the best epoch, normalisation, data."""
+    """What model.pt says beside its weights: arch, config, history, the best epoch, normalisation, data.
+
+    Args:
+        cfg: the run's config.
+        history: one metrics dict per epoch done.
+        state: the run's other facts (`mean`, `std`, `input_size`, `val_held_out`, `data`, ...), copied in.
+
+    Returns:
+        The meta dict `load_model` returns.
+    """
     best = max((h for h in history if not math.isnan(h["val_acc"])), key=lambda h: h["val_acc"], default=None)
     return {
         "arch": cfg.model.arch,
@@ -150,6 +225,17 @@ def load_model(
 
     meta holds `config` (the run config dict), `arch`, `metrics` (last epoch), `history`, `epoch`,
     `best_val_acc`, `best_epoch`, `mean`, `std`, `input_size`, `val_held_out` and `data`.
+
+    Args:
+        path: a `model.pt`, or the run folder holding one.
+        device: where the model goes, as for `resolve_device`; None to pick CUDA when available.
+
+    Returns:
+        (the model, in eval mode and channels-last, the meta).
+
+    Raises:
+        DataError: no such file, or it is not a fer-tune model or its weights do not fit its config.
+        DeviceError: the device cannot be used.
     """
     path = Path(path)
     file = path / "model.pt" if path.is_dir() else path
@@ -182,7 +268,23 @@ def save_epoch(
     out: Path | None,
     report: ReportFn | None,
 ) -> None:
-    """Write checkpoint.pt (and metrics.csv, model.pt) to out, and hand a checkpoint folder to report."""
+    """Write checkpoint.pt (and metrics.csv, model.pt) to out, and hand a checkpoint folder to report.
+
+    Args:
+        model: the model being trained.
+        opt: its optimiser.
+        stateful: (per-batch scheduler, plateau scheduler, fp16 gradient scaler), each None when unused.
+        cfg: the run's config.
+        history: one metrics dict per epoch done, this one last.
+        state: the run's other facts, saved in both files (see `model_meta`).
+        dev: the run's device, for its RNG state.
+        out: the run folder to write into; None to write nothing there.
+        report: called with (this epoch's metrics, a temporary folder holding checkpoint.pt), which is
+            deleted when it returns (Ray Tune's `train.report`); None for none.
+
+    Raises:
+        OutputError: a file cannot be written.
+    """
     if out is None and report is None:
         return
     sched, plateau, scaler = stateful  # per-batch schedule, plateau schedule, fp16 gradient scaler

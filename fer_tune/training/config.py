@@ -144,6 +144,7 @@ class TrainConfig:
 
     @property
     def train_usages(self) -> tuple[str, ...]:
+        """The Usage splits `train_on` names (`("Training", "PublicTest")` for `Training+PublicTest`)."""
         return tuple(self.train_on.split("+"))
 
 
@@ -182,7 +183,14 @@ class AugmentConfig:
 
 @dataclass
 class RunConfig:
-    """Everything one training run needs; `RunConfig.from_dict({"model": {"arch": "resnet"}})` trains."""
+    """Everything one training run needs; `RunConfig.from_dict({"model": {"arch": "resnet"}})` trains.
+
+    Args:
+        model: the family's validated model config (`fer_tune.models.model_config`).
+        train: the optimisation recipe (`train:` keys).
+        augment: the training-batch augmentation (`augment:` keys).
+        seed: seeds torch's and numpy's RNGs (initial weights, batch order, augmentation).
+    """
 
     model: Any  # the family's validated model config dataclass (fer_tune.models.model_config)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -191,7 +199,18 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
-        """Validate a (possibly sampled) mapping; raises ConfigError naming the first bad key."""
+        """Validate a (possibly sampled) mapping; raises ConfigError naming the first bad key.
+
+        Args:
+            d: `model` (required), `train`, `augment`, `seed`; a `provenance` key is ignored.
+
+        Returns:
+            The config, every default filled in.
+
+        Raises:
+            ConfigError: an unknown key, a missing `model`, or a bad value; the message starts with its
+                dotted key path.
+        """
         check(isinstance(d, Mapping), "config", f"expected a mapping, got {type(d).__name__}")
         known = ("model", "train", "augment", "seed", *IGNORED_KEYS)
         for key in d:
@@ -207,7 +226,18 @@ class RunConfig:
 
     def override(self, *, seed: int | None = None, **train: Any) -> RunConfig:
         """A copy with `seed` and these `train` keys replaced (None: kept), validated again (warmup_epochs
-        must stay below a new epoch count); what the flags of `fer-tune train` and `retrain` change."""
+        must stay below a new epoch count); what the flags of `fer-tune train` and `retrain` change.
+
+        Args:
+            seed: the new seed; None keeps this one.
+            **train: `train:` keys to replace (`epochs=5`); a None value keeps the current one.
+
+        Returns:
+            A new config; this one is unchanged.
+
+        Raises:
+            ConfigError: a replaced value is not valid.
+        """
         d = self.to_dict()
         d["train"].update({k: v for k, v in train.items() if v is not None})
         if seed is not None:
@@ -215,7 +245,11 @@ class RunConfig:
         return RunConfig.from_dict(d)
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved config as plain Python values (every default filled in): YAML- and JSON-safe."""
+        """The resolved config as plain Python values (every default filled in): YAML- and JSON-safe.
+
+        Returns:
+            `{"model": ..., "train": ..., "augment": ..., "seed": ...}`, which `from_dict` reads back.
+        """
         return {
             "model": dataclasses.asdict(self.model),
             "train": dataclasses.asdict(self.train),
@@ -225,7 +259,17 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RunConfig:
-        """Read a run config file; errors name the file."""
+        """Read a run config file; errors name the file.
+
+        Args:
+            path: a YAML run config.
+
+        Returns:
+            The validated config.
+
+        Raises:
+            ConfigError: the file is missing, is not YAML, or holds a bad config.
+        """
         path = Path(path)
         try:
             d = yaml.safe_load(path.read_text())
@@ -239,7 +283,12 @@ class RunConfig:
             raise ConfigError(f"{path}: {e}") from None
 
     def to_yaml(self, path: str | Path, header: str = "") -> None:
-        """Write the resolved config (a `# header` comment first, when given)."""
+        """Write the resolved config (a `# header` comment first, when given).
+
+        Args:
+            path: the YAML file to write (overwritten).
+            header: text written first as `#` comment lines; empty for none.
+        """
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if header:
             text = "".join(f"# {line}\n" for line in header.splitlines()) + text
@@ -247,5 +296,15 @@ class RunConfig:
 
 
 def as_run_config(config: RunConfig | Mapping[str, Any]) -> RunConfig:
-    """Accept a RunConfig or a mapping (e.g. a Ray Tune sample)."""
+    """Accept a RunConfig or a mapping (e.g. a Ray Tune sample).
+
+    Args:
+        config: a run config, or a mapping for `RunConfig.from_dict`.
+
+    Returns:
+        `config` itself, or the validated config of the mapping.
+
+    Raises:
+        ConfigError: the mapping is not a valid run config.
+    """
     return config if isinstance(config, RunConfig) else RunConfig.from_dict(config)

@@ -39,7 +39,17 @@ def _no_cuda_reason() -> str:
 
 
 def cuda_device(index: int | None = None) -> torch.device:
-    """An indexed CUDA device (the current one by default); DeviceError when CUDA is unusable."""
+    """An indexed CUDA device (the current one by default); DeviceError when CUDA is unusable.
+
+    Args:
+        index: the CUDA device index; None for the current device.
+
+    Returns:
+        `cuda:<index>`.
+
+    Raises:
+        DeviceError: CUDA is not usable, or no device has that index.
+    """
     if not torch.cuda.is_available():
         raise DeviceError(f"CUDA asked for, but {_no_cuda_reason()}")
     count = torch.cuda.device_count()
@@ -50,7 +60,17 @@ def cuda_device(index: int | None = None) -> torch.device:
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """The given device (cuda devices checked and indexed), else cuda:N when available, else cpu."""
+    """The given device (cuda devices checked and indexed), else cuda:N when available, else cpu.
+
+    Args:
+        device: `cpu`, `cuda`, `cuda:1` or a torch device; None to pick CUDA when available.
+
+    Returns:
+        The device; a CUDA device always carries its index.
+
+    Raises:
+        DeviceError: not a device name, a device other than cpu or cuda, or CUDA asked for and unusable.
+    """
     if device is None:
         return cuda_device() if torch.cuda.is_available() else torch.device("cpu")
     try:
@@ -68,7 +88,17 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def trial_device(gpus_per_trial: float) -> torch.device:
-    """A Ray trial's device given `gpus_per_trial` GPUs: its GPU or a one-line error, never a silent CPU."""
+    """A Ray trial's device given `gpus_per_trial` GPUs: its GPU or a one-line error, never a silent CPU.
+
+    Args:
+        gpus_per_trial: the GPUs (or share of one) Ray gave the trial; 0 for a CPU trial.
+
+    Returns:
+        The device from `$FER_TUNE_TRIAL_DEVICE` when set, else the trial's GPU, or the CPU for 0 GPUs.
+
+    Raises:
+        DeviceError: the trial was given a GPU but CUDA is unusable.
+    """
     override = os.environ.get(TRIAL_DEVICE_ENV)
     if override:
         return resolve_device(override)
@@ -84,7 +114,14 @@ def trial_device(gpus_per_trial: float) -> torch.device:
 
 
 def check_gpu_count(asked: float) -> None:
-    """`--gpus N` on a machine where torch sees fewer: one line, before Ray starts."""
+    """`--gpus N` on a machine where torch sees fewer: one line, before Ray starts.
+
+    Args:
+        asked: the `--gpus` value.
+
+    Raises:
+        DeviceError: torch sees fewer CUDA devices than asked for.
+    """
     seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if asked > seen:
         why = "" if seen else f" ({_no_cuda_reason()})"
@@ -92,12 +129,27 @@ def check_gpu_count(asked: float) -> None:
 
 
 def memory_cap(share: float) -> float:
-    """The fraction of its GPU's memory a trial holding `share` of that GPU may allocate."""
+    """The fraction of its GPU's memory a trial holding `share` of that GPU may allocate.
+
+    Args:
+        share: the trial's share of its GPU (0.5: two trials per GPU); above 1 counts as 1.
+
+    Returns:
+        `share` times `MEMORY_SAFETY`.
+    """
     return min(1.0, share) * MEMORY_SAFETY
 
 
 def cap_memory(device: torch.device, share: float | None) -> float | None:
-    """Cap this process's CUDA caching allocator for a packed trial (`share` < 1); returns the cap set."""
+    """Cap this process's CUDA caching allocator for a packed trial (`share` < 1); returns the cap set.
+
+    Args:
+        device: the trial's device; nothing is capped off CUDA.
+        share: the trial's share of the GPU; None or >= 1 for a whole GPU (no cap).
+
+    Returns:
+        The fraction of the GPU's memory set as the cap, or None when none was set.
+    """
     if device.type != "cuda" or share is None or share >= 1:
         return None
     cap = memory_cap(share)
@@ -108,7 +160,20 @@ def cap_memory(device: torch.device, share: float | None) -> float | None:
 def setup_device(
     device: str | torch.device | None, precision: str, gpu_share: float | None = None
 ) -> tuple[torch.device, Precision]:
-    """The trainable's device set-up: checked device, resolved precision, cuDNN autotuning, memory cap."""
+    """The trainable's device set-up: checked device, resolved precision, cuDNN autotuning, memory cap.
+
+    Args:
+        device: as for `resolve_device`; None to pick CUDA when available.
+        precision: `train.precision`: `auto`, `bf16`, `fp16` or `fp32`.
+        gpu_share: the trial's share of its GPU, for the memory cap; None for a whole GPU.
+
+    Returns:
+        (the device, the resolved precision).
+
+    Raises:
+        DeviceError: the device cannot be used.
+        ConfigError: bf16 asked for on a GPU without native bf16.
+    """
     dev = resolve_device(device)
     amp = Precision.select(precision, dev)
     if dev.type == "cuda":
@@ -122,6 +187,9 @@ def cpu_has_amx_bf16() -> bool:
 
     There, bf16 autocast trained the CPU models 2.5-3x faster than fp32 (measured on this project's CPUs);
     without AMX, oneDNN emulates bf16 and fp32 is the faster choice.
+
+    Returns:
+        False also when this torch cannot tell.
     """
     try:
         return bool(torch.cpu.get_capabilities().get("amx_bf16", False))
@@ -131,7 +199,13 @@ def cpu_has_amx_bf16() -> bool:
 
 @dataclass(frozen=True)
 class Precision:
-    """How forward passes run: autocast dtype (None: fp32) and whether losses are scaled (fp16)."""
+    """How forward passes run: autocast dtype (None: fp32) and whether losses are scaled (fp16).
+
+    Args:
+        name: `bf16`, `fp16` or `fp32`: what `auto` resolved to.
+        device_type: `cuda` or `cpu`, for autocast.
+        dtype: the autocast dtype; None for fp32 (no autocast).
+    """
 
     name: str  # bf16 | fp16 | fp32: what `auto` resolved to
     device_type: str
@@ -139,7 +213,19 @@ class Precision:
 
     @classmethod
     def select(cls, precision: str, device: torch.device) -> Precision:
-        """Resolve `train.precision` for a device; bf16 on a GPU without native bf16 is a ConfigError."""
+        """Resolve `train.precision` for a device; bf16 on a GPU without native bf16 is a ConfigError.
+
+        Args:
+            precision: `auto`, `bf16`, `fp16` or `fp32`.
+            device: the device the run trains on.
+
+        Returns:
+            The precision; `auto` gives bf16 on GPUs of compute capability >= 8 and on CPUs with AMX,
+            fp16 on older GPUs, else fp32.
+
+        Raises:
+            ConfigError: bf16 on a GPU of compute capability below 8.
+        """
         if device.type != "cuda":
             name = ("bf16" if cpu_has_amx_bf16() else "fp32") if precision == "auto" else precision
         else:
@@ -155,12 +241,21 @@ class Precision:
         return cls(name, device.type, dtype)
 
     def autocast(self) -> contextlib.AbstractContextManager:
+        """The context to run forward passes in.
+
+        Returns:
+            `torch.autocast` at `dtype`, or a context that does nothing for fp32.
+        """
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
 
     def scaler(self) -> Any:
-        """A gradient scaler for fp16 (its small range underflows gradients), else None."""
+        """A gradient scaler for fp16 (its small range underflows gradients), else None.
+
+        Returns:
+            A `torch.amp.GradScaler` for fp16, else None.
+        """
         return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
 
 
@@ -169,6 +264,13 @@ def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
 
     The tensors made here are only ever read, so sharing a non-writable buffer is safe; torch's warning
     about it is silenced rather than paid for with a copy of the whole split.
+
+    Args:
+        a: the array; copied only when not contiguous.
+        device: where the tensor goes.
+
+    Returns:
+        The tensor (it shares `a`'s memory on the CPU).
     """
     a = np.ascontiguousarray(a)
     with warnings.catch_warnings():
@@ -177,5 +279,12 @@ def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
-    """NHWC batches: faster convolutions on CUDA, and measured 2-4x faster on this project's CPUs (oneDNN)."""
+    """NHWC batches: faster convolutions on CUDA, and measured 2-4x faster on this project's CPUs (oneDNN).
+
+    Args:
+        x: a (B, C, H, W) batch.
+
+    Returns:
+        The same values in channels-last memory order.
+    """
     return x.contiguous(memory_format=torch.channels_last)

@@ -25,7 +25,17 @@ SHARED_META = ("input_size",)
 
 def restandardise(mean: float, std: float, to_mean: float, to_std: float) -> tuple[float, float]:
     """(scale, shift) such that x * scale + shift is (p - to_mean) / to_std when x is (p - mean) / std: pixels
-    standardised by one model's training statistics, as another model was trained to see them."""
+    standardised by one model's training statistics, as another model was trained to see them.
+
+    Args:
+        mean: the pixel mean the input was standardised by (0..255).
+        std: the pixel standard deviation the input was standardised by (0..255).
+        to_mean: the pixel mean the model was trained with.
+        to_std: the pixel standard deviation the model was trained with.
+
+    Returns:
+        (scale, shift); (1.0, 0.0) for equal statistics.
+    """
     return std / to_std, (mean - to_mean) / to_std
 
 
@@ -33,8 +43,16 @@ class Ensemble(nn.Module):
     """The mean of several classifiers' softmax probabilities, as log-probabilities (B, classes)."""
 
     def __init__(self, members: list[nn.Module], inputs: list[tuple[float, float]] | None = None) -> None:
-        """`inputs`: each member's (scale, shift) from the ensemble's standardised input to its own
-        (`restandardise`); none: all take it as it is."""
+        """Hold the members, each with the affine map to its own standardisation.
+
+        Args:
+            members: the classifiers, at least one.
+            inputs: each member's (scale, shift) from the ensemble's standardised input to its own
+                (`restandardise`); None: all take it as it is.
+
+        Raises:
+            ValueError: no members.
+        """
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
@@ -42,6 +60,14 @@ class Ensemble(nn.Module):
         self.inputs = list(inputs) if inputs is not None else [(1.0, 0.0)] * len(members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The log of the members' mean softmax probability.
+
+        Args:
+            x: (B, 1, S, S) images standardised as the first member was trained.
+
+        Returns:
+            (B, 7) float32 log-probabilities (usable as logits).
+        """
         views = [x if (s, b) == (1.0, 0.0) else x * s + b for s, b in self.inputs]
         probs = torch.stack(
             [m(v).float().softmax(-1) for m, v in zip(self.members, views, strict=True)]
@@ -54,7 +80,17 @@ def _seed_number(path: Path) -> int:
 
 
 def model_files(path: str | Path) -> list[Path]:
-    """The model.pt files `path` names: itself, `<dir>/model.pt`, or every `<dir>/seed_<s>/model.pt`."""
+    """The model.pt files `path` names: itself, `<dir>/model.pt`, or every `<dir>/seed_<s>/model.pt`.
+
+    Args:
+        path: a model file, a run folder or a retrain folder.
+
+    Returns:
+        The files, retrain seeds in numeric order.
+
+    Raises:
+        DataError: no such path, or a folder holding no model.pt.
+    """
     path = Path(path)
     if path.is_file():
         return [path]
@@ -69,14 +105,32 @@ def model_files(path: str | Path) -> list[Path]:
 
 
 def member_name(file: Path) -> str:
-    """`seed_3` for a retrain member, else the run folder's name."""
+    """`seed_3` for a retrain member, else the run folder's name.
+
+    Args:
+        file: a model.pt.
+
+    Returns:
+        The name of its folder.
+    """
     return file.parent.name
 
 
 def load_models(
     path: str | Path, device: str | torch.device | None = None
 ) -> list[tuple[str, nn.Module, dict[str, Any]]]:
-    """(name, model in eval mode, meta) for every model.pt `path` names; members must share SHARED_META."""
+    """(name, model in eval mode, meta) for every model.pt `path` names; members must share SHARED_META.
+
+    Args:
+        path: a model file, a run folder or a retrain folder.
+        device: where the models go; None to pick CUDA when available.
+
+    Returns:
+        One (member name, model, meta) per file, in `model_files` order.
+
+    Raises:
+        DataError: a file cannot be read, or members take different input sizes.
+    """
     loaded = [(member_name(f), *load_model(f, device=device)) for f in model_files(path)]
     _, _, first = loaded[0]
     for name, _, meta in loaded[1:]:
@@ -90,7 +144,19 @@ def load_models(
 
 
 def load(path: str | Path, device: str | torch.device | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """The model `path` names, or the ensemble of its seeds; the meta of the first, plus `members`."""
+    """The model `path` names, or the ensemble of its seeds; the meta of the first, plus `members`.
+
+    Args:
+        path: a model file, a run folder or a retrain folder.
+        device: where the models go; None to pick CUDA when available.
+
+    Returns:
+        (the model or `Ensemble`, in eval mode, its meta); an ensemble's `arch` reads
+        `ensemble of N <arch>`.
+
+    Raises:
+        DataError: a file cannot be read, or members take different input sizes.
+    """
     loaded = load_models(path, device)
     names = [name for name, _, _ in loaded]
     meta = dict(loaded[0][2]) | {"members": names}

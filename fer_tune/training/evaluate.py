@@ -34,7 +34,20 @@ TTA = ("none", "flip", "tencrop")
 
 
 def tta_views(x: torch.Tensor, input_size: int, tta: str, shift: int = 2) -> list[torch.Tensor]:
-    """The views of a normalised (B, 1, 48, 48) batch that `tta` averages over, each (B, 1, S, S)."""
+    """The views of a normalised (B, 1, 48, 48) batch that `tta` averages over, each (B, 1, S, S).
+
+    Args:
+        x: the normalised batch.
+        input_size: the side the model was trained on, px (S).
+        tta: `none` (1 view), `flip` (2) or `tencrop` (10).
+        shift: for a 48-px model's `tencrop`: the diagonal shift towards each corner, px.
+
+    Returns:
+        The views, the center view first.
+
+    Raises:
+        ValueError: `tta` is not one of `TTA`.
+    """
     if tta not in TTA:
         raise ValueError(f"tta must be one of {TTA}, got {tta!r}")
     center = center_crop(x, input_size)
@@ -66,7 +79,19 @@ def predict_logits(
     """Logits (N, 7) float32 for uint8 images (N, 48, 48) on the model's device, averaged over TTA views.
 
     `precision` (a `train.precision` value) defaults to the GPU's autocast precision on a GPU and to fp32 on a
-    CPU: scores then do not depend on the CPU model (bf16 with AMX). `fer_tune.inference.predictor` asks for `auto`.
+    CPU: scores then do not depend on the CPU model (bf16 with AMX). `fer_tune.inference.predictor` asks for
+    `auto`.
+
+    Args:
+        model: the classifier, on the device of `images`.
+        meta: its meta (`config`, `mean`, `std`, `input_size`), as `load_model` returns it.
+        images: (N, 48, 48) uint8 faces.
+        tta: `none`, `flip` or `tencrop` (see the module's docstring).
+        batch_size: images per forward pass (each with all its views).
+        precision: `auto`, `bf16`, `fp16` or `fp32`; None for the default above.
+
+    Returns:
+        (N, 7) float32 logits, on the device of `images`.
     """
     crop = meta["config"]["augment"]["crop"]
     shift = max(1, crop // 2) if 1 <= crop <= 16 else 2
@@ -96,7 +121,21 @@ def evaluate_model(
     tta: str = "none",
     device: str | torch.device | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Metrics for each Usage split present in `data`: {split: {n, accuracy, macro_f1, recall, confusion}}."""
+    """Metrics for each Usage split present in `data`: {split: {n, accuracy, macro_f1, recall, confusion}}.
+
+    Args:
+        model: the classifier; moved to `device`.
+        meta: its meta, as `load_model` returns it.
+        data: labelled faces; each Usage split present is scored on its own.
+        tta: `none`, `flip` or `tencrop`.
+        device: where to run, as for `resolve_device`; None to pick CUDA when available.
+
+    Returns:
+        `{split: scores}`, as `fer_tune.training.metrics.scores` gives them.
+
+    Raises:
+        DataError: `data` holds images without labels 0..6.
+    """
     _check_labels(data)
     dev = resolve_device(device)
     model = model.to(dev)
@@ -109,7 +148,13 @@ def evaluate_model(
 
 
 def save_confusion_png(cm: Any, path: str | Path, title: str) -> None:
-    """Write a confusion matrix (rows true, columns predicted) with its counts and class names as a PNG."""
+    """Write a confusion matrix (rows true, columns predicted) with its counts and class names as a PNG.
+
+    Args:
+        cm: the (7, 7) matrix (a nested list or an array).
+        path: the PNG file to write.
+        title: the plot's title.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -144,6 +189,20 @@ def evaluate_dir(
     Returns {"model", "arch", "epoch", "tta", "data", "splits": {split: metrics}}, which is metrics.json.
     Files go to `out_dir` (default: the model's folder). `data` may be a path: it is parsed after the model
     was read and the output folder test-written, so neither error waits for the parse.
+
+    Args:
+        model_path: a `model.pt`, or the run folder holding one.
+        data: the dataset, or a path `load_fer2013` reads.
+        tta: `none`, `flip` or `tencrop`.
+        out_dir: where metrics.json and `confusion_<split>.png` go; None for the model's folder.
+        device: where to run; None to pick CUDA when available.
+
+    Returns:
+        The content of metrics.json.
+
+    Raises:
+        DataError: the model or the data cannot be read, or the data has no labels.
+        OutputError: the output folder cannot be written.
     """
     model_path = Path(model_path)
     model, meta = load_model(model_path, device=device)
@@ -174,12 +233,28 @@ def evaluate_ensemble(
     out_dir: str | Path | None = None,
     device: str | torch.device | None = None,
 ) -> dict[str, Any]:
-    """Score each seed of a retrain folder and their ensemble (`fer_tune.training.ensemble`), each TTA, every split.
+    """Score each seed of a retrain folder and their ensemble (`fer_tune.training.ensemble`), each TTA,
+    every split.
 
     The ensemble is the mean of the seeds' softmax probabilities (averaged over the TTA views of each seed).
     Returns {"model", "members", "data", "ttas", "results": {member | "ensemble": {tta: {split: metrics}}},
     "table"}; it is written to `out_dir/metrics.json` (default: the folder), under the key "evaluation" when
     that file already holds the retrain's report, so the report stays whole.
+
+    Args:
+        path: a retrain folder (`seed_<s>/model.pt`), a run folder or a model file.
+        data: the dataset, or a path `load_fer2013` reads.
+        ttas: the TTA modes to score, each of `TTA`.
+        out_dir: the folder of the metrics.json to write; None for `path`.
+        device: where to run; None to pick CUDA when available.
+
+    Returns:
+        The result described above.
+
+    Raises:
+        DataError: a model or the data cannot be read, the data has no labels, or members take different
+            input sizes.
+        OutputError: the output folder cannot be written.
     """
     from fer_tune.training.ensemble import Ensemble, load_models
 
@@ -240,7 +315,14 @@ def _read_json(file: Path) -> dict[str, Any]:
 
 
 def format_ensemble(result: Mapping[str, Any]) -> str:
-    """Accuracy (and macro-F1) per member and TTA (rows) and split (columns) of evaluate_ensemble's result."""
+    """Accuracy (and macro-F1) per member and TTA (rows) and split (columns) of evaluate_ensemble's result.
+
+    Args:
+        result: what `evaluate_ensemble` returned.
+
+    Returns:
+        A heading line and the table, for the terminal.
+    """
     table = pd.DataFrame(result["table"])
     wide = table.pivot_table(
         index=["model", "tta"], columns="split", values=["accuracy", "macro_f1"], sort=False
@@ -251,7 +333,14 @@ def format_ensemble(result: Mapping[str, Any]) -> str:
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:
-    """A table (one row per split) of evaluate_dir's result or evaluate_model's {split: metrics}."""
+    """A table (one row per split) of evaluate_dir's result or evaluate_model's {split: metrics}.
+
+    Args:
+        metrics: what `evaluate_dir` or `evaluate_model` returned.
+
+    Returns:
+        The table (n, accuracy, macro-F1, recall per class), headed by the model line for `evaluate_dir`'s.
+    """
     splits = metrics.get("splits", metrics)
     rows = [
         {"split": s, "n": m["n"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], **m["recall"]}

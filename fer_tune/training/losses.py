@@ -14,6 +14,13 @@ def class_weights(labels: np.ndarray, mode: str) -> np.ndarray | None:
     """Per-class loss weights from training counts (`train.class_weights`), averaging 1 over the samples.
 
     inverse: 1/n_c, so every class weighs as much as any other in total; sqrt: 1/sqrt(n_c), half-way.
+
+    Args:
+        labels: the training labels, class indices into `EMOTIONS`.
+        mode: `none`, `inverse` or `sqrt`.
+
+    Returns:
+        (7,) float32 weights, or None for `none`.
     """
     if mode == "none":
         return None
@@ -28,6 +35,15 @@ def classification_loss(
     """Cross-entropy or focal loss (`train.loss`), with label smoothing and per-class weights.
 
     Weighted losses are weighted means, sum(w_y * l) / sum(w_y), as torch's cross-entropy takes them.
+
+    Args:
+        out: (B, 7) logits.
+        y: (B,) class indices.
+        cfg: the `train:` keys (`loss`, `label_smoothing`, `focal_gamma`).
+        weight: (7,) per-class weights from `class_weights`; None for unweighted.
+
+    Returns:
+        The mean loss, a scalar tensor.
     """
     ls = cfg.label_smoothing
     if cfg.loss == "ce":

@@ -28,12 +28,29 @@ METRIC_KEYS = tuple(METRIC_MODES)
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int = len(EMOTIONS)) -> np.ndarray:
-    """(k, k) counts; rows: true class, columns: predicted class."""
+    """(k, k) counts; rows: true class, columns: predicted class.
+
+    Args:
+        y_true: class indices of the labels.
+        y_pred: class indices of the predictions, one per label.
+        k: the number of classes.
+
+    Returns:
+        The (k, k) int confusion matrix.
+    """
     return np.bincount(np.asarray(y_true) * k + np.asarray(y_pred), minlength=k * k).reshape(k, k)
 
 
 def scores(cm: np.ndarray) -> dict[str, Any]:
-    """n, accuracy, macro-F1 (over classes present in truth or prediction), per-class recall, confusion."""
+    """n, accuracy, macro-F1 (over classes present in truth or prediction), per-class recall, confusion.
+
+    Args:
+        cm: a (7, 7) confusion matrix, rows true, columns predicted.
+
+    Returns:
+        `{"n", "accuracy", "macro_f1", "recall": {class: recall}, "confusion"}`; NaN where undefined (an
+        empty matrix, a class with no true samples).
+    """
     cm = np.asarray(cm)
     tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -52,5 +69,13 @@ def scores(cm: np.ndarray) -> dict[str, Any]:
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
-    """`scores` of the confusion matrix of labels and predictions."""
+    """`scores` of the confusion matrix of labels and predictions.
+
+    Args:
+        y_true: class indices of the labels.
+        y_pred: class indices of the predictions, one per label.
+
+    Returns:
+        The dictionary `scores` returns.
+    """
     return scores(confusion(y_true, y_pred))

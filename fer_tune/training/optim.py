@@ -1,4 +1,5 @@
-"""Optimisers and learning-rate schedules built from a TrainConfig: what `train.optimizer`, `lr` and `schedule` mean."""
+"""Optimisers and learning-rate schedules built from a TrainConfig: what `train.optimizer`, `lr` and
+`schedule` mean."""
 
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ def no_weight_decay(model: nn.Module) -> set[str]:
     1-D parameters (norm weights, biases) and whatever a submodule lists in its `no_weight_decay()` (timm's
     convention: position embeddings, class tokens). Decay would pull those towards 0, which for an embedding
     means "no position", not a simpler model; the rule holds for any future family that declares its own.
+
+    Args:
+        model: the model to train.
+
+    Returns:
+        The names, as `model.named_parameters()` gives them.
+
+    Raises:
+        ValueError: a `no_weight_decay()` names a parameter the module lacks.
     """
     params = dict(model.named_parameters())
     names = {n for n, p in params.items() if p.ndim <= 1}
@@ -28,7 +38,15 @@ def no_weight_decay(model: nn.Module) -> set[str]:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """sgd | adam | adamw; no weight decay on the parameters `no_weight_decay(model)` names."""
+    """sgd | adam | adamw; no weight decay on the parameters `no_weight_decay(model)` names.
+
+    Args:
+        model: the model to train; only parameters that require grad are optimised.
+        cfg: the `train:` keys (`optimizer`, `lr`, `momentum`, `nesterov`, `weight_decay`).
+
+    Returns:
+        The optimiser; `momentum` is Adam's beta1.
+    """
     skip = no_weight_decay(model)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
@@ -46,7 +64,16 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 def build_schedulers(
     opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
 ) -> tuple[lr_scheduler.LRScheduler | None, lr_scheduler.ReduceLROnPlateau | None]:
-    """(stepped every batch, stepped every epoch on val_loss); linear warm-up from lr/10 but for onecycle."""
+    """(stepped every batch, stepped every epoch on val_loss); linear warm-up from lr/10 but for onecycle.
+
+    Args:
+        opt: the optimiser from `build_optimizer`.
+        cfg: the `train:` keys (`schedule`, `epochs`, `warmup_epochs`, `gamma`, `step_size`, `patience`).
+        steps_per_epoch: batches per epoch.
+
+    Returns:
+        (the per-batch scheduler or None, the ReduceLROnPlateau for `plateau` or None).
+    """
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
         # cycle_momentum=False: `train.momentum` means what it says for every schedule.

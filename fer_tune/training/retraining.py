@@ -1,9 +1,10 @@
 """`fer-tune retrain`: train an exported config on the full budget, with one or more seeds, and evaluate it.
 
-"The model" of a retrain is what `fer_tune.training.trainer.train` leaves in `seed_<s>/model.pt` after the config's
-`train.epochs` (or `--epochs`) epochs: the epoch count is fixed before training, and nothing is chosen by
-looking at PrivateTest. Each seed's folder works with `fer-tune evaluate`. PrivateTest, when the data has it,
-is only ever scored, and the scores of every split are written with the seeds and config that produced them.
+"The model" of a retrain is what `fer_tune.training.trainer.train` leaves in `seed_<s>/model.pt` after the
+config's `train.epochs` (or `--epochs`) epochs: the epoch count is fixed before training, and nothing is
+chosen by looking at PrivateTest. Each seed's folder works with `fer-tune evaluate`. PrivateTest, when the
+data has it, is only ever scored, and the scores of every split are written with the seeds and config that
+produced them.
 """
 
 from __future__ import annotations
@@ -125,6 +126,28 @@ def retrain(
 
     Writes `out_dir/config.yaml` (the resolved config, with the file's provenance), `out_dir/metrics.json`
     (per split and seed, and mean/std over seeds) and `out_dir/confusion_<split>.png`. Returns the metrics.
+
+    Args:
+        config_path: a run config YAML (`best_config.yaml` of `fer-tune export`), local or a URI.
+        data: the dataset, or a path `load_fer2013` reads (a path when `jobs` > 1).
+        out_dir: the retrain folder; `seed_<s>` folders go in it.
+        epochs: replaces `train.epochs`; None keeps the config's.
+        seeds: how many seeds, counting up from the config's `seed`.
+        train_on: replaces `train.train_on` (`Training` or `Training+PublicTest`); None keeps the config's.
+        tta: `none`, `flip` or `tencrop`, for the per-seed evaluation.
+        device: where to train; None to pick CUDA when available.
+        jobs: seeds trained at once, each in its own process.
+        resume: continue seeds from their `checkpoint.pt`.
+        teacher: replaces `train.teacher`; None keeps the config's.
+
+    Returns:
+        The report written to metrics.json (with the ensemble's scores under `evaluation` for 2+ seeds).
+
+    Raises:
+        ConfigError: `seeds` or `jobs` below 1, a bad config, a teacher in `out_dir`, or `jobs` > 1 with a
+            loaded dataset.
+        DataError: the config, the teacher or the data cannot be read, or the data lacks the training splits.
+        OutputError: `out_dir` cannot be written.
     """
     from fer_tune.base.storage import local_file
 

@@ -1,10 +1,11 @@
 """The trainable: one `train(config, data)` for `fer-tune train`, Ray Tune trials and final retrains.
 
 Each split lives on the device as one uint8 tensor; batches are randperm slices, augmented whole on the
-device (`fer_tune.training.augment`). Every epoch reports the same metrics, writes a self-describing checkpoint (model,
-optimizer, schedulers, RNG states, history, config, normalisation) and can be resumed bit-for-bit on CPU.
+device (`fer_tune.training.augment`). Every epoch reports the same metrics, writes a self-describing
+checkpoint (model, optimizer, schedulers, RNG states, history, config, normalisation) and can be resumed
+bit-for-bit on CPU.
 
-Choices (documented in the README):
+Choices (documented in docs/training.md):
 - Validation is PublicTest. When it is also trained on (`train.train_on: Training+PublicTest`), `val_*` is
   still computed on it but is not held out: the result says `val_held_out: False`. Without PublicTest in
   the data, `val_loss`/`val_acc` are NaN and the plateau schedule steps on `train_loss`.
@@ -45,7 +46,16 @@ CUDA_CHECK_EVERY = 25  # steps between non-finite-loss checks on CUDA (a check i
 
 
 def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Sorted indices of n rows with each class in proportion (at least one each), reproducible by seed."""
+    """Sorted indices of n rows with each class in proportion (at least one each), reproducible by seed.
+
+    Args:
+        labels: the class index of each row.
+        n: how many rows to keep (`train.subset`).
+        seed: seeds the draw.
+
+    Returns:
+        The indices, sorted; all of them when `n` is not below the row count.
+    """
     if n >= len(labels):
         return np.arange(len(labels))
     classes, counts = np.unique(labels, return_counts=True)
@@ -67,6 +77,12 @@ def pixel_stats(images: np.ndarray) -> tuple[float, float]:
 
     Runs at every trial's start: numpy's `std()` would make a float64 copy of the whole split (530 MB for
     FER2013's Training), per trial; the histogram is one pass over the bytes and exact.
+
+    Args:
+        images: uint8 pixels, any shape.
+
+    Returns:
+        (mean, std) on the 0..255 scale; std is 1.0 for constant images.
     """
     counts = np.bincount(images.ravel(), minlength=256).astype(np.float64)
     levels = np.arange(256.0)
@@ -78,7 +94,15 @@ def pixel_stats(images: np.ndarray) -> tuple[float, float]:
 
 def epoch_order(labels: torch.Tensor, sampler: str) -> torch.Tensor:
     """The epoch's image indices: a permutation (shuffle), or n draws with replacement in which every class
-    is equally likely (balanced: a rare class's images are seen several times an epoch)."""
+    is equally likely (balanced: a rare class's images are seen several times an epoch).
+
+    Args:
+        labels: (N,) class indices of the training split, on the device.
+        sampler: `train.sampler`: `shuffle` or `balanced`.
+
+    Returns:
+        (N,) indices into the split.
+    """
     if sampler == "balanced":
         per_class = torch.bincount(labels, minlength=len(EMOTIONS)).clamp(min=1)
         return torch.multinomial(1.0 / per_class[labels].float(), len(labels), replacement=True)
@@ -106,6 +130,28 @@ def train_one_epoch(
     `weight`: per-class loss weights. `train.sampler: balanced` draws the epoch's n images with replacement,
     each class equally often, instead of a permutation. With a `teacher`, `train.distill_alpha` of the loss is
     `distill_loss` against its output on the same augmented batch.
+
+    Args:
+        model: the model, trained in place.
+        opt: its optimiser.
+        sched: the per-batch scheduler, stepped after each step; None for none.
+        images: (N, 48, 48) uint8 training images on the device.
+        labels: (N,) their class indices.
+        cfg: the run's config.
+        norm: (mean, std) of the training pixels (0..255).
+        epoch: the 1-based epoch number, for messages.
+        amp: the precision forward passes run in.
+        scaler: the fp16 gradient scaler; None otherwise.
+        bar: a tqdm bar advanced as steps finish; None for none.
+        weight: (7,) per-class loss weights; None for unweighted.
+        teacher: the distillation teacher; None for none.
+
+    Returns:
+        `{"train_loss", "train_acc" (against each batch's dominant label), "lr" (of the last step),
+        "images"}`.
+
+    Raises:
+        FloatingPointError: a loss was NaN or infinite; the message names the epoch and step.
     """
     model.train()
     dev, n = images.device, len(labels)
@@ -167,8 +213,20 @@ def evaluate_split(
     input_size: int,
     amp: Precision | None = None,
 ) -> dict[str, Any]:
-    """Mean cross-entropy and `fer_tune.training.metrics.scores` (accuracy, macro-F1, recall per class) in eval mode,
-    without augmentation (the center crop for crop-trained models); NaN scores for no images."""
+    """Mean cross-entropy and `fer_tune.training.metrics.scores` (accuracy, macro-F1, recall per class) in
+    eval mode, without augmentation (the center crop for crop-trained models); NaN scores for no images.
+
+    Args:
+        model: the model; put in eval mode.
+        images: (N, 48, 48) uint8 images on the device.
+        labels: (N,) their class indices.
+        norm: (mean, std) of the training pixels (0..255).
+        input_size: the side the model was trained on, px.
+        amp: the precision to run in; None for fp32.
+
+    Returns:
+        `{"loss", ...scores}`.
+    """
     k = len(EMOTIONS)
     if len(labels) == 0:
         return {"loss": math.nan, **scores(np.zeros((k, k), dtype=np.int64))}  # every score NaN
@@ -186,7 +244,17 @@ def evaluate_split(
 
 @dataclass
 class DeviceData:
-    """Training and validation splits on the device, the clean-accuracy sample, what the model records."""
+    """Training and validation splits on the device, the clean-accuracy sample, what the model records.
+
+    Args:
+        x_train: (N, 48, 48) uint8 training images.
+        y_train: (N,) int64 their class indices.
+        x_val: PublicTest's images (empty when the data has none).
+        y_val: PublicTest's class indices.
+        clean: indices of the fixed training sample scored without augmentation (`clean_train_acc`).
+        weight: (7,) float32 per-class loss weights (`train.class_weights`); None for unweighted.
+        state: `mean`, `std`, `input_size`, `val_held_out`, `data`: saved with checkpoints and model.pt.
+    """
 
     x_train: torch.Tensor  # (N, 48, 48) uint8
     y_train: torch.Tensor  # (N,) int64
@@ -198,14 +266,35 @@ class DeviceData:
 
     @property
     def norm(self) -> tuple[float, float]:
+        """(mean, std) of the training pixels, on the 0..255 scale."""
         return self.state["mean"], self.state["std"]
 
     def steps_per_epoch(self, batch_size: int) -> int:
+        """Optimiser steps per epoch (the last partial batch is dropped).
+
+        Args:
+            batch_size: `train.batch_size`; the split's size when larger.
+
+        Returns:
+            Full batches in the training split.
+        """
         return len(self.y_train) // min(batch_size, len(self.y_train))
 
 
 def prepare_data(cfg: RunConfig, data: FER2013, dev: torch.device) -> DeviceData:
-    """The training split (or its stratified subset) and PublicTest, on the device as uint8."""
+    """The training split (or its stratified subset) and PublicTest, on the device as uint8.
+
+    Args:
+        cfg: the run's config (`train.train_on`, `train.subset`, `train.class_weights`, `seed`).
+        data: the dataset.
+        dev: the device to put the splits on.
+
+    Returns:
+        The splits and their normalisation; warns when PublicTest is also trained on.
+
+    Raises:
+        DataError: the data lacks a split `train.train_on` names.
+    """
     usages = cfg.train.train_usages
     missing = [u for u in usages if u not in data.splits]
     if missing:
@@ -254,7 +343,28 @@ def run_epoch(
     progress: bool = False,
     teacher: Teacher | None = None,
 ) -> dict[str, Any]:
-    """Train one epoch, score PublicTest and the clean training sample, step plateau; the metrics."""
+    """Train one epoch, score PublicTest and the clean training sample, step plateau; the metrics.
+
+    Args:
+        model: the model, trained in place.
+        opt: its optimiser.
+        sched: the per-batch scheduler; None for none.
+        plateau: the per-epoch ReduceLROnPlateau, stepped on val_loss (train_loss without PublicTest);
+            None for none.
+        d: the splits on the device.
+        cfg: the run's config.
+        epoch: the 1-based epoch number.
+        amp: the precision forward passes run in.
+        scaler: the fp16 gradient scaler; None otherwise.
+        progress: show a tqdm bar and print the metrics.
+        teacher: the distillation teacher; None for none.
+
+    Returns:
+        One metrics dict, with the keys of `METRIC_KEYS`.
+
+    Raises:
+        FloatingPointError: a loss was NaN or infinite.
+    """
     bar = None
     if progress:
         from tqdm import tqdm
@@ -329,7 +439,13 @@ def train(
             `fer_tune.training.device.memory_cap(gpu_fraction)`.
 
     Returns:
-        `best_val_acc`, `best_epoch`, `history` (one metrics dict per epoch), `val_held_out`, `params`.
+        `best_val_acc`, `best_epoch`, `history` (one metrics dict per epoch), `val_held_out`, `params`,
+        `out_dir` (None without one).
+
+    Raises:
+        ConfigError: a bad config, or one that differs from the checkpoint resumed.
+        DataError: the data lacks a training split, or the teacher or checkpoint cannot be read.
+        DeviceError: the device cannot be used.
     """
     cfg = as_run_config(config)
     if threads is not None:
