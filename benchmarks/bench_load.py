@@ -79,7 +79,7 @@ def main() -> None:
     folder = work / "results" / "load"
     t0 = time.perf_counter()
     report = subprocess.run(
-        [sys.executable, "-m", "fer_tune.cli.commands", "report", str(folder)], capture_output=True, text=True
+        [sys.executable, "-m", "fer_tune.cli", "report", str(folder)], capture_output=True, text=True
     )
     report_s = time.perf_counter() - t0
     trials = pd.read_csv(folder / "trials.csv")

@@ -68,7 +68,7 @@ class Arm:
 
 
 def _cli() -> list[str]:
-    return [sys.executable, "-m", "fer_tune.cli.commands"]
+    return [sys.executable, "-m", "fer_tune.cli"]
 
 
 def _run(cmd: list[str], log: Path, budget_s: float, poll=None) -> tuple[int, float]:

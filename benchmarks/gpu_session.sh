@@ -60,20 +60,20 @@ python3 -c "import ray, optuna; print('ray', ray.__version__, 'optuna', optuna._
 stage gpu-tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_packing.py -m "not ray"
 stage bench-models 60 python3 benchmarks/bench_models.py --device cuda --batch 128
 stage bench-packing 100 python3 benchmarks/bench_packing.py --seconds 3 --json "$OUT/packing.json"
-stage smoke-search 120 python3 -m fer_tune.cli.commands --space smoke --data "$DATA" --gpus 1 --gpus-per-trial 0.25 \
+stage smoke-search 120 python3 -m fer_tune.cli --space smoke --data "$DATA" --gpus 1 --gpus-per-trial 0.25 \
   --results "$RES" --name smoke-gpu
 # Limits: the budget, plus Ray's start and the packing probe (about 30 s a family on the H200), plus the end.
-stage reference-search $((SEARCH_BUDGET + 180)) python3 -m fer_tune.cli.commands --space reference --data "$DATA" --gpus 1 \
+stage reference-search $((SEARCH_BUDGET + 180)) python3 -m fer_tune.cli --space reference --data "$DATA" --gpus 1 \
   --gpus-per-trial auto --time-budget "${SEARCH_BUDGET}s" --results "$RES" --name reference
 if [ -f "$RETRAIN_CONFIG" ]; then
   # Fixed epochs (the config's train.epochs), Training only; the three seeds share the GPU.
   left=$((DEADLINE - ($(date +%s) - T0) - 20))
-  stage retrain "$left" python3 -m fer_tune.cli.commands retrain "$RETRAIN_CONFIG" --data "$DATA" \
+  stage retrain "$left" python3 -m fer_tune.cli retrain "$RETRAIN_CONFIG" --data "$DATA" \
     --seeds 3 --jobs 3 --device cuda --out "$RES/reference/final"
 fi
-stage report 40 python3 -m fer_tune.cli.commands report "$RES/reference"
+stage report 40 python3 -m fer_tune.cli report "$RES/reference"
 # A short search with everything on (auto packing, Optuna, ASHA, a time budget that cuts trials).
-stage check-search $((CHECK_BUDGET + 180)) python3 -m fer_tune.cli.commands --space reference --data "$DATA" --gpus 1 \
+stage check-search $((CHECK_BUDGET + 180)) python3 -m fer_tune.cli --space reference --data "$DATA" --gpus 1 \
   --gpus-per-trial auto --time-budget "${CHECK_BUDGET:-60}s" --num-samples 8 --results "$RES" --name check
 
 # Weights as fp16 (under the 16 MB a file may be), the rest of the evidence as one archive.
