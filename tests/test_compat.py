@@ -15,7 +15,7 @@ import yaml
 
 from fer_tune.cli import main
 from fer_tune.search import legacy_names
-from fer_tune.search.folder import STUDY_DB_ENV
+from fer_tune.search.study import STUDY_DB_ENV
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 # Every committed search whose Ray state was pickled (tuner.pkl) by an earlier fer-tune.

@@ -96,7 +96,7 @@ def test_search_then_retrain_in_one_command(ray_cluster, small_csv, tmp_path, ca
 
 def test_retrain_needs_a_positive_number_of_seeds(capsys) -> None:
     assert main(["--space", "smoke", "--retrain", "0"]) == 2
-    assert "--retrain: the number of seeds must be >= 1, got 0" in capsys.readouterr().err
+    assert "argument --retrain: must be >= 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.ray

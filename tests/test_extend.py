@@ -110,6 +110,17 @@ def test_extend_refuses_what_it_cannot_continue(ray_cluster, tmp_path: Path, cap
             "ranks by val_acc (max)",
         ),
         (["extend", str(opt), "--num-samples", "0"], "--num-samples: must be >= 1"),
+        (  # wider than the search's: its help says narrower, and the report's distributions are phase 1's
+            [
+                "extend",
+                str(opt),
+                "--num-samples",
+                "2",
+                "--space",
+                str(write(tmp_path / "w.yaml", space_doc({"loguniform": [1e-3, 0.5]}, {"choice": [4, 8]}))),
+            ],
+            "train.lr: loguniform [0.001, 0.5] reaches 0.5, outside the search's loguniform [0.001, 0.2]",
+        ),
     ]
     for argv, message in cases:
         capsys.readouterr()

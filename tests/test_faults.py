@@ -9,6 +9,7 @@ trial that hangs, Ctrl-C pressed twice.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -16,6 +17,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import termios
+import threading
 import time
 from pathlib import Path
 
@@ -274,6 +277,44 @@ class Runner:
         self.procs.append(proc)
         return proc
 
+    def start_in_terminal(self, *args: str) -> subprocess.Popen:
+        """`fer-tune ARGS` in a new session whose controlling terminal is a pseudo-terminal, as a user's shell
+        runs it: `proc.type(b"\\x03")` is Ctrl-C typed there (the terminal sends SIGINT to its foreground
+        process group). What the terminal shows goes to the log."""
+        master, slave = os.openpty()
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "WANDB_MODE": "disabled", "TERM": "xterm"}
+        env.pop("RAY_ADDRESS", None)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fer_tune.cli", *args],
+            env=env,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            # setsid ran first: fd 0 (the pty) becomes the session's controlling terminal.
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+        )
+        os.close(slave)
+        proc.log = self.tmp_path / f"log-{len(self.procs)}.txt"  # type: ignore[attr-defined]
+
+        def drain() -> None:  # a full pty buffer would block the search's output
+            with open(proc.log, "wb") as out:  # type: ignore[attr-defined]
+                while True:
+                    try:
+                        chunk = os.read(master, 4096)
+                    except OSError:  # EIO: every process holding the terminal has exited
+                        break
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    out.flush()
+            os.close(master)
+
+        threading.Thread(target=drain, daemon=True).start()
+        proc.type = lambda keys: os.write(master, keys)  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc
+
     def close(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -474,6 +515,57 @@ def test_a_hung_trial_is_stopped_after_the_trial_timeout_and_the_search_goes_on(
     assert reasons == {0.05: "completed", 0.0123: "timed out", 0.02: "completed"}
     assert (trials[trials["config/train/lr"] == 0.0123]["epochs"] == 1).all()
     assert "timed out" in set(__import__("pandas").read_csv(folder / "trials.csv")["stop_reason"])
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("how", ["typed in its terminal", "kill -INT to its group", "kill -INT to it"])
+def test_one_ctrl_c_stops_a_search_as_an_interruption_that_resumes(
+    tmp_path: Path, data_csv: Path, runner: Runner, how: str
+) -> None:
+    """The first Ctrl-C every user presses: exit 130, the resume line, the state unfinished; resume completes.
+    (Ray Tune's own SIGINT handler used to end the loop quietly: exit 0, "finished", nothing to resume.)"""
+    sp = write_space(tmp_path, {"num_samples": 2, "scheduler": "none", "seed": 4}, {"epochs": 20})
+    folder = tmp_path / "results" / "c1"
+    args = ["--space", str(sp), "--data", str(data_csv), "--gpus", "0", "--cpus", "2"]
+    args += ["--results", str(folder.parent), "--name", "c1"]
+    proc = runner.start_in_terminal(*args) if how.startswith("typed") else runner.start(*args)
+    wait_for_epochs(folder, proc, 2)
+    if how.startswith("typed"):
+        proc.type(b"\x03")
+    else:
+        (os.killpg if "group" in how else os.kill)(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, proc.log.read_text(errors="replace")[-3000:]
+    time.sleep(0.5)  # the terminal's last output
+    assert f"Continue it with: fer-tune --resume {folder}" in proc.log.read_text(errors="replace")
+    assert json.loads((folder / "fer_tune.json").read_text())["finished"] is False
+    assert runner.start("--resume", str(folder)).wait(timeout=240) == 0
+    assert_continued(folder, 2, 20)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_sigterm_to_the_process_group_stops_within_seconds_and_resumes(
+    tmp_path: Path, data_csv: Path, runner: Runner
+) -> None:
+    """`kill -TERM -PGID` (a job control or a scheduler stopping the job) reaches Ray's own processes too;
+    the driver used to wait 60 s more for the dead GCS ("Failed to connect to GCS within 60 seconds")."""
+    sp = write_space(tmp_path, {"num_samples": 2, "scheduler": "none", "seed": 5}, {"epochs": 20})
+    folder = tmp_path / "results" / "term"
+    args = ["--space", str(sp), "--data", str(data_csv), "--gpus", "0", "--cpus", "2"]
+    proc = runner.start(*args, "--results", str(folder.parent), "--name", "term")
+    wait_for_epochs(folder, proc, 2)
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)
+    code = proc.wait(timeout=120)
+    took = time.monotonic() - t0
+    log = proc.log.read_text(errors="replace")
+    assert code == 130 and took < 20, f"exit {code} after {took:.0f} s: {log[-3000:]}"
+    assert f"Continue it with: fer-tune --resume {folder}" in log
+    assert runner.start("--resume", str(folder)).wait(timeout=240) == 0
+    assert_continued(folder, 2, 20)
 
 
 @pytest.mark.ray

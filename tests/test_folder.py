@@ -13,8 +13,8 @@ import pytest
 from fer_tune.base import DataError
 from fer_tune.search import InSpaceSampler, Phase, SearchFolder, SearchState, parse_space
 from fer_tune.search.conversion import config_distributions, outside
-from fer_tune.search.folder import STUDY_DB_ENV, study_storage
 from fer_tune.search.internals import study_backend
+from fer_tune.search.study import STUDY_DB_ENV, study_storage
 
 SMOKE = Path(__file__).resolve().parents[1] / "results" / "smoke-cpu"
 

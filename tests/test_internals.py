@@ -22,7 +22,7 @@ from ray.tune import Checkpoint, CheckpointConfig, PlacementGroupFactory
 from ray.tune.experiment import Trial as RayTrial
 from ray.tune.search.optuna import OptunaSearch
 
-from fer_tune.search import internals
+from fer_tune.search import InSpaceSampler, internals
 from fer_tune.search import sampler as sampler_module
 from fer_tune.search.internals import (
     AUTH_TOKEN_LOGGER,
@@ -43,7 +43,6 @@ from fer_tune.search.internals import (
     study_trials,
     training_result,
 )
-from fer_tune.search.sampler import InSpaceSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 

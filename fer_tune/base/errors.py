@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import reprlib
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 class FerTuneError(Exception):
@@ -25,6 +27,38 @@ class DeviceError(FerTuneError):
 
 class OutputError(FerTuneError):
     """An output folder or file that cannot be written: the message names it and the OS's reason."""
+
+
+def _short_repr() -> reprlib.Repr:
+    r = reprlib.Repr()
+    r.maxlevel, r.maxdict, r.maxlist, r.maxtuple, r.maxset = 3, 6, 8, 8, 8
+    r.maxstring = r.maxother = r.maxlong = 200
+    return r
+
+
+_REPR = _short_repr()  # never builds a whole repr: a value may be a huge string or an alias-expanded tree
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """`value` as an error message quotes it: its repr, cut to `limit` characters (`...` where cut).
+
+    A message is one line a person reads: a value that a YAML alias expanded, or a binary file read as text,
+    must not turn it into kilobytes.
+
+    Args:
+        value: any value (a string is quoted, as `repr` does).
+        limit: the most characters returned, at least 8.
+
+    Returns:
+        The repr, whole when it fits, else its first `limit - 3` characters and `...`.
+    """
+    try:
+        text = _REPR.repr(value)
+    except ValueError:  # it holds an int too long to print (Python refuses over 4,300 digits)
+        text = f"<{type(value).__name__} too long to print>"
+    text = " ".join(text.splitlines())  # one line, whatever a type's own repr does
+    limit = max(limit, 8)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check(ok: bool, key: str, msg: str) -> None:

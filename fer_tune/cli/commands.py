@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fer_tune.base import FerTuneError, check, check_writable
+from fer_tune.base import FerTuneError, check_output, check_writable
+from fer_tune.base.outputs import EVALUATE_WRITES, RETRAIN_WRITES, TRAIN_WRITES
+from fer_tune.base.storage import is_uri
 
 
 def check_device(device: str | None) -> None:
@@ -53,6 +55,7 @@ def train_command(args: argparse.Namespace) -> int:
     """
     from fer_tune.data import load_fer2013
     from fer_tune.training import RunConfig, check_teacher, train
+    from fer_tune.training.checkpoint import check_resumable
 
     if args.config is None and args.resume is None:
         raise FerTuneError("give a run config YAML, or a run to continue with --resume DIR")
@@ -64,6 +67,13 @@ def train_command(args: argparse.Namespace) -> int:
     cfg = cfg.override(epochs=args.epochs, teacher=args.teacher)
     if cfg.train.teacher is not None:
         check_teacher(cfg.train.teacher, out)  # before the data is parsed
+    if args.resume is not None and Path(out).expanduser().resolve() == Path(args.resume).resolve():
+        check_output(out, "--out")  # continuing that run, in place: never in a search's folder
+    else:
+        sources = [args.config or ""] + ([Path(args.resume) / "checkpoint.pt"] if args.resume else [])
+        check_output(out, "--out", sources=[s for s in sources if s], writes=TRAIN_WRITES, kind="run")
+    if args.resume is not None:
+        check_resumable(args.resume, cfg)  # another config: refused before the data is parsed
     check_writable(out, "--out")  # before the data is parsed: a bad --out costs nothing
     train(cfg, load_fer2013(args.data), out_dir=out, device=args.device, progress=True, resume=args.resume)
     return 0
@@ -88,6 +98,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
     check_device(args.device)
     files = model_files(args.model)
+    own = Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent  # the default --out
+    if args.out is not None and Path(args.out).expanduser().resolve() != own.resolve():
+        check_output(args.out, "--out", sources=files, writes=EVALUATE_WRITES, kind="evaluation")
     if len(files) > 1:  # a retrain folder: each seed and their ensemble
         ttas = tuple(dict.fromkeys(("none", "flip", args.tta)))
         result = evaluate_ensemble(args.model, args.data, ttas=ttas, out_dir=args.out, device=args.device)
@@ -112,8 +125,6 @@ def search_command(args: argparse.Namespace) -> int:
     from fer_tune.search import SearchResources, load_space, parse_duration, resume_search, run_search
     from fer_tune.search.recovery import check_target
 
-    if args.retrain is not None and args.retrain < 1:
-        raise FerTuneError(f"--retrain: the number of seeds must be >= 1, got {args.retrain}")
     if args.resume:
         code = resume_search(
             args.resume, retry_errored=args.retry_errored, address=args.address, verbose=args.verbose
@@ -233,6 +244,12 @@ def retrain_command(args: argparse.Namespace) -> int:
     from fer_tune.training import retrain
 
     check_device(args.device)
+    out = Path(args.out).expanduser().resolve()
+    config = None if is_uri(args.config) else Path(args.config).expanduser().resolve()
+    # --resume of the retrain in --out reads its own config.yaml, and writes it again unchanged.
+    own = args.resume and config == out / "config.yaml"
+    sources = [config] if config is not None and not own else []
+    check_output(args.out, "--out", sources=sources, writes=RETRAIN_WRITES, kind="retrain")
     retrain(
         args.config,
         data=args.data,
@@ -277,8 +294,7 @@ def predict_command(args: argparse.Namespace) -> int:
     from fer_tune.inference import FaceDetector, load, predict_files
 
     check_device(args.device)
-    step = args.scale_step
-    check(step is None or 1 < step <= 2, "--scale-step", f"must be in (1, 2], got {step}")
+    step = args.scale_step  # in (1, 2]: its argparse type (scripts.py)
     predictor = load(args.model, device=args.device)
     if step is not None and not args.no_detect:
         predictor.detector = FaceDetector(scale_step=step)
@@ -306,8 +322,9 @@ def export_model_command(args: argparse.Namespace) -> int:
         raise FerTuneError(f"--quantize {args.quantize}: ONNX only, not --format {args.format}")
     if not args.data:
         raise FerTuneError(f"--quantize {args.quantize} needs --data: it calibrates on the Training faces")
-    if args.calibration < 1:
-        raise FerTuneError(f"--calibration: must be >= 1, got {args.calibration}")
-    agreement, held_out = export_quantized(args.model, out, args.data, args.calibration)
+    calibration = 512 if args.calibration is None else args.calibration  # None: not given (scripts.py)
+    if calibration < 1:
+        raise FerTuneError(f"--calibration: must be >= 1, got {calibration}")
+    agreement, held_out = export_quantized(args.model, out, args.data, calibration)
     print(f"wrote {out} ({args.quantize}: the float model's answer on {agreement:.1%} of {held_out} faces)")
     return 0

@@ -7,10 +7,12 @@ evaluate, resume, extend, export, retrain, report, predict and export-model."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
-from fer_tune.base import FerTuneError
+from fer_tune.base import MAX_FAILURES, MAX_INT, MAX_TRIALS, FerTuneError
 from fer_tune.cli.commands import (
     data_command,
     evaluate_command,
@@ -26,13 +28,66 @@ from fer_tune.cli.commands import (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (`fer-tune: error: argument --cpus: ...`), as every other error:
+    argparse's own prints its usage first and exits itself."""
+
+    def error(self, message: str) -> NoReturn:
+        message = " ".join(message.splitlines())  # it quotes the arguments, which may hold line breaks
+        message = message if len(message) <= 300 else message[:297] + "..."
+        raise FerTuneError(f"{message} (see {self.prog} --help)")
+
+
+def _cut(text: str, limit: int = 40) -> str:
+    """A flag's value as a message quotes it: on one line (escaped), cut to `limit` characters."""
+    return repr(text[:limit])[1:-1] + ("..." if len(text) > limit else "")
+
+
+def _integer(lo: int, hi: int = MAX_INT) -> Callable[[str], int]:
+    """An argparse type: an integer in lo..hi, or a one-line error saying the range."""
+
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:  # also an integer of over 4,300 digits
+            raise argparse.ArgumentTypeError(f"expected an integer, got {_cut(text)}") from None
+        if not lo <= value <= hi:
+            bounds = f">= {lo}" + (f" and <= {hi}" if hi < MAX_INT else "")
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {_cut(text)}")
+        return value
+
+    return integer
+
+
+def _number(lo: float, hi: float = math.inf, *, above: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number >= lo (> lo when `above`) and <= hi; `nan`, `inf` are refused."""
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {_cut(text)}")
+        if not ((value > lo if above else value >= lo) and value <= hi):
+            if hi < math.inf:
+                bounds = f"in {'(' if above else '['}{lo:g}, {hi:g}]"
+            else:
+                bounds = f"{'>' if above else '>='} {lo:g}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {_cut(text)}")
+        return value
+
+    return number
+
+
 def _gpu_share(value: str) -> float | str:
     if value == "auto":
         return value
     try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or auto, got {value!r}") from None
+        share = _number(0, 1)(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or auto, got {_cut(value)}") from None
+    return share
 
 
 def _add_search_args(p: argparse.ArgumentParser) -> None:
@@ -40,21 +95,25 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data", help="FER2013 CSV or image folder (default: $FER_TUNE_DATA, the space's data:, ./)"
     )
-    p.add_argument("--gpus", type=float, help="GPUs to use (0: CPU only; default: all visible)")
+    p.add_argument("--gpus", type=_number(0), help="GPUs to use (0: CPU only; default: all visible)")
     p.add_argument(
         "--gpus-per-trial",
         type=_gpu_share,
         help="GPU share per trial, e.g. 0.25 packs 4 trials per GPU; auto: measure, per model family, how "
         "many trials packed on one GPU still raise its throughput",
     )
-    p.add_argument("--cpus", type=int, help="CPUs to use (default: all)")
-    p.add_argument("--cpus-per-trial", type=int, help="CPUs (and torch threads) per trial")
-    p.add_argument("--num-samples", type=int, help="trials to run")
+    p.add_argument("--cpus", type=_integer(1), help="CPUs to use (default: all)")
+    p.add_argument("--cpus-per-trial", type=_integer(0), help="CPUs (and torch threads) per trial")
+    p.add_argument("--num-samples", type=_integer(1, MAX_TRIALS), help=f"trials to run (1 to {MAX_TRIALS})")
     p.add_argument(
         "--time-budget",
         help="stop the search after this long (90m, 2h, 3600s): running trials are stopped when it runs out",
     )
-    p.add_argument("--max-failures", type=int, help="retries of a trial that failed (default 0)")
+    p.add_argument(
+        "--max-failures",
+        type=_integer(0, MAX_FAILURES),
+        help=f"retries of a trial that failed (default 0, at most {MAX_FAILURES})",
+    )
     p.add_argument(
         "--trial-timeout",
         help="stop a trial that has not reported an epoch for this long (10m, 1h; default: never): it is "
@@ -69,7 +128,7 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry-errored", action="store_true", help="with --resume: run errored trials again")
     p.add_argument(
         "--retrain",
-        type=int,
+        type=_integer(1),
         metavar="N",
         help="when the search has finished, retrain its best config with N seeds (on Training, for the "
         "space's search.retrain_epochs or the config's own epochs) "
@@ -82,7 +141,7 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
 
 def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Namespace], int]]]:
     def parser(name: str, help: str) -> argparse.ArgumentParser:
-        return argparse.ArgumentParser(prog=f"fer-tune {name}".strip(), description=help)
+        return _Parser(prog=f"fer-tune {name}".strip(), description=help)
 
     search = parser("", "Search hyperparameters of FER2013 models with Ray Tune (ASHA + Optuna).")
     _add_search_args(search)
@@ -113,7 +172,7 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     train.add_argument("--data", required=True, help="FER2013 CSV or image folder")
     train.add_argument("--out", help="output folder (default: runs/train; with --resume: DIR)")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint.pt")
-    train.add_argument("--epochs", type=int, help="override train.epochs")
+    train.add_argument("--epochs", type=_integer(1), help="override train.epochs")
     train.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
 
     evaluate = parser("evaluate", "Evaluate a trained model on every Usage split present in the data.")
@@ -139,7 +198,7 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
 
     extend = parser("extend", "Run more trials of a search, in its folder and Optuna study (a new phase).")
     extend.add_argument("path", help="the search folder, results/<name>")
-    extend.add_argument("--num-samples", type=int, required=True, help="trials to add")
+    extend.add_argument("--num-samples", type=_integer(1, MAX_TRIALS), required=True, help="trials to add")
     extend.add_argument("--space", help="a narrower space (ranges, fixed values); default: the search's own")
     extend.add_argument("--time-budget", help="stop this phase after this long (90m, 2h, 3600s)")
     extend.add_argument("--data", help="FER2013 CSV or image folder (default: the search's)")
@@ -148,17 +207,22 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
 
     export = parser("export", "Write the K-th best trial's complete run config, with provenance.")
     export.add_argument("search", help="the search folder, results/<name>")
-    export.add_argument("--rank", type=int, default=1, help="1 = best (default)")
+    export.add_argument("--rank", type=_integer(1), default=1, help="1 = best (default)")
     export.add_argument("-o", "--output", default="best.yaml", help="output YAML (default: best.yaml)")
 
     retrain = parser("retrain", "Train an exported config on the full budget and evaluate it on every split.")
     retrain.add_argument("config", help="run config YAML, e.g. from `fer-tune export`")
     retrain.add_argument("--data", required=True, help="FER2013 CSV or image folder")
     retrain.add_argument("--out", required=True, help="output folder")
-    retrain.add_argument("--epochs", type=int, help="override train.epochs")
-    retrain.add_argument("--seeds", type=int, default=1, help="independent runs with seeds seed..seed+N-1")
+    retrain.add_argument("--epochs", type=_integer(1), help="override train.epochs")
     retrain.add_argument(
-        "--jobs", type=int, default=1, help="seeds trained at once in separate processes (a GPU fits several)"
+        "--seeds", type=_integer(1), default=1, help="independent runs with seeds seed..seed+N-1"
+    )
+    retrain.add_argument(
+        "--jobs",
+        type=_integer(1),
+        default=1,
+        help="seeds trained at once in separate processes (a GPU fits several)",
     )
     retrain.add_argument(
         "--train-on", choices=["Training", "Training+PublicTest"], help="override train.train_on"
@@ -194,10 +258,12 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     predict.add_argument("--out", help="write annotated copies and predictions.csv here")
     predict.add_argument("--no-detect", action="store_true", help="each image is one face crop")
     predict.add_argument("--tta", choices=["none", "flip"], default="none", help="test-time augmentation")
-    predict.add_argument("--every", type=int, default=10, help="videos: classify every N-th frame (10)")
+    predict.add_argument(
+        "--every", type=_integer(1), default=10, help="videos: classify every N-th frame (10)"
+    )
     predict.add_argument(
         "--scale-step",
-        type=float,
+        type=_number(1, 2, above=True),
         help="the face detector's ratio between window sizes (default 1.1); 1.15 detects 1.2x faster and "
         "finds a few percent fewer faces (docs/predict.md)",
     )
@@ -216,7 +282,7 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     )
     export_model.add_argument("--data", help="with --quantize: FER2013 CSV or folder (its Training faces)")
     export_model.add_argument(
-        "--calibration", type=int, default=512, help="with --quantize: faces to calibrate on (512)"
+        "--calibration", type=_integer(1), help="with --quantize: faces to calibrate on (512)"
     )
 
     return {
@@ -234,6 +300,59 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     }
 
 
+# Search flags that `--resume DIR` ignores: the search continues with what its folder recorded.
+_RESUME_IGNORES = (
+    "space",
+    "num_samples",
+    "time_budget",
+    "max_failures",
+    "trial_timeout",
+    "cpus",
+    "cpus_per_trial",
+    "gpus_per_trial",
+    "name",
+    "results",
+    "data",
+    "wandb_project",
+    "wandb_mode",
+)
+
+
+def _refuse_ignored(command: str, args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Flags given together that would be silently ignored: one line naming them, before anything runs.
+
+    Raises:
+        FerTuneError: a flag that only means something with another, or that the other makes meaningless.
+    """
+
+    def given(dest: str) -> bool:
+        return getattr(args, dest) != parser.get_default(dest)
+
+    def flag(dest: str) -> str:
+        return "--" + dest.replace("_", "-")
+
+    if command == "":
+        if args.retry_errored and not args.resume:
+            raise FerTuneError(
+                "--retry-errored needs --resume DIR: it reruns the errored trials of that search"
+            )
+        ignored = [flag(d) for d in _RESUME_IGNORES if args.resume and given(d)]
+        if args.resume and given("gpus") and not args.retrain:
+            ignored.append("--gpus")  # with --retrain it picks the retrain's device
+        if ignored:
+            raise FerTuneError(
+                f"--resume {args.resume} continues that search as its folder recorded it, so "
+                f"{', '.join(ignored)} would be ignored; to add trials (optionally in a narrower --space): "
+                f"fer-tune extend {args.resume} --num-samples N"
+            )
+    elif command == "export-model" and not args.quantize:
+        extra = [flag(d) for d in ("data", "calibration") if given(d)]
+        if extra:
+            raise FerTuneError(f"{', '.join(extra)}: only with --quantize int8 (the faces it calibrates on)")
+    elif command == "predict" and args.no_detect and given("scale_step"):
+        raise FerTuneError("--scale-step sets the face detector, which --no-detect turns off")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `fer-tune` console script.
 
@@ -248,14 +367,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parsers = _parsers()
     command = argv[0] if argv and argv[0] in parsers else ""
     parser, handler = parsers[command]
-    args = parser.parse_args(argv[1:] if command else argv)
     try:
+        args = parser.parse_args(argv[1:] if command else argv)
+        _refuse_ignored(command, args, parser)
         return handler(args)
     except FerTuneError as e:
         # One line, no traceback: the message already names the file, row or key. Last, after anything
         # still buffered on stdout (a log that takes both streams).
         sys.stdout.flush()
-        print(f"fer-tune: error: {e}", file=sys.stderr)
+        line = " ".join(str(e).splitlines())  # a path or a quoted value may hold a line break
+        print(f"fer-tune: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fer-tune: interrupted", file=sys.stderr)

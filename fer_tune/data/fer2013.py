@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 SIZE = 48
 N_PIXELS = SIZE * SIZE
+# Smallest image side (px) taken as a face: FER2013's are 48 px, and enlarging past 3x invents the detail
+# the model learned from (a 1x1 image becomes a flat 48x48 grey "face" without a word otherwise).
+MIN_SIDE = 16
 CSV_NAMES = ("fer2013.csv", "icml_face_data.csv", "train.csv")  # torchvision's precedence
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what Pillow and OpenCV both read
 # Split folder -> Usage, used only when the file name carries no Usage prefix.
@@ -45,8 +48,8 @@ SPLIT_DIRS = {
     "test": "PrivateTest",
     "privatetest": "PrivateTest",
 }
-_CACHE_VERSION = 1  # bump when the parse or the cache file changes
-_WORKERS = min(8, os.cpu_count() or 1)
+_CACHE_VERSION = 2  # bump when the parse or the cache file changes (2: images under MIN_SIDE refused)
+WORKERS = min(8, os.cpu_count() or 1)
 _cache_used: dict[str, Path] = {}  # source -> cache file it was read from or written to, for describe()
 
 
@@ -272,7 +275,7 @@ def _parse_pixels(data: bytes, spans: list[tuple[int, int]], linenos: list[int],
 
     step = 32  # rows per chunk: ~260 kB of text, so the temporaries stay in the CPU cache
     chunks = [(r, min(r + step, len(field))) for r in range(0, len(field), step)]
-    with ThreadPoolExecutor(_WORKERS) as pool:
+    with ThreadPoolExecutor(WORKERS) as pool:
         for f in [pool.submit(parse, *c) for c in chunks]:
             f.result()  # re-raises the first DataError in row order
     return out.reshape(-1, SIZE, SIZE)
@@ -346,6 +349,11 @@ def _decode(path: str) -> tuple[np.ndarray, bool]:
 
     try:
         with Image.open(path) as im:
+            if min(im.size) < MIN_SIDE:
+                w, h = im.size
+                raise DataError(
+                    f"{path}: {w}x{h} px is too small for a face (at least {MIN_SIDE}x{MIN_SIDE})"
+                )
             converted = im.mode != "L" or im.size != (SIZE, SIZE)
             if im.mode != "L":
                 im = im.convert("L")
@@ -369,7 +377,7 @@ def _read_image_tree(root: Path, images: list[_Image]) -> tuple[np.ndarray, np.n
         return converted
 
     step = 512
-    with ThreadPoolExecutor(_WORKERS) as pool:
+    with ThreadPoolExecutor(WORKERS) as pool:
         futures = [pool.submit(read, i, min(i + step, len(images))) for i in range(0, len(images), step)]
         converted = sum(f.result() for f in futures)
     if converted:
@@ -452,69 +460,3 @@ def describe(ds: FER2013) -> str:
     return "\n".join(lines)
 
 
-_CSV_LAYOUTS = {
-    "fer2013": ("emotion,pixels,Usage", "{e},{p},{u}"),
-    "icml": ("emotion, Usage, pixels", "{e},{u},{p}"),
-    "train": ("emotion,pixels", "{e},{p}"),
-}
-# "0 " .. "255 " as bytes, NUL padded to 4: a row is the non-NUL bytes of LUT[pixels].
-_TOKENS = np.array([list(f"{v} ".encode().ljust(4, b"\0")) for v in range(256)], dtype=np.uint8)
-
-
-def save_csv(ds: FER2013, path: str | os.PathLike, layout: str = "fer2013") -> Path:
-    """Write `ds` as a Kaggle CSV: layout `fer2013`, `icml` (icml_face_data.csv) or `train` (Training).
-
-    Args:
-        ds: the rows to write.
-        path: the CSV file to write; its folder is created.
-        layout: `fer2013` (`emotion,pixels,Usage`), `icml` (`emotion, Usage, pixels`) or `train`
-            (`emotion,pixels`, Training rows only).
-
-    Returns:
-        `path`.
-
-    Raises:
-        DataError: layout `train` with rows of other splits.
-    """
-    if layout not in _CSV_LAYOUTS:
-        raise ValueError(f"layout must be one of {list(_CSV_LAYOUTS)}, not {layout!r}")
-    if layout == "train" and set(ds.splits) - {"Training"}:
-        raise DataError("layout 'train' holds Training rows only; pass ds.split('Training')")
-    header, row = _CSV_LAYOUTS[layout]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(header.encode() + b"\n")
-        for img, e, u in zip(ds.images.reshape(len(ds), -1), ds.labels, ds.usage, strict=True):
-            tok = _TOKENS[img]
-            pixels = tok[tok != 0].tobytes()[:-1].decode()
-            f.write(row.format(e=int(e), p=pixels, u=u).encode() + b"\n")
-    return path
-
-
-def save_image_folder(ds: FER2013, root: str | os.PathLike, ext: str = "png") -> Path:
-    """Write `ds` as `<root>/<split>/<class>/<Usage>_<row>.<ext>`; splits train, val (PublicTest), test.
-
-    Args:
-        ds: the rows to write.
-        root: the folder to write the tree into; created as needed.
-        ext: the image format, as a file extension Pillow writes (`png`, `jpg`, ...).
-
-    Returns:
-        `root`.
-    """
-    from PIL import Image
-
-    root = Path(root)
-    folder = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
-    for u in ds.splits:
-        for c in EMOTIONS:
-            (root / folder[u] / c).mkdir(parents=True, exist_ok=True)
-
-    def write(i: int) -> None:
-        u, c = str(ds.usage[i]), EMOTIONS[int(ds.labels[i])]
-        Image.fromarray(ds.images[i], mode="L").save(root / folder[u] / c / f"{u}_{i}.{ext}")
-
-    with ThreadPoolExecutor(_WORKERS) as pool:
-        list(pool.map(write, range(len(ds))))
-    return root

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from fer_tune.base import DataError, check_writable
+from fer_tune.base import DataError, OutputError, check_writable
 from fer_tune.data import EMOTIONS, IMAGE_EXTS
 from fer_tune.inference.detect import read_image
 from fer_tune.inference.predictor import Face, Predictor
@@ -49,16 +49,20 @@ def expand(inputs: list[str]) -> tuple[list[Input], list[str]]:
         inputs: files and folders, as given on the command line.
 
     Returns:
-        (the inputs found, one message per path that does not exist).
+        (the inputs found, one message per path that does not exist or folder with nothing to read).
     """
     found, errors = [], []
     for arg in inputs:
         p = Path(arg)
         if p.is_dir():
+            before = len(found)
             for f in sorted(q for q in p.rglob("*") if q.is_file()):
                 ext = f.suffix.lower()
                 if ext in IMAGE_EXTS or ext in VIDEO_EXTS:
                     found.append(Input(f, Path(p.resolve().name) / f.relative_to(p), ext in VIDEO_EXTS))
+            if len(found) == before:
+                kinds = " ".join(e.lstrip(".") for e in (*IMAGE_EXTS, *VIDEO_EXTS))
+                errors.append(f"{p}: no image or video in this folder (by extension: {kinds})")
         elif p.is_file():
             found.append(Input(p, Path(p.name), p.suffix.lower() in VIDEO_EXTS))
         else:
@@ -260,16 +264,28 @@ def predict_files(
         The exit status: 0 when every input was read, 1 when any failed.
 
     Raises:
-        DataError: `every` below 1.
-        OutputError: `out` cannot be written.
+        DataError: `every` below 1, or no image or video among the inputs.
+        OutputError: `out` cannot be written, or an annotated copy would be written over an input.
     """
     from tqdm import tqdm
 
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     if every < 1:
         raise DataError(f"--every {every}: must be 1 or more")
-    folder = check_writable(out, "--out") if out is not None else None
     items, errors = expand(inputs)
+    if not items:  # nothing to do is not success: one line, exit 2 (not rc 0 and no output)
+        raise DataError("; ".join(errors) or "no input given")
+    if out is not None:  # before anything is written: never an annotated copy over a photo it reads
+        originals, root = {i.path.resolve() for i in items}, Path(out).expanduser().resolve()
+        for item in items:
+            dest = root / item.name
+            dest = dest.with_name(dest.name + ".annotated.mp4") if item.video else dest
+            if dest in originals:
+                raise OutputError(
+                    f"--out {out}: the annotated copy of {item.path} would be written over {dest}, "
+                    "which this command reads; give another --out"
+                )
+    folder = check_writable(out, "--out") if out is not None else None
     status = 0
     for e in errors:
         print(f"fer-tune: error: {e}", file=stderr)

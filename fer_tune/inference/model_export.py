@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fer_tune.base import DataError, OutputError
+from fer_tune.base import DataError, OutputError, check_output
 from fer_tune.inference.onnx_runtime import TORCHSCRIPT_META, metadata
-from fer_tune.training import center_crop, normalize
+from fer_tune.training import center_crop, model_files, normalize
 from fer_tune.training.ensemble import load
 
 FORMATS = ("onnx", "torchscript")
@@ -57,8 +57,25 @@ def export_model(model_path: str | Path, out: str | Path, fmt: str = "onnx", *, 
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    _check_sources(model_path, out)
     model, meta = load(model_path, device="cpu")
     return export(model, meta, out, fmt, check=check)
+
+
+def _check_sources(model_path: str | Path, out: str | Path) -> None:
+    """Refuse an `out` that is one of the model's files (its `model.pt`, or the `checkpoint.pt` beside it) or
+    lies in a search folder: before anything is read or written.
+
+    Args:
+        model_path: a run folder, a model.pt file or a retrain folder.
+        out: the file to write.
+
+    Raises:
+        DataError: `model_path` holds no model.
+        OutputError: `out` would write over a file of the model or of a search.
+    """
+    files = model_files(model_path)
+    check_output(out, "-o", sources=[*files, *(f.parent / "checkpoint.pt" for f in files)])
 
 
 def export_int8(model_path: str | Path, out: str | Path, faces: np.ndarray) -> float:
@@ -78,6 +95,7 @@ def export_int8(model_path: str | Path, out: str | Path, faces: np.ndarray) -> f
     """
     if len(faces) < 2:
         raise ValueError("int8 quantization needs at least 2 calibration faces")
+    _check_sources(model_path, out)
     model, meta = load(model_path, device="cpu")
     out = Path(out)
     float_onnx = out.with_name(out.stem + ".float.onnx")  # beside the output: its folder is writable
@@ -104,6 +122,7 @@ def export_quantized(
     """
     from fer_tune.data import load_fer2013
 
+    _check_sources(model_path, out)  # before the data is parsed
     faces = calibration_faces(load_fer2013(data).split("Training"), n)
     return export_int8(model_path, out, faces), len(faces) - len(faces) // 2
 

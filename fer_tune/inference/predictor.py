@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from fer_tune.base import DataError, DeviceError
-from fer_tune.data import EMOTIONS, SIZE
+from fer_tune.data import EMOTIONS, MIN_SIDE, SIZE
 from fer_tune.inference.detect import Box, FaceDetector, crop, to_gray, to_uint8_rgb
 from fer_tune.inference.onnx_runtime import OnnxModule, onnx_session
 from fer_tune.training import predict_logits, resolve_device
@@ -64,7 +64,8 @@ def as_face(image: Any) -> np.ndarray:
         (48, 48) uint8.
 
     Raises:
-        ValueError: an unsupported dtype or shape.
+        ValueError: an unsupported dtype or shape, or a side under `MIN_SIDE` (16 px): enlarged to 48 it would
+            be a blur, not a face.
     """
     import cv2
 
@@ -84,6 +85,9 @@ def as_face(image: Any) -> np.ndarray:
         a = to_gray(np.ascontiguousarray(a))
     if a.ndim != 2:
         raise ValueError(f"image of shape {a.shape} is not (H, W), (H, W, 3) or (H, W, 4)")
+    if min(a.shape) < MIN_SIDE:
+        h, w = a.shape
+        raise ValueError(f"{w}x{h} px is too small for a face crop (at least {MIN_SIDE}x{MIN_SIDE})")
     if a.shape == (SIZE, SIZE):
         return a
     shrink = min(a.shape) >= SIZE

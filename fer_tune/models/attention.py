@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fer_tune.base import check
+from fer_tune.base import check, shown
 from fer_tune.base import config_field as _field
 from fer_tune.models.layers import extractor
 from fer_tune.models.registry import ARCH_DOC, NUM_CLASSES, ModelConfig, register_model
@@ -39,7 +39,7 @@ class AttentionConfig(ModelConfig):
             f"must be >= 1 and divide the token width kernels[-1]={width}, got {self.heads}",
         )
         self._in_range("attn_layers", 1, 12)
-        check(self.pool in ("mean", "cls"), "model.pool", f"must be 'mean' or 'cls', got {self.pool!r}")
+        check(self.pool in ("mean", "cls"), "model.pool", f"must be 'mean' or 'cls', got {shown(self.pool)}")
 
 
 class ConvAttention(nn.Module):

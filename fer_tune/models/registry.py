@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fer_tune.base import check, coerce
+from fer_tune.base import check, coerce, shown
 from fer_tune.base import config_field as _field
 
 NUM_CLASSES = 7
@@ -45,17 +45,21 @@ class ModelConfig:
         for f in dataclasses.fields(self):
             setattr(self, f.name, coerce(f"model.{f.name}", getattr(self, f.name), f.metadata["type"]))
         arch = type(self).__dataclass_fields__["arch"].default
-        check(self.arch == arch, "model.arch", f"{type(self).__name__} is family {arch!r}, got {self.arch!r}")
+        check(
+            self.arch == arch,
+            "model.arch",
+            f"{type(self).__name__} is family {arch!r}, got {shown(self.arch)}",
+        )
         lo, hi = self.DEPTH
         check(
             lo <= len(self.kernels) <= hi,
             "model.kernels",
-            f"{arch} takes {lo} to {hi} widths, got {len(self.kernels)}: {self.kernels}",
+            f"{arch} takes {lo} to {hi} widths, got {len(self.kernels)}: {shown(self.kernels)}",
         )
         check(
             all(1 <= w <= MAX_WIDTH for w in self.kernels),
             "model.kernels",
-            f"widths must be in 1..{MAX_WIDTH}, got {self.kernels}",
+            f"widths must be in 1..{MAX_WIDTH}, got {shown(self.kernels)}",
         )
         check(0 <= self.dropout < 1, "model.dropout", f"must be in [0, 1), got {self.dropout}")
         self._validate()
@@ -112,12 +116,16 @@ def model_config(mapping: Mapping[str, Any] | ModelConfig) -> ModelConfig:
     """
     if isinstance(mapping, ModelConfig):
         mapping = dataclasses.asdict(mapping)
-    check(isinstance(mapping, Mapping), "model", f"expected a mapping with an `arch` key, got {mapping!r}")
+    check(
+        isinstance(mapping, Mapping), "model", f"expected a mapping with an `arch` key, got {shown(mapping)}"
+    )
     known = ", ".join(list_models())
     check("arch" in mapping, "model.arch", f"missing; known: {known}")
     arch = mapping["arch"]
     check(
-        isinstance(arch, str) and arch in _REGISTRY, "model.arch", f"unknown family {arch!r}; known: {known}"
+        isinstance(arch, str) and arch in _REGISTRY,
+        "model.arch",
+        f"unknown family {shown(arch)}; known: {known}",
     )
     cls = _REGISTRY[arch][0]
     keys = [f.name for f in dataclasses.fields(cls)]

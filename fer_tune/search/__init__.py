@@ -5,7 +5,7 @@ extending a finished search."""
 from fer_tune.search.budget_stopper import BudgetStopper
 from fer_tune.search.extend import extend_search
 from fer_tune.search.final import retrain_best
-from fer_tune.search.folder import Phase, SearchFolder, SearchState
+from fer_tune.search.folder import SearchFolder
 from fer_tune.search.resources import SearchResources
 from fer_tune.search.results import (
     Selection,
@@ -19,6 +19,7 @@ from fer_tune.search.runner import Outcome, resume_search, run_search
 from fer_tune.search.sampler import InSpaceSampler
 from fer_tune.search.searcher import BestEpochOptunaSearch
 from fer_tune.search.space import Dist, Space, bundled_names, load_space, parse_duration, parse_space
+from fer_tune.search.state import Phase, SearchState
 from fer_tune.search.stop_log import StopLog
 from fer_tune.search.stuck_stopper import StuckStopper
 from fer_tune.search.trainable import fer_trial

@@ -11,7 +11,7 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
-from fer_tune.base import ConfigError, check
+from fer_tune.base import ConfigError, check, shown
 from fer_tune.search.dist import PRIMITIVE, Dist
 
 if TYPE_CHECKING:  # a Space is only read here; fer_tune.search.space imports this module
@@ -103,7 +103,9 @@ def point_params(space: Space, point: dict[str, Any], key: str = "point") -> dic
     arch_node = space.groups.get("model", {}).get("arch")
     arch = flat.get("model.arch", arch_node)
     if not isinstance(arch_node, Dist):
-        check(arch == arch_node, f"{key}.model.arch", f"{arch!r}: this space's arch is {arch_node!r}")
+        check(
+            arch == arch_node, f"{key}.model.arch", f"{shown(arch)}: this space's arch is {shown(arch_node)}"
+        )
     elif "model.arch" not in flat and space.families:
         raise ConfigError(f"{key}.model.arch: missing; the space samples it ({list(arch_node.args)})")
     params: dict[str, Any] = {}
@@ -120,7 +122,11 @@ def point_params(space: Space, point: dict[str, Any], key: str = "point") -> dic
             value, k = flat[head][int(last)], head  # a per-layer width of the list the point gives
         else:
             continue
-        check(_contains(d, value), f"{key}.{config_key(d)}", f"{value!r} not in {d.kind} {list(d.args)}")
+        check(
+            _contains(d, value),
+            f"{key}.{config_key(d)}",
+            f"{shown(value)} not in {d.kind} {shown(list(d.args))}",
+        )
         params[d.name] = _encode(value) if d.kind in ("choice", "grid") else value
         used.add(k)
     for k in flat:
@@ -322,11 +328,11 @@ def _outside(expected: Any, actual: Any, path: str) -> str | None:
         return (
             None
             if _contains(expected, actual)
-            else f"{path} {actual!r} not in {expected.kind} {list(expected.args)}"
+            else f"{path} {shown(actual)} not in {expected.kind} {shown(list(expected.args))}"
         )
     if isinstance(expected, dict):
         if not isinstance(actual, dict):
-            return f"{path} {actual!r} is not a mapping"
+            return f"{path} {shown(actual)} is not a mapping"
         for k, v in expected.items():
             found = _outside(v, actual.get(k), f"{path}.{k}".lstrip("."))
             if found:
@@ -334,13 +340,13 @@ def _outside(expected: Any, actual: Any, path: str) -> str | None:
         return None
     if isinstance(expected, list):
         if not isinstance(actual, list) or len(actual) != len(expected):
-            return f"{path} {actual!r} has not {len(expected)} items"
+            return f"{path} {shown(actual)} has not {len(expected)} items"
         for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
             found = _outside(e, a, f"{path}.{i}")
             if found:
                 return found
         return None
-    return None if _same(expected, actual) else f"{path} {actual!r} is not {expected!r}"
+    return None if _same(expected, actual) else f"{path} {shown(actual)} is not {shown(expected)}"
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -358,3 +364,77 @@ def _contains(d: Dist, value: Any) -> bool:
         return False
     lo, hi = d.args[0], d.args[1]
     return lo * (1 - 1e-9) <= value <= hi * (1 + 1e-9) if lo > 0 else lo - 1e-12 <= value <= hi + 1e-12
+
+
+def widens(search: Space, new: Space) -> str | None:
+    """None when `new` samples nothing outside `search` (an extension's space: ranges narrowed, values fixed
+    within them, fixed settings changed), else the first key it widens, with both ranges:
+    `train.lr: loguniform [0.001, 0.5] reaches 0.5, outside the search's loguniform [0.001, 0.1]`.
+
+    An extension must not widen: the study's earlier phases and the report's distributions (the first phase's
+    range of each key) are the search's.
+
+    Args:
+        search: the search's space (its first phase).
+        new: the extension's space.
+
+    Returns:
+        None, or the first widened key with what widens it.
+    """
+    old_arch, new_arch = (s.groups.get("model", {}).get("arch") for s in (search, new))
+    found = _wider(old_arch, new_arch, "model.arch")
+    if found:
+        return found
+    for arch in new_arch.args if isinstance(new_arch, Dist) else [new_arch]:
+        found = _wider(_family_tree(search, arch), _family_tree(new, arch), "")
+        if found:
+            return found
+    return None
+
+
+def _family_tree(space: Space, arch: Any) -> dict[str, Any]:
+    """The space's groups as one family sees them: its sub-space merged into `model`, no `arch`."""
+    model = dict(space.groups.get("model", {}))
+    families = model.pop("families", {})
+    model.pop("arch", None)
+    return {
+        **{k: v for k, v in space.groups.items() if k != "model"},
+        "model": {**model, **families.get(arch, {})},
+    }
+
+
+_UNSAMPLED = object()  # a key the search left at its default
+
+
+def _wider(old: Any, new: Any, path: str) -> str | None:
+    if isinstance(new, dict):
+        old = old if isinstance(old, dict) else {}
+        for k, v in new.items():
+            found = _wider(old.get(k, _UNSAMPLED), v, f"{path}.{k}".lstrip("."))
+            if found:
+                return found
+        return None
+    if isinstance(new, list):
+        old = old if isinstance(old, list) else []
+        for i, v in enumerate(new):
+            found = _wider(old[i] if i < len(old) else _UNSAMPLED, v, f"{path}.{i}")
+            if found:
+                return found
+        return None
+    if not isinstance(new, Dist):
+        if isinstance(old, Dist) and not _contains(old, new):
+            return f"{path}: {shown(new)} lies outside the search's {old.kind} {shown(list(old.args))}"
+        return None  # a fixed value, or a fixed setting changed
+    ends = new.args if new.kind in ("choice", "grid") else new.args[:2]
+    if isinstance(old, Dist):
+        for v in ends:
+            if not _contains(old, v):
+                return (
+                    f"{path}: {new.kind} {shown(list(new.args))} reaches {shown(v)}, outside the search's "
+                    f"{old.kind} {shown(list(old.args))}"
+                )
+        return None
+    if old is not _UNSAMPLED and all(_same(v, old) for v in ends):
+        return None
+    fixed = "left it at its default" if old is _UNSAMPLED else f"fixed it at {shown(old)}"
+    return f"{path}: {new.kind} {shown(list(new.args))}, where the search {fixed}"

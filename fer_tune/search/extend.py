@@ -11,11 +11,13 @@ import dataclasses
 from datetime import datetime
 from pathlib import Path
 
-from fer_tune.base import ConfigError, DataError, check, check_writable
+from fer_tune.base import MAX_TRIALS, ConfigError, DataError, check, check_writable, shown
 from fer_tune.data import FER2013
-from fer_tune.search.folder import Phase, SearchFolder, command_line
+from fer_tune.search.folder import SearchFolder, command_line
+from fer_tune.search.ray_trials import ray_trials
 from fer_tune.search.runner import Outcome, _check_tracking, _fit, _load, _ray, _tuner
 from fer_tune.search.space import Resources, Space, load_space, parse_duration
+from fer_tune.search.state import Phase
 
 
 def extend_search(
@@ -29,9 +31,9 @@ def extend_search(
     verbose: bool = False,
 ) -> Outcome:
     """`fer-tune extend DIR --num-samples N`: N more trials in the same folder and Optuna study, so TPE starts
-    from every earlier trial; `space` may narrow ranges and fix values. Earlier trials the new space could
-    not have proposed stay in the results but are hidden from the sampler. `data` defaults to the search's
-    (give it when the search was run on a FER2013 held in memory).
+    from every earlier trial; `space` may narrow ranges and fix values, not widen them (`conversion.widens`).
+    Earlier trials the new space could not have proposed stay in the results but are hidden from the sampler.
+    `data` defaults to the search's (give it when the search was run on a FER2013 held in memory).
 
     Args:
         path: the search folder, local or a URI.
@@ -47,18 +49,33 @@ def extend_search(
         The search folder and how the phase ended.
 
     Raises:
-        ConfigError: the search has no Optuna study, `num_samples` < 1, or the new space ranks by another
-            metric or changes a parameter's kind.
+        ConfigError: the search has no Optuna study, `num_samples` outside 1..`MAX_TRIALS`, or the new space
+            ranks by another metric, changes a parameter's kind or samples outside the search's space.
         DataError: the search has no optuna.db, or the data cannot be read.
         OutputError: the search folder cannot be written.
     """
+    folder = SearchFolder.open(path, download=False)
+    with folder.lock():  # one command at a time writes a search
+        folder.download()  # a remote search: into its mirror, once the lock is held
+        return _extend(folder, num_samples, space, time_budget, address, data, verbose)
+
+
+def _extend(
+    folder: SearchFolder,
+    num_samples: int,
+    space: str | Path | None,
+    time_budget: str | float | None,
+    address: str | None,
+    data: FER2013 | str | Path | None,
+    verbose: bool,
+) -> Outcome:
+    """The body of `extend_search`, under the folder's lock."""
     from optuna.trial import TrialState
 
     from fer_tune.search.conversion import outside
     from fer_tune.search.internals import set_trial_user_attr
     from fer_tune.search.searcher import LOST
 
-    folder = SearchFolder.open(path)
     state = folder.read_state()
     before = folder.read_space()
     if not state.study or before.search.algorithm != "optuna":
@@ -70,14 +87,15 @@ def extend_search(
         raise DataError(
             f"{folder.db_path}: no such file; the search predates optuna.db and cannot be extended"
         )
-    check(num_samples >= 1, "--num-samples", f"must be >= 1, got {num_samples}")
+    ok = isinstance(num_samples, int) and not isinstance(num_samples, bool) and 1 <= num_samples <= MAX_TRIALS
+    check(ok, "--num-samples", f"must be >= 1 and at most {MAX_TRIALS}, got {shown(num_samples)}")
     budget = parse_duration(time_budget, "--time-budget")
     new = _extension_space(before, space, num_samples, budget, folder)
     check_writable(folder.path, "search folder")
     data, _ = _load(state.data if data is None else data)
     study = folder.load_study()
     numbers = {t.user_attrs.get("ray_trial_id"): t.number for t in study.get_trials(deepcopy=False)}
-    out = {t["trial_id"]: why for t in folder.ray_trials() if (why := outside(new, t["config"]))}
+    out = {t["trial_id"]: why for t in ray_trials(folder) if (why := outside(new, t["config"]))}
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         # An interrupted phase that is extended instead of resumed: its trials never end.
         set_trial_user_attr(study, t, LOST, f"phase {state.phase.number} extended, not resumed")
@@ -105,8 +123,9 @@ def _extension_space(
     before: Space, path: str | Path | None, num_samples: int, budget: float | None, folder: SearchFolder
 ) -> Space:
     """The space of an extension: the given file (its resources default to the search's) or the last phase's,
-    with `num_samples` and the time budget. It must rank as the study does and keep each parameter's kind."""
-    from fer_tune.search.conversion import distribution
+    with `num_samples` and the time budget. It must rank as the study does, keep each parameter's kind, and
+    sample nothing outside the search's own space (phase 1's: the report's distributions)."""
+    from fer_tune.search.conversion import distribution, widens
 
     if path is None:
         new = dataclasses.replace(before, search=dataclasses.replace(before.search, time_budget_s=budget))
@@ -133,4 +152,9 @@ def _extension_space(
                     f"{where}: {d.path}: {d.kind} here but {old[d.name].kind} in phase {phase}; one Optuna "
                     "parameter cannot change its kind (start a new search instead)"
                 )
+    wider = widens(folder.read_space(1), new) if path is not None else None
+    if wider:
+        raise ConfigError(
+            f"{where}: {wider}; an extension narrows the search's space (start a new search to widen it)"
+        )
     return new

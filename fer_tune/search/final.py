@@ -28,13 +28,14 @@ def retrain_best(folder: str | Path, seeds: int, device: str | None = None) -> P
     epochs = search.read_space().search.retrain_epochs  # None: the best config's own
     out = Path(folder) / "final"
     print(f"retraining the best config of {folder} with {seeds} seeds -> {out}")
-    retrain(
-        Path(folder) / "best_config.yaml",
-        data=data,
-        out_dir=out,
-        epochs=epochs,
-        seeds=seeds,
-        device=device,
-        resume=True,  # run again after a crash, it goes on where the retrain stopped
-    )
+    with search.lock():  # no resume or extend rewrites best_config.yaml while its seeds train
+        retrain(
+            Path(folder) / "best_config.yaml",
+            data=data,
+            out_dir=out,
+            epochs=epochs,
+            seeds=seeds,
+            device=device,
+            resume=True,  # run again after a crash, it goes on where the retrain stopped
+        )
     return out

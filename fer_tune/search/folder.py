@@ -14,18 +14,17 @@ folder names), configs come from each trial's `params.json`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import shlex
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from optuna.storages import RDBStorage
-
-from fer_tune.base import DataError, atomic_write_text
+from fer_tune.base import ConfigError, DataError, atomic_write_text, read_yaml
+from fer_tune.search.state import SearchState
+from fer_tune.search.study import study_storage
 
 STATE_FILE = "fer_tune.json"  # SearchState
 SPACE_FILE = "space.yaml"  # the resolved space of a phase, in its experiment folder
@@ -35,105 +34,8 @@ TRIALS_CSV, TRIALS_PARQUET = "trials.csv", "trials.parquet"
 LEADERBOARD = "leaderboard.md"
 BEST_CONFIG = "best_config.yaml"
 REPORT_DIR = "report"
-# Read in the driver when Ray unpickles a searcher: the study's database is the one of the folder being run
-# now, not the absolute path it was pickled with (a folder may have been moved since).
-STUDY_DB_ENV = "FER_TUNE_STUDY_DB"
 # The search folder the driver works in now (a remote search's local mirror): where StopLog records its stops.
 FOLDER_ENV = "FER_TUNE_SEARCH_FOLDER"
-
-
-@dataclass
-class Phase:
-    """One run of trials in a search: the first search, or one `fer-tune extend`.
-
-    Args:
-        number: 1 for the search itself; 2, 3, ... for extensions.
-        space: the space file it was given.
-        num_samples: the trials it adds.
-        started: when it started (ISO 8601, local time, seconds).
-        finished: whether it ran to its end (not stopped by Ctrl-C or a crash).
-        ended: when it ended (ISO 8601); None while running.
-        command: the command line that started it.
-        outside: ids of earlier trials its space could not have proposed: kept in the results, hidden from
-            its sampler.
-    """
-
-    number: int  # 1: the search itself; 2, 3, ...: extensions
-    space: str  # the space file it was given
-    num_samples: int  # trials it adds
-    started: str
-    finished: bool = False
-    ended: str | None = None
-    command: str = ""
-    # Earlier trials the phase's space could not have proposed: kept in the results, hidden from its sampler.
-    outside: list[str] = field(default_factory=list)
-
-
-@dataclass
-class SearchState:
-    """`fer_tune.json`: what resume, extend and report need to know about a search.
-
-    Args:
-        name: the search's name (its folder's).
-        space: phase 1's space file.
-        data: the absolute path of the data.
-        started: when the search started (ISO 8601).
-        cpus: the CPUs it was given (`--cpus`); None for all of the cluster's.
-        gpus: the GPUs it was given (`--gpus`); None for all of the cluster's.
-        wandb_project: the Weights & Biases project trials log to; None for no logging.
-        wandb_mode: `online` or `offline`.
-        finished: whether the latest phase finished.
-        ended: when the latest phase ended (ISO 8601); None while running.
-        command: the command line that started the search.
-        study: the Optuna study's name in optuna.db; None for a search that is not an Optuna one.
-        phases: every phase, in order; the last is the latest.
-    """
-
-    name: str
-    space: str  # phase 1's space file
-    data: str  # absolute path of the data
-    started: str
-    cpus: int | None = None
-    gpus: float | None = None
-    wandb_project: str | None = None
-    wandb_mode: str = "online"
-    finished: bool = False  # the latest phase finished
-    ended: str | None = None
-    command: str = ""
-    study: str | None = None  # the Optuna study's name in optuna.db (None: not an Optuna search)
-    phases: list[Phase] = field(default_factory=list)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> SearchState:
-        """The state read from `fer_tune.json`'s JSON; unknown keys are ignored.
-
-        Args:
-            raw: the parsed JSON; a record written before phases existed gets phase 1 from its own fields.
-
-        Returns:
-            The state.
-        """
-        known = {f.name for f in dataclasses.fields(cls)}
-        state = cls(**{k: v for k, v in raw.items() if k in known and k != "phases"})
-        state.phases = [Phase(**p) for p in raw.get("phases") or []]
-        if not state.phases:  # written before phases existed: the search is its only phase
-            state.phases = [
-                Phase(1, state.space, 0, state.started, state.finished, state.ended, state.command)
-            ]
-        return state
-
-    def to_dict(self) -> dict[str, Any]:
-        """The state as `fer_tune.json` holds it.
-
-        Returns:
-            Plain, JSON-safe values; `from_dict` reads them back.
-        """
-        return dataclasses.asdict(self)
-
-    @property
-    def phase(self) -> Phase:
-        """The latest phase."""
-        return self.phases[-1]
 
 
 class SearchFolder:
@@ -151,11 +53,13 @@ class SearchFolder:
         self.remote = remote
 
     @classmethod
-    def open(cls, path: str | Path) -> SearchFolder:
+    def open(cls, path: str | Path, *, download: bool = True) -> SearchFolder:
         """An existing search: a local folder, or a URI downloaded into its local mirror.
 
         Args:
             path: the search folder or its URI.
+            download: download a remote search into its mirror now; False to do it later (`download`),
+                once its lock is held.
 
         Returns:
             The folder (not checked to be a search: see `is_search`).
@@ -163,11 +67,67 @@ class SearchFolder:
         Raises:
             DataError: a remote folder cannot be listed or holds no `fer_tune.json`.
         """
-        from fer_tune.base.storage import is_uri, local_folder
+        from fer_tune.base.storage import is_uri, mirror_of
 
         if is_uri(path):
-            return cls(local_folder(path), remote=str(path).rstrip("/"))
+            uri = str(path).rstrip("/")
+            folder = cls(mirror_of(uri), remote=uri)
+            if download:
+                folder.download()
+            return folder
         return cls(path)
+
+    def download(self) -> None:
+        """A remote search: download it into the mirror (not its checkpoints); nothing for a local one.
+
+        Raises:
+            DataError: the remote folder cannot be listed or holds no `fer_tune.json`.
+        """
+        from fer_tune.base.storage import pull
+
+        if self.remote is not None:
+            pull(self.remote, self.path)
+
+    @contextmanager
+    def lock(self, *, new: bool = False, hint: str = "") -> Iterator[SearchFolder]:
+        """Hold the search's lock for the `with` block: one live writer per search folder (a remote search:
+        its local mirror), or FolderBusy at once naming the holder.
+
+        The lock is the kernel's (`fcntl.flock` on `.fer-tune.lock`), so a crashed or killed command never
+        leaves it held. Search, resume, extend and `--retrain` hold it for their whole run; `report` and
+        `export` only read and take none. A local folder that does not exist is not created (the command
+        reports it missing) unless `new`; a remote search's mirror is.
+
+        Args:
+            new: a new search: create its folder to lock it (removed again if the search writes nothing).
+            hint: what to do instead, for the refusal (`choose another --name`).
+
+        Yields:
+            This folder.
+
+        Raises:
+            FolderBusy: another command holds the lock.
+            OutputError: the lock file cannot be created or locked.
+        """
+        from fer_tune.base import lock_folder
+
+        with lock_folder(self.path, command_line(), create=new or self.remote is not None, hint=hint):
+            yield self
+
+    def clear_mirror(self) -> None:
+        """A new remote search: remove what an earlier search of its URI left in the mirror, but the lock."""
+        import shutil
+
+        from fer_tune.base.locks import LOCK_FILE
+
+        if self.remote is None or not self.path.is_dir():
+            return
+        for p in self.path.iterdir():
+            if p.name != LOCK_FILE:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
 
     @classmethod
     def create(cls, results: str | Path, name: str) -> SearchFolder:
@@ -181,8 +141,9 @@ class SearchFolder:
             The new search's folder (not created yet for a local one).
 
         Raises:
-            OutputError: `results` cannot be written.
-            ConfigError: the URI holds a search of that name already.
+            OutputError: `results` cannot be written, or lies in a search folder.
+            ConfigError: the URI holds a search of that name already, or the folder is a run or retrain
+                folder.
         """
         from fer_tune.base import ConfigError, check_writable
         from fer_tune.base.storage import check_writable_uri, filesystem, is_uri, join, mirror_of
@@ -194,11 +155,19 @@ class SearchFolder:
                 raise ConfigError(
                     f"--name: {uri} holds a search already; continue it with fer-tune --resume {uri}"
                 )
-            import shutil
-
-            shutil.rmtree(mirror_of(uri), ignore_errors=True)  # a leftover of an earlier search of that name
+            # What an earlier search of that name left in the mirror goes under the lock (clear_mirror).
             return cls(mirror_of(uri), remote=uri)
-        return cls(check_writable(Path(results).expanduser().resolve(), "--results") / name)
+        from fer_tune.base import check_output, folder_kind
+
+        root = check_output(Path(results), "--results")  # not inside a search folder
+        path = check_writable(root, "--results") / name
+        found = folder_kind(path)
+        if found is not None and found[0] != "search":
+            raise ConfigError(
+                f"--name {name}: {path} is a {found[0]} folder ({found[1]}); a search would mix its files "
+                "with Ray's: choose another --name or --results"
+            )
+        return cls(path)
 
     def ray_storage(self, phase: int = 1) -> tuple[str, str]:
         """(storage_path, name) of a phase's Ray experiment: local, or in the object store.
@@ -410,20 +379,16 @@ class SearchFolder:
         Raises:
             DataError: the file is missing, unreadable or no longer a valid space.
         """
-        import yaml
-
-        from fer_tune.base import ConfigError
         from fer_tune.search.space import parse_space
 
         phase = phase or self.experiment_dirs()[-1][0]
         path = self.space_path(phase)
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = read_yaml(path)  # a missing, binary or damaged file: ConfigError naming it
             return parse_space(raw, name=self.name, source=str(path))
-        except FileNotFoundError:
-            raise DataError(f"{path}: no such file") from None
-        except (OSError, yaml.YAMLError, ConfigError) as e:
-            raise DataError(f"{path}: {' '.join(str(e).split())}") from None
+        except ConfigError as e:
+            msg = " ".join(str(e).split())
+            raise DataError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
 
     def raw_space(self) -> dict[str, Any]:
         """Phase 1's `space.yaml` as a plain mapping ({} when absent): for readers that need one key.
@@ -434,15 +399,14 @@ class SearchFolder:
         Raises:
             DataError: the file is unreadable or not a mapping.
         """
-        import yaml
-
         path = self.space_path(1)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
+        if not path.exists():
             return {}
-        except (OSError, yaml.YAMLError) as e:
-            raise DataError(f"{path}: unreadable search space: {' '.join(str(e).split())}") from None
+        try:
+            raw = read_yaml(path) or {}
+        except ConfigError as e:
+            msg = str(e).removeprefix(f"{path}: ")
+            raise DataError(f"{path}: unreadable search space: {msg}") from None
         if not isinstance(raw, dict):
             raise DataError(f"{path}: unreadable search space: not a mapping")
         return raw
@@ -517,62 +481,6 @@ class SearchFolder:
             raise DataError(f"{path}: expected a mapping of trial id to stop cause")
         return {str(k): str(v) for k, v in data.items()}
 
-    def ray_trials(self) -> list[dict[str, Any]]:
-        """Trial id, phase, status, config and folder of every trial of every phase, from Ray's newest
-        experiment-state snapshot of each phase, read as plain JSON (its cloudpickled fields are never
-        decoded; the config comes from the trial's own `params.json`).
-
-        Returns:
-            One `{"trial_id", "phase", "status", "config", "path"}` per trial, phase by phase.
-
-        Raises:
-            DataError: no such folder, phase 1 has no experiment state, or a state or `params.json` is
-                unreadable.
-        """
-        if not self.path.is_dir():
-            raise DataError(f"{self.path}: no such search folder")
-        out: list[dict[str, Any]] = []
-        for phase, exp in self.experiment_dirs():
-            states = sorted(exp.glob("experiment_state-*.json"))
-            if not states:
-                if phase == 1:
-                    raise DataError(
-                        f"{self.path}: no experiment_state-*.json; not a Ray Tune search folder (yet)"
-                    )
-                continue  # an extension that has not saved its first snapshot yet
-            path = states[-1]  # Ray names each by its session's start time, and picks the greatest name
-            try:
-                entries = [json.loads(meta) for meta, _ in json.loads(path.read_text())["trial_data"]]
-                trials = [(str(e["trial_id"]), str(e["status"]), e) for e in entries]
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise DataError(f"{path}: unreadable Ray Tune experiment state: {e}") from None
-            for trial_id, status, entry in trials:
-                logdir = entry.get("relative_logdir")
-                trial_dir = exp / (Path(logdir).name if isinstance(logdir, str) else f"trial_{trial_id}")
-                config = _trial_params(trial_dir, entry)
-                out.append(
-                    {
-                        "trial_id": trial_id,
-                        "phase": phase,
-                        "status": status,
-                        "config": config,
-                        "path": trial_dir,
-                    }
-                )
-        return out
-
-
-def _trial_params(trial_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
-    """The trial's config from its `params.json`; a trial not started yet has none but the snapshot's."""
-    path = trial_dir / "params.json"
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        config = entry.get("config")
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: unreadable trial config: {e}") from None
-    return config if isinstance(config, dict) else {}
-
 
 def command_line() -> str:
     """The command as the user typed it (`fer-tune ...`), not the script's absolute path on this machine.
@@ -583,26 +491,3 @@ def command_line() -> str:
     return shlex.join(["fer-tune", *sys.argv[1:]])
 
 
-def study_storage(db: str | Path) -> Any:
-    """Optuna's RDB storage on the SQLite file `db`, pickled as a path (see `_StudyStorage`).
-
-    Args:
-        db: the SQLite file; created when absent.
-
-    Returns:
-        The storage; unpickled, it reopens `$FER_TUNE_STUDY_DB` when set, else `db`.
-    """
-    return _StudyStorage(f"sqlite:///{Path(db).resolve()}")
-
-
-def _reopen(url: str) -> Any:
-    override = os.environ.get(STUDY_DB_ENV)
-    return _StudyStorage(f"sqlite:///{override}" if override else url)
-
-
-class _StudyStorage(RDBStorage):
-    """RDBStorage that unpickles by reopening its database: Ray pickles the searcher, with its storage, into
-    `tuner.pkl` and the searcher state, and the folder being resumed wins over the path saved there."""
-
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return _reopen, (self.url,)

@@ -15,7 +15,7 @@ import types
 
 # old module -> {old attribute: "new module:new attribute"}, read off the committed searches' pickles.
 MOVED: dict[str, dict[str, str]] = {
-    "fer_tune.folder": {"_reopen": "fer_tune.search.folder:_reopen"},
+    "fer_tune.folder": {"_reopen": "fer_tune.search.study:_reopen"},
     "fer_tune.hooks": {
         "BestEpochOptunaSearch": "fer_tune.search.searcher:BestEpochOptunaSearch",
         "InSpaceSampler": "fer_tune.search.sampler:InSpaceSampler",

@@ -13,8 +13,8 @@
 - `check_experiment_state`: the newest Ray experiment state of a search to be resumed is whole JSON; when a
   crash cut it short (Ray copies it into the search folder in place), the whole copy `keep_whole_state`
   made of the last snapshot is put back.
-- `interrupts`: SIGTERM stops a search as Ctrl-C does, and a second Ctrl-C while Ray saves its state is
-  absorbed instead of cutting that save short.
+- `interrupts`: one Ctrl-C (or SIGTERM) stops a search as an interruption that resumes; a second while Ray
+  saves its state is absorbed instead of cutting that save short; a third stops at once.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -382,12 +384,14 @@ def check_experiment_state(experiment: Path) -> None:
 
 # -- signals -------------------------------------------------------------------------------------------------
 
-# Ray Tune's loop has started (set by hooks.StopLog), so its own SIGINT handler is installed.
+# Ray Tune's loop has started (set by StopLog): a signal now stops it through Tune, which saves its state.
 _LOOP_RUNNING = False
+TUNE_SIGINT_ENV = "TUNE_DISABLE_SIGINT_HANDLER"  # "1": Ray Tune installs no SIGINT handler of its own
+STOP_GRACE_S = 15.0  # after a stop signal, Ray's stopping and saving took 0.1-0.5 s on 2 cores
 
 
 def mark_loop_running(running: bool = True) -> None:
-    """Called from the driver's Tune callback: a SIGINT fer-tune's handler sees now is a second one.
+    """Called from the driver's Tune callback: Tune's loop runs, and a signal now stops it through Tune.
 
     Args:
         running: whether Tune's loop (and its SIGINT handler) is running.
@@ -396,35 +400,95 @@ def mark_loop_running(running: bool = True) -> None:
     _LOOP_RUNNING = running
 
 
-@contextmanager
-def interrupts() -> Iterator[list[int]]:
-    """SIGTERM stops the search as Ctrl-C does; a second Ctrl-C is absorbed while Ray stops and saves.
+@dataclass
+class Interruption:
+    """The stop signals a search received, and the watchdog that ends the driver if Ray cannot stop.
 
-    Ray Tune's SIGINT handler stops the trials, saves the experiment state and then puts the previous handler
-    back, so a second Ctrl-C would raise KeyboardInterrupt in the middle of that save and could leave the
-    state file cut short. The handler installed here is that previous one: once Tune's loop runs it is only
-    reached by a second Ctrl-C, which it reports and ignores. Yields the signals seen.
+    Args:
+        resume_line: printed by the watchdog before it ends the process.
+        grace_s: how long after the first signal Ray Tune may take to stop the trials and save.
+    """
+
+    resume_line: str
+    grace_s: float = STOP_GRACE_S
+    signals: list[int] = field(default_factory=list)
+    watchdog: threading.Timer | None = None
+
+    def arm(self) -> None:
+        """Start the watchdog: once `grace_s` has passed, print the resume line and exit with 130.
+
+        A SIGTERM sent to the whole process group (a scheduler ending a job) also ends Ray's own processes,
+        and the driver then waited 60 s for the dead GCS before Ray ended it with status 1. What the search
+        had saved by then is what it resumes from either way (snapshots every 2 s, kept whole).
+        """
+        self.watchdog = threading.Timer(self.grace_s, self._give_up)
+        self.watchdog.daemon = True
+        self.watchdog.start()
+
+    def loop_ended(self) -> None:
+        """Tune's loop returned (stopped or finished): the watchdog has nothing left to guard."""
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+
+    def _give_up(self) -> None:
+        print(f"fer-tune: Ray did not stop within {self.grace_s:.0f} s; {self.resume_line}", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(130)
+
+
+@contextmanager
+def interrupts(resume_line: str, grace_s: float = STOP_GRACE_S) -> Iterator[Interruption]:
+    """Ctrl-C and SIGTERM stop a running search as an interruption: trials stop, Ray saves its state.
+
+    Ray Tune's own SIGINT handler stops its loop without telling its caller, so a search stopped by one
+    Ctrl-C looked finished (exit 0, `"finished": true`, no resume line). Its SIGINT handler is therefore
+    switched off (`TUNE_DISABLE_SIGINT_HANDLER`), and the handler installed here records the signal and
+    asks Tune to stop through SIGUSR1, which Tune always listens to. A second signal while Ray stops the
+    trials and saves is reported and absorbed (it would cut the save short); a third stops at once. Before
+    Tune's loop runs there is nothing to save, and the first signal stops at once (KeyboardInterrupt). If
+    Ray has not stopped `grace_s` after the first signal, the watchdog ends the process (see `arm`).
+
+    Args:
+        resume_line: what to run to continue the search, printed if the watchdog ends the process.
+        grace_s: seconds Ray Tune gets to stop the trials and save its state after the first signal.
 
     Yields:
-        The list the signal numbers seen are appended to (empty when the search was not interrupted).
+        The `Interruption`: its `signals` are empty when the search was not interrupted.
     """
-    seen: list[int] = []
+    stop = Interruption(resume_line, grace_s)
     mark_loop_running(False)
 
-    def on_sigterm(signum: int, frame: Any) -> None:
-        seen.append(signum)
-        signal.raise_signal(signal.SIGINT)  # Ray Tune's handler: stop trials, save the experiment state
-
-    def on_sigint(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
         if not _LOOP_RUNNING:
             raise KeyboardInterrupt  # before Tune's loop: nothing to save yet
-        seen.append(signum)
-        print("fer-tune: stopping; saving the search state so it can be resumed (a moment)", file=sys.stderr)
+        stop.signals.append(signum)
+        if len(stop.signals) == 1:
+            print(
+                "fer-tune: stopping; saving the search state so it can be resumed (a moment)",
+                file=sys.stderr,
+            )
+            stop.arm()
+            signal.raise_signal(signal.SIGUSR1)  # Tune's handler: stop the trials, save the experiment state
+        elif len(stop.signals) == 2:
+            print(
+                "fer-tune: still saving the search state; a third Ctrl-C stops at once (the resume may then "
+                "redo the last seconds)",
+                file=sys.stderr,
+            )
+        else:
+            raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm), signal.signal(signal.SIGINT, on_sigint)
+    tune_handler = os.environ.get(TUNE_SIGINT_ENV)
+    os.environ[TUNE_SIGINT_ENV] = "1"  # read when Tune's loop starts: fer-tune's handler below stays
+    previous = signal.signal(signal.SIGTERM, on_signal), signal.signal(signal.SIGINT, on_signal)
     try:
-        yield seen
+        yield stop
     finally:
+        stop.loop_ended()
         mark_loop_running(False)
         signal.signal(signal.SIGTERM, previous[0])
         signal.signal(signal.SIGINT, previous[1])
+        if tune_handler is None:
+            os.environ.pop(TUNE_SIGINT_ENV, None)
+        else:
+            os.environ[TUNE_SIGINT_ENV] = tune_handler

@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fer_tune.base import ConfigError
+from fer_tune.base import ConfigError, check, shown
 from fer_tune.search.space import Space
+from fer_tune.search.space_options import _check_gpu_share, _is_number
 
 
 @dataclass
@@ -28,6 +29,22 @@ class SearchResources:
     gpus: float | None = None  # GPUs Ray may use (0: CPU only; default: all visible)
     address: str | None = None  # a running Ray cluster: auto or ray://host:port
     gpus_per_trial: float | str | None = None
+
+    def __post_init__(self) -> None:
+        # Before Ray: it reads --cpus 0 as a cluster without a CPU (KeyError 'CPU' later), refuses -1 with a
+        # traceback, and leaves a trial asking for -1 GPUs pending forever.
+        c, g, share = self.cpus, self.gpus, self.gpus_per_trial
+        ok = c is None or (isinstance(c, int) and not isinstance(c, bool) and c >= 1 and _is_number(c))
+        check(ok, "--cpus", f"must be an integer >= 1, got {shown(c)}")
+        check(g is None or (_is_number(g) and g >= 0), "--gpus", f"must be a number >= 0, got {shown(g)}")
+        if share != "auto" and share is not None:
+            check(
+                _is_number(share) and share >= 0,
+                "--gpus-per-trial",
+                f"must be a number >= 0 or auto, got {shown(share)}",
+            )
+            if share > 0:
+                _check_gpu_share(share, "--gpus-per-trial")
 
 
 def fill_resources(space: Space, cluster: dict[str, float], gpus_flag: float | str | None = None) -> None:
@@ -56,10 +73,9 @@ def fill_resources(space: Space, cluster: dict[str, float], gpus_flag: float | s
             f"resources.gpus_per_trial: {r.gpus_per_trial:g} but the Ray cluster has {gpus:g} GPUs "
             "(--gpus 0 runs on CPU)"
         )
-    if r.cpus_per_trial > cluster.get("CPU", 0):
-        raise ConfigError(
-            f"resources.cpus_per_trial: {r.cpus_per_trial:g} but the Ray cluster has {cluster['CPU']:g}"
-        )
+    cpus = cluster.get("CPU", 0)  # a cluster of no CPU has no "CPU" key
+    if r.cpus_per_trial > cpus:
+        raise ConfigError(f"resources.cpus_per_trial: {r.cpus_per_trial:g} but the Ray cluster has {cpus:g}")
 
 
 def measure_shares(space: Space) -> None:

@@ -22,6 +22,7 @@ import yaml
 
 from fer_tune.base import DataError, FerTuneError
 from fer_tune.search.folder import BEST_CONFIG, LEADERBOARD, TRIALS_CSV, TRIALS_PARQUET, SearchFolder
+from fer_tune.search.ray_trials import ray_trials
 from fer_tune.search.stop_log import STUCK, TIMED_OUT
 from fer_tune.training import METRIC_KEYS as METRICS
 from fer_tune.training import METRIC_MODES, RunConfig
@@ -104,7 +105,7 @@ def load_results(search_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     scheduler, sel, stopped_by = _scheduler(folder), selection(folder), folder.stopped_by()
     latest = folder.experiment_dirs()[-1][0]
     rows, histories = [], []
-    for trial in folder.ray_trials():
+    for trial in ray_trials(folder):
         hist = _history(trial["path"])
         hist.insert(0, "trial_id", trial["trial_id"])
         histories.append(hist)
@@ -137,7 +138,7 @@ def trial_config(search_dir: str | Path, trial_id: str) -> dict[str, Any]:
         DataError: no such trial, or the folder is unreadable.
         ConfigError: the trial's config is not a valid run config.
     """
-    for trial in SearchFolder(search_dir).ray_trials():
+    for trial in ray_trials(SearchFolder(search_dir)):
         if trial["trial_id"] == trial_id:
             return RunConfig.from_dict(trial["config"]).to_dict()
     raise DataError(f"{search_dir}: no trial {trial_id!r}")
@@ -156,9 +157,12 @@ def export_config(search_dir: str | Path, rank: int = 1, out: str | Path = "best
 
     Raises:
         DataError: no trial of that rank, or the folder is unreadable.
+        OutputError: `out` lies in a search folder (this one's `space.yaml`, say), or cannot be written.
     """
+    from fer_tune.base import check_output
     from fer_tune.base.storage import local_folder
 
+    check_output(out, "-o")  # before the search is read: never over a search's own files
     folder = local_folder(search_dir)  # a search in an object store: a local copy
     trials, _ = load_results(folder)
     sel = selection(folder)

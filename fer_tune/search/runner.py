@@ -22,11 +22,13 @@ from typing import Any
 
 from fer_tune.base import ConfigError, DataError, check_writable
 from fer_tune.data import FER2013
-from fer_tune.search.folder import FOLDER_ENV, STUDY_DB_ENV, Phase, SearchFolder, SearchState, command_line
+from fer_tune.search.folder import FOLDER_ENV, SearchFolder, SearchState, command_line
 from fer_tune.search.internals import optuna_study
 from fer_tune.search.recovery import check_experiment_state, check_target, interrupts
 from fer_tune.search.resources import SearchResources, fill_resources, trial_slots
 from fer_tune.search.space import Dist, Space, load_space
+from fer_tune.search.state import Phase
+from fer_tune.search.study import STUDY_DB_ENV
 from fer_tune.search.trainable import TRIAL_SPLITS, check_selectable, make_trainable, trial_dirname
 from fer_tune.search.wandb_runs import WandbTracking
 
@@ -97,6 +99,23 @@ def run_search(
     check_target(results, name)
     # A folder or a URI (s3://...), test-written before data and Ray.
     folder = SearchFolder.create(results, name or f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}")
+    # Locked before the folder is found new: of two searches of one name started together, one runs and the
+    # other stops here, naming it, having written nothing.
+    with folder.lock(new=True, hint="or choose another --name"):
+        return _run_new(folder, space, data, res, wandb_project, wandb_mode, verbose)
+
+
+def _run_new(
+    folder: SearchFolder,
+    space: Space,
+    data: FER2013 | str | Path,
+    res: SearchResources,
+    wandb_project: str | None,
+    wandb_mode: str | None,
+    verbose: bool,
+) -> Outcome:
+    """The body of `run_search`, under the folder's lock."""
+    folder.clear_mirror()  # a remote search: what an earlier search of that URI left on this machine
     if folder.is_search():
         raise ConfigError(
             f"--name: {folder.path} holds a search already; continue it with fer-tune --resume {folder.path}"
@@ -162,12 +181,19 @@ def resume_search(
         DataError: not a search, no saved Ray Tune state, a damaged state file, or unreadable data.
         OutputError: the search folder cannot be written.
     """
+    folder = SearchFolder.open(path, download=False)
+    with folder.lock():  # one command at a time writes a search
+        folder.download()  # a remote search: into its mirror, once the lock is held
+        return _resume(folder, retry_errored, address, verbose)
+
+
+def _resume(folder: SearchFolder, retry_errored: bool, address: str | None, verbose: bool) -> int:
+    """The body of `resume_search`, under the folder's lock."""
     from ray import tune
 
     from fer_tune.search import legacy_names
 
     legacy_names.install()  # a search saved by an earlier fer-tune pickled names that have moved since
-    folder = SearchFolder.open(path)
     state = folder.read_state()
     if state.finished and not (retry_errored and _has_errors(folder.path)):
         print(f"fer-tune: {folder.path} finished on {state.ended or '?'}; nothing to resume")
@@ -385,10 +411,12 @@ def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState, ver
     t0 = time.time()
     s = space.search
     view = watch(folder.path, s.metric, s.mode, progress_columns(space), s.time_budget_s, verbose)
-    with interrupts() as signals:
+    resume_line = f"nothing is lost. Continue it with: fer-tune --resume {folder}"
+    with interrupts(resume_line) as stop:
         with view:
             try:
                 grid = tuner.fit()
+                stop.loop_ended()
             except Exception:
                 from fer_tune.search.recovery import raise_if_storage_fault
 
@@ -400,11 +428,11 @@ def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState, ver
     budget = space.search.time_budget_s
     budget_hit = budget is not None and elapsed >= budget - 1
     unfinished = grid.num_terminated + grid.num_errors < len(grid)
-    interrupted = bool(signals) or unfinished or (len(grid) < space.total_trials() and not budget_hit)
+    interrupted = bool(stop.signals) or unfinished or (len(grid) < space.total_trials() and not budget_hit)
     print(summarize(trials, folder.path))
     if interrupted:
         folder.sync_up()
-        print(f"fer-tune: search interrupted; nothing is lost. Continue it with: fer-tune --resume {folder}")
+        print(f"fer-tune: search interrupted; {resume_line}")
         return 130
     state.finished, state.ended = True, datetime.now().isoformat(timespec="seconds")
     state.phase.finished, state.phase.ended = True, state.ended

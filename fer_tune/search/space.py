@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from fer_tune.base import ConfigError, FerTuneError, check
+from fer_tune.base import ConfigError, FerTuneError, check, read_yaml, shown
 from fer_tune.search.dist import DISTRIBUTIONS, Dist
 from fer_tune.search.space_options import (  # noqa: F401  (re-exported)
     ALGORITHMS,
@@ -30,6 +28,7 @@ from fer_tune.search.space_options import (  # noqa: F401  (re-exported)
     _is_number,
     _parse_resources,
     _parse_search,
+    check_search,
     parse_duration,
 )
 from fer_tune.training import (
@@ -252,15 +251,11 @@ def load_space(name: str | Path, **overrides: Any) -> Space:
         The parsed, checked space.
 
     Raises:
-        ConfigError: no such space, invalid YAML, or a bad key or value; the message names the file.
+        ConfigError: no such space, a file that is not YAML (`read_yaml`: binary, a key given twice, an alias
+            bomb), or a bad key or value; the message names the file.
     """
     path = resolve_path(name)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    raw = read_yaml(path)
     try:
         return parse_space(raw, name=path.stem, source=str(path), **overrides)
     except FerTuneError as e:
@@ -282,7 +277,7 @@ def parse_space(raw: Any, *, name: str = "space", source: str = "", **overrides:
     Raises:
         ConfigError: a bad key or value.
     """
-    check(isinstance(raw, Mapping), "space", f"expected a mapping of {', '.join(TOP_KEYS)}, got {raw!r}")
+    check(isinstance(raw, Mapping), "space", f"expected a mapping of {', '.join(TOP_KEYS)}, got {shown(raw)}")
     for key in raw:
         check(key in TOP_KEYS, str(key), f"unknown key; known keys: {', '.join(TOP_KEYS)}")
     check("model" in raw, "model", "missing; a space needs at least `model: {arch: NAME}`")
@@ -293,12 +288,12 @@ def parse_space(raw: Any, *, name: str = "space", source: str = "", **overrides:
         if g == "seed":
             groups[g] = _parse_value(raw[g], "seed")
             continue
-        check(isinstance(raw[g], Mapping), g, f"expected a mapping, got {raw[g]!r}")
+        check(isinstance(raw[g], Mapping), g, f"expected a mapping, got {shown(raw[g])}")
         groups[g] = {str(k): _parse_value(v, f"{g}.{k}") for k, v in raw[g].items() if k != "families"}
     _parse_families(raw["model"], groups["model"])
     search, resources = _parse_search(raw.get("search")), _parse_resources(raw.get("resources"))
     data = raw.get("data")
-    check(data is None or isinstance(data, str), "data", f"expected a path, got {data!r}")
+    check(data is None or isinstance(data, str), "data", f"expected a path, got {shown(data)}")
     for key, value in overrides.items():
         if value is None:
             continue
@@ -324,21 +319,25 @@ def _parse_value(value: Any, path: str) -> Any:
     check(
         len(value) == 1 and next(iter(value)) in DISTRIBUTIONS,
         path,
-        f"expected a value or one distribution ({', '.join(DISTRIBUTIONS)}), got {dict(value)!r}",
+        f"expected a value or one distribution ({', '.join(DISTRIBUTIONS)}), got {shown(dict(value))}",
     )
     kind, args = next(iter(value.items()))
-    check(isinstance(args, list), path, f"{kind}: expected a list, got {args!r}")
+    check(isinstance(args, list), path, f"{kind}: expected a list, got {shown(args)}")
     if kind in ("choice", "grid"):
         check(len(args) > 0, path, f"{kind}: needs at least one value")
         for v in args:
-            check(not isinstance(v, Mapping), path, f"{kind}: values must be fixed, got {v!r}")
+            check(not isinstance(v, Mapping), path, f"{kind}: values must be fixed, got {shown(v)}")
         return Dist(kind, tuple(args), path)
     n = 3 if kind.startswith("q") else 2
     form = "[low, high, q]" if n == 3 else "[low, high]"
-    check(len(args) == n and all(_is_number(a) for a in args), path, f"{kind}: expected {form}, got {args!r}")
+    check(
+        len(args) == n and all(_is_number(a) for a in args),
+        path,
+        f"{kind}: expected {form} of finite numbers, got {shown(args)}",
+    )
     lo, hi = args[0], args[1]
     if kind == "randint":
-        check(all(isinstance(a, int) for a in args), path, f"randint: expected integers, got {args!r}")
+        check(all(isinstance(a, int) for a in args), path, f"randint: expected integers, got {shown(args)}")
         check(lo <= hi, path, f"randint: low {lo} > high {hi}")
     else:
         check(lo < hi, path, f"{kind}: low {lo} must be < high {hi}")
@@ -371,7 +370,7 @@ def _parse_families(raw_model: Mapping, model: dict[str, Any]) -> None:
         check(fam in known, key, f"unknown model family; registered: {', '.join(known)}")
         check(fam in arch.args, key, f"not among the model.arch values {list(arch.args)}")
         sub = sub or {}
-        check(isinstance(sub, Mapping), key, f"expected a mapping of model keys, got {sub!r}")
+        check(isinstance(sub, Mapping), key, f"expected a mapping of model keys, got {shown(sub)}")
         check("arch" not in sub, f"{key}.arch", "set by the family; remove it")
         parsed[fam] = {str(k): _parse_value(v, f"{key}.{k}") for k, v in sub.items()}
     model["families"] = parsed
@@ -384,7 +383,7 @@ def _check_space(space: Space) -> None:
     check(
         all(v == "Training" for v in _values(train_on)),
         "train.train_on",
-        f"a search selects on PublicTest and may not train on it; got {_to_yaml(train_on)!r} "
+        f"a search selects on PublicTest and may not train on it; got {shown(_to_yaml(train_on))} "
         "(train on Training+PublicTest in the final `fer-tune retrain --train-on`)",
     )
     if s.algorithm != "grid":
@@ -394,12 +393,16 @@ def _check_space(space: Space) -> None:
                 d.path,
                 f"grid values need search.algorithm: grid (this is {s.algorithm}); use choice",
             )
-    check(r.cpus_per_trial >= 0, "resources.cpus_per_trial", "must be >= 0")
+    check_search(s)  # again: flags (--num-samples, --max-failures) override what the file said
+    c = r.cpus_per_trial
+    check(_is_number(c) and c >= 0, "resources.cpus_per_trial", f"must be a number >= 0, got {shown(c)}")
     g = r.gpus_per_trial
     if isinstance(g, str):
-        check(g == "auto", "resources.gpus_per_trial", f"expected a number >= 0 or auto, got {g!r}")
-    elif g is not None and g > 0:
-        _check_gpu_share(g, "resources.gpus_per_trial")
+        check(g == "auto", "resources.gpus_per_trial", f"expected a number >= 0 or auto, got {shown(g)}")
+    elif g is not None:
+        check(_is_number(g) and g >= 0, "resources.gpus_per_trial", f"must be a number >= 0, got {shown(g)}")
+        if g > 0:
+            _check_gpu_share(g, "resources.gpus_per_trial")
     for arch, share in (r.gpu_shares or {}).items():
         _check_gpu_share(share, f"resources.gpu_shares.{arch}")
     gpu = g == "auto" or (g or 0) > 0

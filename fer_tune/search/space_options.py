@@ -5,17 +5,19 @@ Errors start with the key path (`search.metric: ...`), as everywhere in a space.
 
 from __future__ import annotations
 
+import math
 import numbers
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fer_tune.base import ConfigError, check
+from fer_tune.base import MAX_FAILURES, MAX_INT, MAX_SECONDS, MAX_SEED, MAX_TRIALS, ConfigError, check, shown
 from fer_tune.training import METRIC_MODES
 
 ALGORITHMS = ("optuna", "random", "grid")
 SCHEDULERS = ("asha", "none")
+SCHEDULER_KEYS = ("max_t", "grace_period", "reduction_factor")
 
 
 @dataclass
@@ -24,7 +26,8 @@ class SearchSettings:
 
     Args:
         algorithm: `optuna` (TPE), `random` or `grid`.
-        num_samples: trials (grid: passes over the grid); a parsed space has 20, or 1 for grid, by default.
+        num_samples: trials (grid: passes over the grid), 1 to `MAX_TRIALS` (100,000); a parsed space has 20,
+            or 1 for grid, by default.
         metric: a key of `METRIC_MODES`; trials are ranked by its best epoch.
         mode: `max` or `min`; None for the metric's direction in `METRIC_MODES`.
         scheduler: `asha` or `none`.
@@ -33,9 +36,10 @@ class SearchSettings:
         reduction_factor: ASHA keeps 1/reduction_factor of the trials at each rung.
         time_budget_s: stop the search after this many seconds; None for no budget.
         trial_timeout_s: stop a trial that has not reported for this many seconds (hung); None for never.
-        seed: seeds Optuna's sampler or Ray's random search.
+        seed: seeds Optuna's sampler or Ray's random search, 0 to 2**32 - 1.
         max_concurrent: trials at once; None for as many as the resources hold.
-        max_failures: retries of a failed trial.
+        max_failures: retries of a failed trial, 0 to `MAX_FAILURES` (10): a trial that failed that often
+            fails again (Ray's -1, retry forever, is refused).
         stuck_epochs: stop a trial whose val_acc stayed flat near chance this many epochs; 0 for never.
         retrain_epochs: `--retrain`'s epochs, fixed in advance; None for the best config's own.
         points_to_evaluate: partial run configs tried first (Optuna's `enqueue_trial`), the rest sampled.
@@ -93,30 +97,41 @@ def parse_duration(value: Any, key: str = "search.time_budget") -> float | None:
         Seconds, or None for None.
 
     Raises:
-        ConfigError: not a positive duration.
+        ConfigError: not a positive duration, or longer than `MAX_SECONDS` (366 days).
     """
     if value is None:
         return None
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*", str(value))
+    seconds = None
+    if _is_number(value):
+        seconds = float(value)
+    elif isinstance(value, str) and len(value) < 40:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*", value)
+        if m is not None:
+            seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
     check(
-        m is not None and float(m.group(1)) > 0,
+        seconds is not None and seconds > 0,
         key,
-        f"expected a duration like 90m, 2h, 3600s; got {value!r}",
+        f"expected a duration like 90m, 2h, 3600s; got {shown(value)}",
     )
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    days = MAX_SECONDS // 86400
+    check(seconds <= MAX_SECONDS, key, f"at most {days} days ({MAX_SECONDS} s), got {shown(value)}")
+    return seconds
 
 
 def _is_number(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+    """A finite real number, not a bool (YAML's `.inf`, `.nan` and 1e400 are not numbers a setting takes)."""
+    if not isinstance(x, numbers.Real) or isinstance(x, bool):
+        return False
+    if isinstance(x, numbers.Integral):
+        return abs(x) <= MAX_INT
+    return math.isfinite(x)
 
 
 def _parse_search(raw: Any) -> SearchSettings:
     s = SearchSettings(num_samples=20)
     if raw is None:
         return s
-    check(isinstance(raw, Mapping), "search", f"expected a mapping, got {raw!r}")
+    check(isinstance(raw, Mapping), "search", f"expected a mapping, got {shown(raw)}")
     simple = {"algorithm": str, "num_samples": int, "metric": str, "mode": str, "seed": int}
     simple |= {"max_concurrent": int, "max_failures": int, "stuck_epochs": int, "retrain_epochs": int}
     for key, value in raw.items():
@@ -125,7 +140,7 @@ def _parse_search(raw: Any) -> SearchSettings:
             kind = simple[key]
             ok = isinstance(value, kind) and not isinstance(value, bool)
             ok = ok or (key in ("max_concurrent", "retrain_epochs") and value is None)
-            check(ok, k, f"expected {kind.__name__}, got {value!r}")
+            check(ok, k, f"expected {kind.__name__}, got {shown(value)}")
             setattr(s, key, value)
         elif key == "time_budget":
             s.time_budget_s = parse_duration(value, k)
@@ -135,38 +150,69 @@ def _parse_search(raw: Any) -> SearchSettings:
             _parse_scheduler(value, s)
         elif key == "points_to_evaluate":
             value = [] if value is None else value
-            check(isinstance(value, list), k, f"expected a list of configs, got {value!r}")
+            check(isinstance(value, list), k, f"expected a list of configs, got {shown(value)}")
             for i, point in enumerate(value):
-                check(isinstance(point, Mapping), f"{k}.{i}", f"expected a config mapping, got {point!r}")
+                check(
+                    isinstance(point, Mapping), f"{k}.{i}", f"expected a config mapping, got {shown(point)}"
+                )
             s.points_to_evaluate = [dict(p) for p in value]
         else:
             known = [*simple, "time_budget", "trial_timeout", "scheduler", "points_to_evaluate"]
             raise ConfigError(f"{k}: unknown key; known keys: {', '.join(known)}")
-    check(s.algorithm in ALGORITHMS, "search.algorithm", f"must be one of {ALGORITHMS}, got {s.algorithm!r}")
+    check(
+        s.algorithm in ALGORITHMS,
+        "search.algorithm",
+        f"must be one of {ALGORITHMS}, got {shown(s.algorithm)}",
+    )
     if "num_samples" not in raw:
         s.num_samples = 1 if s.algorithm == "grid" else 20
     _check_metric(s)
-    check(s.num_samples >= 1, "search.num_samples", f"must be >= 1, got {s.num_samples}")
-    check(s.max_failures >= 0, "search.max_failures", f"must be >= 0, got {s.max_failures}")
-    check(
-        s.stuck_epochs == 0 or s.stuck_epochs >= 2,
-        "search.stuck_epochs",
-        f"must be 0 or >= 2, got {s.stuck_epochs}",
-    )
-    check(s.max_concurrent is None or s.max_concurrent >= 1, "search.max_concurrent", "must be >= 1")
-    check(
-        s.retrain_epochs is None or s.retrain_epochs >= 1,
-        "search.retrain_epochs",
-        f"must be >= 1, got {s.retrain_epochs}",
-    )
+    check_search(s)
     return s
+
+
+def check_search(s: SearchSettings) -> None:
+    """Every number of the `search` block in range: what a space file gives, and what flags override it with
+    (`--num-samples`, `--max-failures`, `--time-budget`, ...), checked again after the overrides.
+
+    Args:
+        s: the settings.
+
+    Raises:
+        ConfigError: a value of the wrong type or out of range, named by its key (`search.num_samples`).
+    """
+    ints = {
+        "num_samples": (1, MAX_TRIALS),
+        "max_failures": (0, MAX_FAILURES),
+        "seed": (0, MAX_SEED),
+        "max_concurrent": (1, MAX_TRIALS),
+        "retrain_epochs": (1, MAX_INT),
+        "grace_period": (1, MAX_INT),
+        "reduction_factor": (2, MAX_INT),
+        "max_t": (1, MAX_INT),
+    }
+    for key, (lo, hi) in ints.items():
+        value = getattr(s, key)
+        if value is None and key in ("max_concurrent", "retrain_epochs", "max_t"):
+            continue
+        ok = isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+        bounds = f">= {lo}" if hi == MAX_INT else f"in {lo}..{hi}"
+        name = f"search.scheduler.{key}" if key in SCHEDULER_KEYS else f"search.{key}"
+        check(ok, name, f"must be {bounds}, got {shown(value)}")
+    v = s.stuck_epochs
+    ok = isinstance(v, int) and not isinstance(v, bool) and (v == 0 or 2 <= v <= MAX_INT)
+    check(ok, "search.stuck_epochs", f"must be 0 or >= 2, got {shown(v)}")
+    for key in ("time_budget_s", "trial_timeout_s"):
+        v = getattr(s, key)
+        ok = v is None or (_is_number(v) and 0 < v <= MAX_SECONDS)
+        check(ok, f"search.{key.removesuffix('_s')}", f"must be in (0, {MAX_SECONDS}] s, got {shown(v)}")
 
 
 def _check_metric(s: SearchSettings) -> None:
     """A known metric, and a mode that agrees with its direction (filled in when the metric has one)."""
     known = ", ".join(METRIC_MODES)
-    check(s.metric in METRIC_MODES, "search.metric", f"unknown metric {s.metric!r}; known: {known}")
-    check(s.mode in (None, "min", "max"), "search.mode", f"must be min or max, got {s.mode!r}")
+    check(s.metric in METRIC_MODES, "search.metric", f"unknown metric {shown(s.metric)}; known: {known}")
+    check(s.mode in (None, "min", "max"), "search.mode", f"must be min or max, got {shown(s.mode)}")
     direction = METRIC_MODES[s.metric]
     if direction is None:
         check(s.mode is not None, "search.mode", f"required with search.metric {s.metric} (min or max)")
@@ -182,11 +228,15 @@ def _check_metric(s: SearchSettings) -> None:
 def _parse_scheduler(value: Any, s: SearchSettings) -> None:
     if value is None or isinstance(value, str):
         value = {"type": value or "none"}
-    check(isinstance(value, Mapping), "search.scheduler", f"expected asha, none or a mapping, got {value!r}")
+    check(
+        isinstance(value, Mapping),
+        "search.scheduler",
+        f"expected asha, none or a mapping, got {shown(value)}",
+    )
     for key, v in value.items():
         k = f"search.scheduler.{key}"
         if key == "type":
-            check(v in SCHEDULERS, k, f"must be one of {SCHEDULERS}, got {v!r}")
+            check(v in SCHEDULERS, k, f"must be one of {SCHEDULERS}, got {shown(v)}")
             s.scheduler = v
         elif key in ("max_t", "grace_period", "reduction_factor"):
             ok = (
@@ -194,7 +244,7 @@ def _parse_scheduler(value: Any, s: SearchSettings) -> None:
                 and not isinstance(v, bool)
                 and v >= (2 if key == "reduction_factor" else 1)
             )
-            check(ok or (key == "max_t" and v is None), k, f"expected a positive integer, got {v!r}")
+            check(ok or (key == "max_t" and v is None), k, f"expected a positive integer, got {shown(v)}")
             setattr(s, key, v)
         else:
             raise ConfigError(f"{k}: unknown key; known keys: type, max_t, grace_period, reduction_factor")
@@ -204,7 +254,7 @@ def _parse_resources(raw: Any) -> Resources:
     r = Resources()
     if raw is None:
         return r
-    check(isinstance(raw, Mapping), "resources", f"expected a mapping, got {raw!r}")
+    check(isinstance(raw, Mapping), "resources", f"expected a mapping, got {shown(raw)}")
     for key, value in raw.items():
         k = f"resources.{key}"
         check(
@@ -213,16 +263,20 @@ def _parse_resources(raw: Any) -> Resources:
             "unknown key; known: cpus_per_trial, gpus_per_trial, gpu_shares",
         )
         if key == "gpu_shares":
-            check(isinstance(value, Mapping), k, f"expected a mapping family -> GPU share, got {value!r}")
+            check(
+                isinstance(value, Mapping), k, f"expected a mapping family -> GPU share, got {shown(value)}"
+            )
             for arch, v in value.items():
-                check(_is_number(v) and v > 0, f"{k}.{arch}", f"expected a number > 0, got {v!r}")
+                check(_is_number(v) and v > 0, f"{k}.{arch}", f"expected a number > 0, got {shown(v)}")
             r.gpu_shares = {str(a): float(v) for a, v in value.items()}
             continue
         if key == "gpus_per_trial" and value == "auto":
             r.gpus_per_trial = "auto"
             continue
         check(
-            value is None or (_is_number(value) and value >= 0), k, f"expected a number >= 0, got {value!r}"
+            value is None or (_is_number(value) and value >= 0),
+            k,
+            f"expected a number >= 0, got {shown(value)}",
         )
         setattr(r, key, None if value is None else float(value))
     return r
@@ -232,5 +286,6 @@ def _check_gpu_share(g: float, key: str) -> None:
     # A trial trains on one GPU (no multi-GPU trials yet); shares that do not divide 1 strand a remainder of
     # every GPU (ray#5902).
     check(g <= 1, key, f"a trial trains on one GPU: must be <= 1, got {g:g}")
+    check(g >= 1e-3, key, f"at least 0.001 (1000 trials on one GPU), got {g:g}")  # 1 / 1e-310 is inf
     divides = g == 1 or abs(1 / g - round(1 / g)) < 1e-6
     check(divides, key, f"must be 1 or divide 1 (0.5, 0.25, ...), got {g:g}")

@@ -70,7 +70,7 @@ class StopLog(Callback):
             trials: every trial of the experiment.
             **info: Ray's other keyword arguments (unused).
         """
-        mark_loop_running()  # Ray Tune's SIGINT handler is installed: see fer_tune.search.recovery.interrupts
+        mark_loop_running()  # Tune's loop runs, its SIGUSR1 handler too: see recovery.interrupts
         checked = self.__dict__.setdefault("_fer_checked", set())  # once per trial and process
         for t in trials:
             if t.trial_id not in checked and t.status in ("PENDING", "PAUSED", "ERROR"):

@@ -176,12 +176,7 @@ def restore(
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint")
     ckpt = read_torch_file(path, "fer-tune checkpoint", CHECKPOINT_KEYS, device)
-    saved = ckpt["config"]
-    with contextlib.suppress(FerTuneError, TypeError):  # keys added since the checkpoint: their defaults
-        saved = RunConfig.from_dict(saved).to_dict()
-    diff = first_difference(cfg.to_dict(), saved)
-    if diff:
-        raise ConfigError(f"{diff}: differs from the config of the checkpoint being resumed ({path})")
+    _check_same_config(cfg, ckpt["config"], path)
     try:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -192,6 +187,32 @@ def restore(
         return list(ckpt["history"])
     except (RuntimeError, ValueError, KeyError, TypeError) as e:  # edited or from another fer-tune version
         raise DataError(f"{path}: does not fit its config ({one_line(e)})") from None
+
+
+def check_resumable(resume: str | Path, cfg: RunConfig) -> None:
+    """Refuse, before anything is written, to continue the checkpoint at `resume` with another config.
+
+    Args:
+        resume: a `checkpoint.pt`, or the folder holding one.
+        cfg: the config the run would continue with.
+
+    Raises:
+        DataError: no checkpoint there, or it cannot be read.
+        ConfigError: the config differs from the checkpoint's; the message names the first key.
+    """
+    path = Path(resume)
+    path = path / "checkpoint.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise DataError(f"{path}: no such checkpoint")
+    _check_same_config(cfg, read_torch_file(path, "fer-tune checkpoint", CHECKPOINT_KEYS)["config"], path)
+
+
+def _check_same_config(cfg: RunConfig, saved: Any, path: Path) -> None:
+    with contextlib.suppress(FerTuneError, TypeError):  # keys added since the checkpoint: their defaults
+        saved = RunConfig.from_dict(saved).to_dict()
+    diff = first_difference(cfg.to_dict(), saved)
+    if diff:
+        raise ConfigError(f"{diff}: differs from the config of the checkpoint being resumed ({path})")
 
 
 def model_meta(cfg: RunConfig, history: list[dict], state: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from fer_tune.base import ConfigError, check, coerce
+from fer_tune.base import MAX_SEED, ConfigError, check, coerce, coerce_fields, read_yaml, shown
 from fer_tune.base import config_field as _field
 from fer_tune.models import model_config
 
@@ -97,18 +97,21 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         p = "train"
+        coerce_fields(self, p)  # types, and finite numbers: `lr: .inf` passed `lr > 0`
         check(self.epochs >= 1, f"{p}.epochs", f"must be >= 1, got {self.epochs}")
         check(self.batch_size >= 1, f"{p}.batch_size", f"must be >= 1, got {self.batch_size}")
         check(
             self.optimizer in OPTIMIZERS,
             f"{p}.optimizer",
-            f"must be one of {OPTIMIZERS}, got {self.optimizer!r}",
+            f"must be one of {OPTIMIZERS}, got {shown(self.optimizer)}",
         )
         check(self.lr > 0, f"{p}.lr", f"must be > 0, got {self.lr}")
         check(self.weight_decay >= 0, f"{p}.weight_decay", f"must be >= 0, got {self.weight_decay}")
         check(0 <= self.momentum < 1, f"{p}.momentum", f"must be in [0, 1), got {self.momentum}")
         check(
-            self.schedule in SCHEDULES, f"{p}.schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}"
+            self.schedule in SCHEDULES,
+            f"{p}.schedule",
+            f"must be one of {SCHEDULES}, got {shown(self.schedule)}",
         )
         if self.warmup_epochs is None:  # a default the user never wrote must fit any epochs, even 1
             self.warmup_epochs = min(1.0, self.epochs / 5)
@@ -132,11 +135,15 @@ class TrainConfig:
             f"{p}.subset",
             f"must be >= 7 (one per class), got {self.subset}",
         )
-        check(self.train_on in TRAIN_ON, f"{p}.train_on", f"must be one of {TRAIN_ON}, got {self.train_on!r}")
+        check(
+            self.train_on in TRAIN_ON,
+            f"{p}.train_on",
+            f"must be one of {TRAIN_ON}, got {shown(self.train_on)}",
+        )
         choices = {"class_weights": CLASS_WEIGHTS, "loss": LOSSES, "sampler": SAMPLERS}
         for key, allowed in {**choices, "precision": PRECISIONS}.items():
             value = getattr(self, key)
-            check(value in allowed, f"{p}.{key}", f"must be one of {allowed}, got {value!r}")
+            check(value in allowed, f"{p}.{key}", f"must be one of {allowed}, got {shown(value)}")
         check(0 <= self.focal_gamma <= 10, f"{p}.focal_gamma", f"must be in [0, 10], got {self.focal_gamma}")
         alpha, temp = self.distill_alpha, self.distill_temperature
         check(0 <= alpha <= 1, f"{p}.distill_alpha", f"must be in [0, 1], got {alpha}")
@@ -164,6 +171,7 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         p = "augment"
+        coerce_fields(self, p)
         check(0 <= self.rotation <= 180, f"{p}.rotation", f"must be in [0, 180] degrees, got {self.rotation}")
         check(
             self.crop == 0 or 1 <= self.crop <= 16 or 32 <= self.crop <= 48,
@@ -197,6 +205,12 @@ class RunConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        self.seed = coerce("seed", self.seed, int)
+        check(
+            0 <= self.seed <= MAX_SEED, "seed", f"must be in 0..{MAX_SEED} (numpy's seeds), got {self.seed}"
+        )
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
         """Validate a (possibly sampled) mapping; raises ConfigError naming the first bad key.
@@ -216,12 +230,12 @@ class RunConfig:
         for key in d:
             check(key in known, str(key), f"unknown key; known keys: {', '.join(known[:4])}")
         check("model" in d, "model", "missing; a run config needs at least `model: {arch: NAME}`")
-        check(isinstance(d["model"], Mapping), "model", f"expected a mapping, got {d['model']!r}")
+        check(isinstance(d["model"], Mapping), "model", f"expected a mapping, got {shown(d['model'])}")
         return cls(
             model=model_config(d["model"]),
             train=_group_from_dict(TrainConfig, "train", d.get("train")),
             augment=_group_from_dict(AugmentConfig, "augment", d.get("augment")),
-            seed=coerce("seed", d.get("seed", 0), int),
+            seed=d.get("seed", 0),
         )
 
     def override(self, *, seed: int | None = None, **train: Any) -> RunConfig:
@@ -268,15 +282,11 @@ class RunConfig:
             The validated config.
 
         Raises:
-            ConfigError: the file is missing, is not YAML, or holds a bad config.
+            ConfigError: the file is missing, is not YAML (binary, a key given twice: `read_yaml`), or holds a
+                bad config.
         """
         path = Path(path)
-        try:
-            d = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+        d = read_yaml(path)
         try:
             return cls.from_dict(d or {})
         except ConfigError as e:

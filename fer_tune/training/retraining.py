@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from fer_tune.base import ConfigError, DataError, check_writable, json_safe
+from fer_tune.base import MAX_SEED, ConfigError, DataError, check_writable, json_safe, read_yaml
 from fer_tune.data import FER2013, USAGES, load_fer2013
+from fer_tune.training.checkpoint import check_resumable
 from fer_tune.training.config import RunConfig
+from fer_tune.training.device import resolve_device
 from fer_tune.training.distill import check_teacher
 from fer_tune.training.evaluate import (
     evaluate_dir,
@@ -36,7 +38,7 @@ SCORES = ("accuracy", "macro_f1")  # summarised over seeds
 
 def _provenance(path: Path) -> dict[str, Any] | None:
     """The `provenance:` block `fer-tune export` writes (RunConfig ignores it; the results keep it)."""
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path) or {}
     prov = raw.get("provenance") if isinstance(raw, Mapping) else None
     return dict(prov) if isinstance(prov, Mapping) else prov
 
@@ -126,6 +128,7 @@ def retrain(
 
     Writes `out_dir/config.yaml` (the resolved config, with the file's provenance), `out_dir/metrics.json`
     (per split and seed, and mean/std over seeds) and `out_dir/confusion_<split>.png`. Returns the metrics.
+    Every refusal comes before the first of these writes (and before the data is parsed where it can).
 
     Args:
         config_path: a run config YAML (`best_config.yaml` of `fer-tune export`), local or a URI.
@@ -144,9 +147,11 @@ def retrain(
         The report written to metrics.json (with the ensemble's scores under `evaluation` for 2+ seeds).
 
     Raises:
-        ConfigError: `seeds` or `jobs` below 1, a bad config, a teacher in `out_dir`, or `jobs` > 1 with a
-            loaded dataset.
-        DataError: the config, the teacher or the data cannot be read, or the data lacks the training splits.
+        ConfigError: `seeds` or `jobs` below 1, a bad config, a teacher in `out_dir`, `jobs` > 1 with a
+            loaded dataset, or (`resume`) a seed's checkpoint of another config.
+        DataError: the config, the teacher, a seed's checkpoint or the data cannot be read, or the data lacks
+            the training splits.
+        DeviceError: the device cannot be used.
         OutputError: `out_dir` cannot be written.
     """
     from fer_tune.base.storage import local_file
@@ -158,8 +163,18 @@ def retrain(
         raise ConfigError(f"jobs: must be >= 1, got {jobs}")
     teacher = None if teacher is None else str(teacher)
     cfg = RunConfig.from_yaml(config_path).override(epochs=epochs, train_on=train_on, teacher=teacher)
+    if cfg.seed + seeds - 1 > MAX_SEED:  # seeds count up from the config's: the last must be a seed too
+        raise ConfigError(f"seeds: {seeds} from seed {cfg.seed} pass {MAX_SEED}, numpy's largest seed")
     if cfg.train.teacher is not None:
         check_teacher(cfg.train.teacher, out)  # before anything is parsed or trained
+    if jobs > 1 and seeds > 1 and isinstance(data, FER2013):
+        raise ConfigError("jobs: training seeds in parallel needs the data as a path, not a loaded dataset")
+    if device is not None:
+        resolve_device(device)  # a device that cannot be used: refused before anything is written
+    if resume:  # a seed's checkpoint of another config: refused before config.yaml is rewritten
+        for s in range(cfg.seed, cfg.seed + seeds):
+            if (out / f"seed_{s}" / "checkpoint.pt").is_file():
+                check_resumable(out / f"seed_{s}", cfg.override(seed=s))
     provenance = _provenance(config_path)
     check_writable(out, "--out")  # before the data is parsed and anything trained
     ds = data if isinstance(data, FER2013) else load_fer2013(data)
@@ -262,8 +277,7 @@ def _train_seeds(
             )
             for s in seeds
         ]
-    if isinstance(data, FER2013):
-        raise ConfigError("jobs: training seeds in parallel needs the data as a path, not a loaded dataset")
+    assert not isinstance(data, FER2013)  # refused by retrain before anything was written
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
