@@ -15,6 +15,7 @@ from fer_tune.cli import main
 from fer_tune.data import save_csv
 from fer_tune.search import SearchFolder, SearchResources, parse_space, run_search
 from fer_tune.search.conversion import outside
+from fer_tune.search.ray_trials import ray_trials
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -59,7 +60,7 @@ def test_extend_a_finished_search_with_a_narrower_space(ray_cluster, tmp_path: P
     assert [t.user_attrs["phase"] for t in study.trials] == [1] * 8 + [2] * 8
     # Phase 2's trials lie in the narrower space; the earlier ones outside it are recorded, and kept.
     narrow_space = folder.read_space(2)
-    configs = {t["trial_id"]: t["config"] for t in folder.ray_trials()}
+    configs = {t["trial_id"]: t["config"] for t in ray_trials(folder)}
     state = folder.read_state()
     assert [p.number for p in state.phases] == [1, 2] and state.finished
     phase1 = set(trials[trials["phase"] == 1]["trial_id"])
