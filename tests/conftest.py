@@ -128,3 +128,15 @@ def ray_cluster():
     )
     yield ray
     ray.shutdown()
+
+
+def one_line(capsys: pytest.CaptureFixture) -> str:
+    """What a refused command printed on stderr, asserted to be one line."""
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes: what a refused command must leave as it was."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import one_line, snapshot
 
 from fer_tune.base import FolderBusy, lock_folder
 from fer_tune.base.locks import LOCK_FILE
@@ -38,14 +39,6 @@ SPACE = {
 }
 
 
-def one_line(capsys: pytest.CaptureFixture) -> str:
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1, err
-    return err.strip()
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture

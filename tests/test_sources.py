@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import make_fer
+from conftest import make_fer, one_line, snapshot
 from test_predict import save_untrained
 
 import fer_tune.data.fer2013
@@ -29,15 +29,6 @@ TINY = {
 }
 
 
-def one_line(capsys: pytest.CaptureFixture) -> str:
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1, err
-    return err.strip()
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under `folder` with its bytes: what a refused command must leave as it was."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture
