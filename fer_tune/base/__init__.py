@@ -10,6 +10,7 @@ from fer_tune.base.errors import (
     OutputError,
     check,
     check_writable,
+    cut,
     shown,
 )
 from fer_tune.base.fields import (
@@ -51,5 +52,6 @@ __all__ = [
     "lock_folder",
     "OutputError",
     "read_yaml",
+    "cut",
     "shown",
 ]

@@ -56,7 +56,20 @@ def shown(value: Any, limit: int = 80) -> str:
         text = _REPR.repr(value)
     except ValueError:  # it holds an int too long to print (Python refuses over 4,300 digits)
         text = f"<{type(value).__name__} too long to print>"
-    text = " ".join(text.splitlines())  # one line, whatever a type's own repr does
+    return cut(text, limit)  # one line, whatever a type's own repr does
+
+
+def cut(text: str, limit: int = 300) -> str:
+    """`text` on one line (its line breaks as spaces), at most `limit` characters (`...` where cut).
+
+    Args:
+        text: a message, or part of one (a library's error, a quoted value).
+        limit: the most characters returned, at least 8.
+
+    Returns:
+        The text, whole when it fits, else its first `limit - 3` characters and `...`.
+    """
+    text = " ".join(text.splitlines())
     limit = max(limit, 8)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

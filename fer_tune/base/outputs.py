@@ -22,7 +22,7 @@ from pathlib import Path
 from fer_tune.base.errors import OutputError
 from fer_tune.base.storage import is_uri
 
-SEARCH_STATE = "fer_tune.json"  # a search folder's state record (fer_tune.search.folder.STATE_FILE)
+SEARCH_STATE = "fer_tune.json"  # a search folder's state record (fer_tune.search.folder.STATE_FILE is it)
 RUN_FILES = ("model.pt", "checkpoint.pt")  # a run folder: what `fer-tune train` leaves
 SEED_DIR = re.compile(r"seed_\d+")  # a retrain folder holds one run folder per seed
 

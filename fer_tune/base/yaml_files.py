@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from fer_tune.base.errors import ConfigError, shown
+from fer_tune.base.errors import ConfigError, cut, shown
 
 # Values in a document once its aliases are expanded (every scalar, list and mapping counts one). The bundled
 # spaces have under 300; 100,000 keeps a generated file of points to evaluate and refuses an alias bomb
@@ -108,12 +108,12 @@ def load_yaml(text: str, name: str = "<yaml>") -> Any:
         return loader.construct_document(node)
     except _Refused as e:
         raise ConfigError(f"{name}: {e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{name}: invalid YAML: {_one_line(e)}") from None
     except RecursionError:
         raise ConfigError(f"{name}: nested too deeply") from None
-    except (ValueError, OverflowError) as e:  # PyYAML's int(), float() and date() of a resolved scalar
-        raise ConfigError(f"{name}: invalid YAML: {_one_line(e)}") from None
+    # ValueError, OverflowError: PyYAML's int(), float() and date() of a resolved scalar. Its messages quote
+    # the line under a caret, padded with spaces: folded to one short line.
+    except (yaml.YAMLError, ValueError, OverflowError) as e:
+        raise ConfigError(f"{name}: invalid YAML: {cut(' '.join(str(e).split()))}") from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -136,8 +136,3 @@ def _expanded_size(node: Node, sizes: dict[int, int], open_: set[int]) -> int:
     open_.discard(key)
     sizes[key] = n
     return n
-
-
-def _one_line(e: Exception, limit: int = 300) -> str:
-    text = " ".join(str(e).split())  # PyYAML's messages quote the line, under a caret, on lines of their own
-    return text if len(text) <= limit else text[: limit - 3] + "..."

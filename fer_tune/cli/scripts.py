@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from fer_tune.base import MAX_FAILURES, MAX_INT, MAX_TRIALS, FerTuneError
+from fer_tune.base import MAX_FAILURES, MAX_INT, MAX_TRIALS, FerTuneError, cut
 from fer_tune.cli.commands import (
     data_command,
     evaluate_command,
@@ -33,9 +33,8 @@ class _Parser(argparse.ArgumentParser):
     argparse's own prints its usage first and exits itself."""
 
     def error(self, message: str) -> NoReturn:
-        message = " ".join(message.splitlines())  # it quotes the arguments, which may hold line breaks
-        message = message if len(message) <= 300 else message[:297] + "..."
-        raise FerTuneError(f"{message} (see {self.prog} --help)")
+        # It quotes the arguments, which may hold line breaks or be long.
+        raise FerTuneError(f"{cut(message)} (see {self.prog} --help)")
 
 
 def _cut(text: str, limit: int = 40) -> str:

@@ -22,11 +22,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fer_tune.base import ConfigError, DataError, atomic_write_text, read_yaml
+from fer_tune.base import (
+    ConfigError,
+    DataError,
+    atomic_write_text,
+    check_output,
+    check_writable,
+    folder_kind,
+    lock_folder,
+    read_yaml,
+)
+from fer_tune.base.locks import LOCK_FILE
+from fer_tune.base.outputs import SEARCH_STATE
+from fer_tune.base.storage import check_writable_uri, filesystem, is_uri, join, mirror_of, pull, push
 from fer_tune.search.state import SearchState
 from fer_tune.search.study import study_storage
 
-STATE_FILE = "fer_tune.json"  # SearchState
+STATE_FILE = SEARCH_STATE  # fer_tune.json: the SearchState (base.outputs tells a search folder by it)
 SPACE_FILE = "space.yaml"  # the resolved space of a phase, in its experiment folder
 STOPPED_BY_FILE = "stopped_by.json"  # trial id -> "time budget", written by fer_tune.search.searcher.StopLog
 OPTUNA_DB = "optuna.db"  # the Optuna study of every phase (SQLite)
@@ -67,8 +79,6 @@ class SearchFolder:
         Raises:
             DataError: a remote folder cannot be listed or holds no `fer_tune.json`.
         """
-        from fer_tune.base.storage import is_uri, mirror_of
-
         if is_uri(path):
             uri = str(path).rstrip("/")
             folder = cls(mirror_of(uri), remote=uri)
@@ -83,8 +93,6 @@ class SearchFolder:
         Raises:
             DataError: the remote folder cannot be listed or holds no `fer_tune.json`.
         """
-        from fer_tune.base.storage import pull
-
         if self.remote is not None:
             pull(self.remote, self.path)
 
@@ -109,16 +117,12 @@ class SearchFolder:
             FolderBusy: another command holds the lock.
             OutputError: the lock file cannot be created or locked.
         """
-        from fer_tune.base import lock_folder
-
         with lock_folder(self.path, command_line(), create=new or self.remote is not None, hint=hint):
             yield self
 
     def clear_mirror(self) -> None:
         """A new remote search: remove what an earlier search of its URI left in the mirror, but the lock."""
         import shutil
-
-        from fer_tune.base.locks import LOCK_FILE
 
         if self.remote is None or not self.path.is_dir():
             return
@@ -145,9 +149,6 @@ class SearchFolder:
             ConfigError: the URI holds a search of that name already, or the folder is a run or retrain
                 folder.
         """
-        from fer_tune.base import ConfigError, check_writable
-        from fer_tune.base.storage import check_writable_uri, filesystem, is_uri, join, mirror_of
-
         if is_uri(results):
             uri = join(check_writable_uri(str(results), "--results"), name)
             fs, path = filesystem(uri)
@@ -157,8 +158,6 @@ class SearchFolder:
                 )
             # What an earlier search of that name left in the mirror goes under the lock (clear_mirror).
             return cls(mirror_of(uri), remote=uri)
-        from fer_tune.base import check_output, folder_kind
-
         root = check_output(Path(results), "--results")  # not inside a search folder
         path = check_writable(root, "--results") / name
         found = folder_kind(path)
@@ -200,15 +199,11 @@ class SearchFolder:
 
     def sync_down(self) -> None:
         """A remote search: download Ray's files (not checkpoints) into the mirror, for the tables."""
-        from fer_tune.base.storage import pull
-
         if self.remote is not None:
             pull(self.remote, self.path, require=None)
 
     def sync_up(self) -> None:
         """A remote search: upload fer-tune's own files from the mirror to the store."""
-        from fer_tune.base.storage import push
-
         if self.remote is not None:
             push(self.path, self.remote)
 
