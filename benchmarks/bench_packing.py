@@ -46,9 +46,10 @@ def main() -> int:
     for path in args.config:
         cfg = RunConfig.from_yaml(path)
         model = cfg.to_dict()["model"]
+        batch = cfg.train.batch_size * cfg.augment.views  # images per step through the model
         r = measure_packing(
             model,
-            batch_size=cfg.train.batch_size,
+            batch_size=batch,
             input_size=cfg.augment.input_size,
             precision=cfg.train.precision,
             ks=args.ks,
@@ -60,7 +61,7 @@ def main() -> int:
         base = r.images_per_second[min(r.images_per_second)]
         print(
             f"\n{Path(path).name}: {cfg.model.arch}, {stats['params'] / 1e6:.2f}M params, "
-            f"batch {cfg.train.batch_size}, {cfg.augment.input_size} px, precision {cfg.train.precision}, "
+            f"batch {batch}, {cfg.augment.input_size} px, precision {cfg.train.precision}, "
             f"{r.device_name}; {r.footprint() / 2**30:.2f} GiB per trial "
             f"({r.peak_reserved_bytes / 2**30:.2f} allocator + {r.context_bytes / 2**30:.2f} context); "
             f"auto packs {round(1 / share)} per GPU\n"

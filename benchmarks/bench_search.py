@@ -135,7 +135,8 @@ def run_hand_arm(arm: Arm, args: argparse.Namespace, runs: Path, budget_s: float
 def random_space(space: Path, out: Path) -> Path:
     """The same space, sampled by Ray's random search with no early stopping."""
     raw = yaml.safe_load(space.read_text())
-    search = {k: v for k, v in raw.get("search", {}).items() if k != "points_to_evaluate"}  # from chance
+    # from chance: no recipes tried first, no earlier trials (random search has no study to tell them to)
+    search = {k: v for k, v in raw.get("search", {}).items() if k not in ("points_to_evaluate", "warm_start")}
     raw["search"] = {**search, "algorithm": "random", "scheduler": "none", "stuck_epochs": 0}
     path = out / "random.yaml"
     path.write_text(f"# {space.name} with random search and no scheduler (bench_search.py)\n")

@@ -21,13 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_cpu_space_fits_a_cpu_evening() -> None:
     space = load_space("cpu")
-    assert space.search.time_budget_s == 45 * 60 and space.search.algorithm == "optuna"
+    # one 100-minute budget for the job: with --retrain, the search stops after 45 minutes
+    assert space.search.time_budget_s == 100 * 60 and space.search.algorithm == "optuna"
+    assert space.search.time_budget_s * (1 - space.search.retrain_share) == pytest.approx(45 * 60)
     assert space.resources.cpus_per_trial == 2 and not space.resources.gpus_per_trial
     assert space.search.scheduler == "asha" and space.max_epochs() == 12
     assert space.search.stuck_epochs == 3  # a trial collapsed to one class cannot hold the one 2-core slot
     # ASHA's rungs (2, 6) leave most configs at 2 epochs: many configs fit 45 minutes
     assert space.search.grace_period * space.search.reduction_factor < space.max_epochs()
-    # the final model trains longer than the search ranks configs
+    # the final model trains longer than the search ranks configs (at most: as many as fit the budget)
     assert space.search.retrain_epochs == 28 > space.max_epochs()
     archs = set()
     for config in space.sample(n=8, seed=3):
@@ -85,6 +87,7 @@ def test_search_then_retrain_in_one_command(ray_cluster, small_csv, tmp_path, ca
     assert [c["model"]["kernels"] for c in params if c["train"]["lr"] == 0.0123] == [[8, 16]]
     best = RunConfig.from_yaml(folder / "best_config.yaml").to_dict()
     assert best["train"]["epochs"] == 3 and metrics["config"]["train"]["epochs"] == 2
+    assert not (folder / "budget.json").exists()  # no time budget: retrain_epochs, as before the budget
     best["train"]["epochs"] = 2
     assert metrics["config"] == best
     assert set(metrics["evaluation"]["results"]) == {"seed_0", "seed_1", "ensemble"}

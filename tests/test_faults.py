@@ -406,7 +406,8 @@ def whole_lines(text: str) -> list[str]:
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize("fault", ["full", "read-only"])
+# One kind in the default set (each a 35-50 s search on 2 cores); the other under -m long, to keep CI short.
+@pytest.mark.parametrize("fault", ["full", pytest.param("read-only", marks=pytest.mark.long)])
 def test_a_full_or_read_only_results_disk_stops_with_one_error_and_resumes(
     fault: str, tmp_path: Path, data_csv: Path
 ) -> None:
@@ -520,7 +521,15 @@ def test_a_hung_trial_is_stopped_after_the_trial_timeout_and_the_search_goes_on(
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("how", ["typed in its terminal", "kill -INT to its group", "kill -INT to it"])
+# What a user does, in the default set; the same signal sent two other ways under -m long (45 s each).
+@pytest.mark.parametrize(
+    "how",
+    [
+        "typed in its terminal",
+        pytest.param("kill -INT to its group", marks=pytest.mark.long),
+        pytest.param("kill -INT to it", marks=pytest.mark.long),
+    ],
+)
 def test_one_ctrl_c_stops_a_search_as_an_interruption_that_resumes(
     tmp_path: Path, data_csv: Path, runner: Runner, how: str
 ) -> None:

@@ -28,6 +28,7 @@ from fer_tune.search.internals import (
     AUTH_TOKEN_LOGGER,
     OPTUNA_CHECKED,
     RAY_CHECKED,
+    WORKER_NICENESS_ENV,
     completed_trials,
     default_placement_group_factory,
     optuna_study,
@@ -254,6 +255,13 @@ PRIVATE = {
     "_checkpoint_results", "_default_placement_group_factory", "_storage", "_backend", "_trial_id",
     "_get_trials", "_study_id", "_cached_frozen_trial",
 }  # fmt: skip
+
+
+def test_the_worker_niceness_variable_is_the_one_ray_reads() -> None:
+    module = "ray._private.ray_constants"
+    constants = reach(lambda: importlib.import_module(module), ray_changed(f"{module} is gone"))
+    found = reach(lambda: constants.RAY_WORKER_NICENESS, ray_changed("ray_constants.RAY_WORKER_NICENESS"))
+    assert found == WORKER_NICENESS_ENV, ray_changed(f"worker niceness is read from {found}")
 
 
 def test_no_module_but_internals_reaches_a_private_ray_or_optuna_name() -> None:

@@ -165,7 +165,13 @@ def test_the_library_refuses_what_the_flags_refuse() -> None:
         ),
         (["export-model", "MODEL", "--data", "fer2013.csv"], "--data: only with --quantize"),
         (["export-model", "MODEL", "--calibration", "64"], "--calibration: only with --quantize"),
-        (["predict", "MODEL", "x.png", "--no-detect", "--scale-step", "1.2"], "--scale-step sets the face"),
+        (["predict", "MODEL", "x.png", "--no-detect", "--scale-step", "1.2"], "--scale-step: set the face"),
+        (["predict", "MODEL", "x.png", "--scale-step", "1.2"], "--scale-step sets the haar detector"),
+        (["serve", "MODEL", "--scale-step", "1.2"], "--scale-step sets the haar detector"),
+        (
+            ["predict", "MODEL", "x.png", "--detector", "haar", "--confidence", "0.4"],
+            "--confidence sets the ssd",
+        ),
     ],
 )
 def test_flags_that_would_be_silently_ignored_are_refused(stubs, capsys, argv, words) -> None:
@@ -372,6 +378,7 @@ SPACE_KEYS = [
     ("search", "max_concurrent"),
     ("search", "stuck_epochs"),
     ("search", "time_budget"),
+    ("search", "retrain_share"),
     ("search", "trial_timeout"),
     ("search", "scheduler"),
     ("resources", "cpus_per_trial"),

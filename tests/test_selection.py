@@ -136,7 +136,9 @@ def test_the_committed_search_still_reads_as_it_did(smoke_copy: Path) -> None:
     # Config keys added since (with their defaults), the phase and the nodes add columns; nothing else.
     added = {"precision", "class_weights", "loss", "focal_gamma", "sampler"}
     added |= {"teacher", "distill_alpha", "distill_temperature"}
+    added |= {"plateau_metric"}
     new = {f"config/train/{k}" for k in added} | {"config/model/res_blocks", "phase", "node_ids"}
+    new |= {f"config/augment/{k}" for k in ("aspect", "shift", "views")}
     assert set(trials.columns) - set(before.columns) == new
     assert (trials["phase"] == 1).all()
     assert [c for c in trials.columns if c in set(before.columns)] == before.columns.tolist()

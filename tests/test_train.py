@@ -151,6 +151,8 @@ ONE_ON = {
     "rotation": {"rotation": 20.0},
     "scale": {"scale": 0.2},
     "shift": {"crop": 4},
+    "translate": {"shift": 0.2},
+    "aspect": {"aspect": 1.5},
     "crop": {"crop": 40},
     "erasing": {"erasing": 1.0},
     "mixup": {"mixup": 1.0},
@@ -176,11 +178,36 @@ def test_each_augmentation_changes_images_and_keeps_the_batch(name: str) -> None
         assert lam == 1.0 and torch.equal(y_b, y)
 
 
+def test_views_augment_each_copy_on_its_own_and_repeat_the_labels() -> None:
+    torch.manual_seed(0)
+    x, y = batch(), torch.arange(16) % 7
+    cfg = AugmentConfig(**{**NO_AUG, "hflip": True, "rotation": 10, "shift": 0.2, "crop": 40, "views": 3})
+    out, y_a, y_b, lam = augment.augment_batch(x, y, cfg)
+    assert out.shape == (48, 1, 40, 40) and torch.equal(y_a, y.repeat(3)) and torch.equal(y_b, y_a)
+    copies = out.view(3, 16, -1)  # copy v of image i is row v * 16 + i
+    assert (copies[0] != copies[1]).any(1).all() and (copies[1] != copies[2]).any(1).all()
+
+
+def test_translation_moves_the_content_by_up_to_its_fraction_of_the_side() -> None:
+    x = torch.zeros(64, 1, 48, 48)
+    x[..., 20:28, 20:28] = 1.0  # a bright square, centred
+    torch.manual_seed(0)
+    out = augment.random_affine(x, 0, 0, shift=0.2)
+    rows = torch.arange(48.0)
+    mass = out[:, 0].clamp(min=0)
+    centre_y = (mass.sum(2) * rows).sum(1) / mass.sum((1, 2))  # (B,) the square's centre, px
+    centre_x = (mass.sum(1) * rows).sum(1) / mass.sum((1, 2))
+    moved = torch.stack([centre_y, centre_x]) - 23.5
+    assert moved.abs().max() <= 0.2 * 48 + 0.5  # +-9.6 px at most
+    assert moved.abs().max() > 0.1 * 48  # and the range is used
+
+
 def test_augmentations_off_are_identity_and_shifts_are_reflect_padded() -> None:
     x, y = batch(), torch.arange(16) % 7
     out, y_a, y_b, lam = augment.augment_batch(x, y, AugmentConfig(**NO_AUG))
     assert out is x and lam == 1.0
     assert augment.random_affine(x, 0, 0) is x and augment.random_erasing(x, 0) is x
+    assert augment.random_affine(x, 0, 0, shift=0.0, aspect=1.0) is x
     assert torch.equal(augment.random_crop(x, 48), x)
     # A shifted image is a window of the reflect-padded one.
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="reflect")
@@ -243,6 +270,58 @@ def test_lr_schedules_follow_their_definitions() -> None:
 def test_optimizers_and_schedules_train(tiny_data: FER2013, train_cfg: dict) -> None:
     history = train(tiny(2, train=train_cfg), tiny_data)["history"]
     assert len(history) == 2 and all(math.isfinite(h["train_loss"]) and h["lr"] > 0 for h in history)
+
+
+@pytest.mark.parametrize("split", ["PublicTest", "none"])
+def test_plateau_steps_on_the_metric_it_names(
+    tiny_data: FER2013, monkeypatch: pytest.MonkeyPatch, split: str
+) -> None:
+    """`plateau_metric: val_acc` decays when PublicTest's accuracy stops rising (train_acc without it)."""
+    seen = []
+    step = torch.optim.lr_scheduler.ReduceLROnPlateau.step
+
+    def record(self, metrics, *args, **kwargs):
+        seen.append((self.mode, float(metrics)))
+        return step(self, metrics, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.lr_scheduler.ReduceLROnPlateau, "step", record)
+    data = tiny_data if split == "PublicTest" else tiny_data.split("Training")
+    for metric in ("val_acc", "val_loss"):
+        seen.clear()
+        history = train(tiny(2, train={"schedule": "plateau", "plateau_metric": metric}), data)["history"]
+        name = metric if split == "PublicTest" else metric.replace("val_", "train_")
+        assert seen == [("max" if metric == "val_acc" else "min", h[name]) for h in history]
+
+
+def test_views_count_every_copy_as_an_image(tiny_data: FER2013) -> None:
+    """A step trains on batch_size x views images: train_acc and images_per_second count the copies."""
+    from fer_tune.training.device import Precision
+    from fer_tune.training.trainer import train_one_epoch
+
+    cfg = RunConfig.from_dict(tiny(1, train={"batch_size": 16}, aug={**NO_AUG, "views": 3}))
+    model = build_model(cfg.model)
+    opt = build_optimizer(model, cfg.train)
+    images, labels = torch.from_numpy(tiny_data.images[:40]), torch.from_numpy(tiny_data.labels[:40])
+    amp = Precision.select("fp32", torch.device("cpu"))
+    stats = train_one_epoch(model, opt, None, images, labels, cfg, (100.0, 60.0), 1, amp)
+    assert stats["images"] == 2 * 16 * 3  # two full batches of 16, three copies each
+    assert 0 <= stats["train_acc"] <= 1 and math.isfinite(stats["train_loss"])
+
+
+@pytest.mark.parametrize(
+    ("group", "key", "value", "words"),
+    [
+        ("augment", "shift", 0.6, "augment.shift: must be in [0, 0.5], got 0.6"),
+        ("augment", "aspect", 0.75, "augment.aspect: must be in [1, 2], got 0.75"),
+        ("augment", "views", 0, "augment.views: must be in 1..16, got 0"),
+        ("augment", "views", 2.5, "augment.views: expected"),
+        ("train", "plateau_metric", "val_f1", "train.plateau_metric: must be one of ('val_loss', 'val_acc')"),
+    ],
+)
+def test_new_keys_refuse_bad_values_naming_the_key(group: str, key: str, value, words: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        RunConfig.from_dict({"model": TINY_MODEL, group: {key: value}})
+    assert str(e.value).startswith(words) and "\n" not in str(e.value)
 
 
 def test_stratified_subset_keeps_class_proportions() -> None:

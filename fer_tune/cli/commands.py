@@ -144,6 +144,7 @@ def search_command(args: argparse.Namespace) -> int:
         max_failures=args.max_failures,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
+        warm_start=[] if args.no_warm_start else None,  # None keeps the space's
     )
     resources = SearchResources(args.cpus, args.gpus, args.address, args.gpus_per_trial)
     check_target(args.results, args.name)  # and test-written, before the data is looked for
@@ -156,6 +157,8 @@ def search_command(args: argparse.Namespace) -> int:
         wandb_project=args.wandb_project,
         wandb_mode=args.wandb_mode,
         verbose=args.verbose,
+        retrain=args.retrain,  # with a time budget, the budget covers the retrain too
+        warm_start=args.warm_start,
     )
     return then_retrain(args, outcome.folder) if outcome.status == 0 else outcome.status
 
@@ -291,13 +294,13 @@ def predict_command(args: argparse.Namespace) -> int:
     Returns:
         The exit status.
     """
-    from fer_tune.inference import FaceDetector, load, predict_files
+    from fer_tune.inference import load, make_detector, predict_files
 
     check_device(args.device)
-    step = args.scale_step  # in (1, 2]: its argparse type (scripts.py)
     predictor = load(args.model, device=args.device)
-    if step is not None and not args.no_detect:
-        predictor.detector = FaceDetector(scale_step=step)
+    if not args.no_detect:  # built before the first file: a missing detector model fails at once
+        predictor.detector = make_detector(args.detector, args.confidence, args.scale_step)
+        predictor.upright = args.upright
     return predict_files(
         predictor, args.inputs, out=args.out, detect=not args.no_detect, tta=args.tta, every=args.every
     )
@@ -328,3 +331,21 @@ def export_model_command(args: argparse.Namespace) -> int:
     agreement, held_out = export_quantized(args.model, out, args.data, calibration)
     print(f"wrote {out} ({args.quantize}: the float model's answer on {agreement:.1%} of {held_out} faces)")
     return 0
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """`fer-tune serve MODEL`: an HTTP API and a page that classify the faces in photos and webcam frames.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status: 0 once stopped (Ctrl-C).
+    """
+    from fer_tune.inference import load, make_detector, serve
+
+    check_device(args.device)
+    predictor = load(args.model, device=args.device)  # a bad MODEL fails here, before the port is bound
+    predictor.detector = make_detector(args.detector, args.confidence, args.scale_step)  # so is a bad flag
+    predictor.upright = args.upright
+    return serve(predictor, args.host, args.port, max_upload_mb=args.max_upload_mb)

@@ -2,7 +2,7 @@
 `fer_tune.cli.commands`.
 
 `fer-tune --space resnet.yaml --gpus 2` (no subcommand) runs a search; the other commands are data, train,
-evaluate, resume, extend, export, retrain, report, predict and export-model."""
+evaluate, resume, extend, export, retrain, report, predict, export-model and serve."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from fer_tune.cli.commands import (
     resume_command,
     retrain_command,
     search_command,
+    serve_command,
     train_command,
 )
 
@@ -79,6 +80,35 @@ def _number(lo: float, hi: float = math.inf, *, above: bool = False) -> Callable
     return number
 
 
+def _detector_flags(p: argparse.ArgumentParser) -> None:
+    """The face detector's flags, shared by predict and serve (docs/predict.md gives their figures)."""
+    p.add_argument(
+        "--detector",
+        choices=["ssd", "haar"],
+        default="ssd",
+        help="ssd: a CNN (ResNet-10 SSD) that finds covered, turned and cut-off faces (default); "
+        "haar: OpenCV's frontal cascade, faster, frontal faces only",
+    )
+    p.add_argument(
+        "--confidence",
+        type=_number(0, 1, above=True),
+        help="--detector ssd: keep faces at least this confident (default 0.3)",
+    )
+    p.add_argument(
+        "--scale-step",
+        type=_number(1, 2, above=True),
+        help="--detector haar: the ratio between window sizes (default 1.1); 1.15 detects 1.2x faster and "
+        "finds a few percent fewer faces",
+    )
+    p.add_argument(
+        "--upright",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="turn a tilted face upright from its eyes before classifying it (default; --no-upright: as cut, "
+        "about 11 ms per face faster)",
+    )
+
+
 def _gpu_share(value: str) -> float | str:
     if value == "auto":
         return value
@@ -106,7 +136,8 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-samples", type=_integer(1, MAX_TRIALS), help=f"trials to run (1 to {MAX_TRIALS})")
     p.add_argument(
         "--time-budget",
-        help="stop the search after this long (90m, 2h, 3600s): running trials are stopped when it runs out",
+        help="stop the search after this long (90m, 2h, 3600s): running trials are stopped when it runs out; "
+        "with --retrain, the budget covers the retrain too (the space's search.retrain_share of it)",
     )
     p.add_argument(
         "--max-failures",
@@ -117,6 +148,17 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
         "--trial-timeout",
         help="stop a trial that has not reported an epoch for this long (10m, 1h; default: never): it is "
         "marked timed out and the search goes on",
+    )
+    p.add_argument(
+        "--warm-start",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="start Optuna from the finished trials of these earlier searches (their folders), besides the "
+        "space's search.warm_start: trials the space could not have proposed are skipped, with a note",
+    )
+    p.add_argument(
+        "--no-warm-start", action="store_true", help="ignore the space's search.warm_start (a cold start)"
     )
     p.add_argument("--name", help="experiment name (default: space name and time)")
     p.add_argument("--results", default="results", help="results directory (default: ./results)")
@@ -130,8 +172,8 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
         type=_integer(1),
         metavar="N",
         help="when the search has finished, retrain its best config with N seeds (on Training, for the "
-        "space's search.retrain_epochs or the config's own epochs) "
-        "into <results>/<name>/final and score each seed and their ensemble",
+        "space's search.retrain_epochs or the config's own epochs; under a time budget, as many of those "
+        "as fit what the search left) into <results>/<name>/final and score each seed and their ensemble",
     )
     p.add_argument(
         "--verbose", action="store_true", help="Ray's status table and INFO lines instead of fer-tune's view"
@@ -156,6 +198,7 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
             "report",
             "predict",
             "export-model",
+            "serve",
         ]
     )
 
@@ -260,12 +303,7 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     predict.add_argument(
         "--every", type=_integer(1), default=10, help="videos: classify every N-th frame (10)"
     )
-    predict.add_argument(
-        "--scale-step",
-        type=_number(1, 2, above=True),
-        help="the face detector's ratio between window sizes (default 1.1); 1.15 detects 1.2x faster and "
-        "finds a few percent fewer faces (docs/predict.md)",
-    )
+    _detector_flags(predict)
     predict.add_argument("--device", help="cpu, cuda (default: cuda when available; ONNX runs on cpu)")
 
     export_model = parser("export-model", "Export a trained model or a retrain's seed ensemble (ONNX, ...).")
@@ -284,6 +322,25 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
         "--calibration", type=_integer(1), help="with --quantize: faces to calibrate on (512)"
     )
 
+    serve = parser("serve", "Serve a model over HTTP: a JSON API and a page for photos and a webcam.")
+    serve.add_argument(
+        "model", help="a run folder (model.pt), a retrain folder (seed ensemble) or an exported .onnx file"
+    )
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every network)",
+    )
+    serve.add_argument("--port", type=_integer(0, 65535), default=8000, help="port (default 8000; 0: any)")
+    serve.add_argument(
+        "--max-upload-mb",
+        type=_number(0, above=True),
+        default=20.0,
+        help="largest upload accepted, MB (default 20); larger ones are refused with 413",
+    )
+    serve.add_argument("--device", help="cpu, cuda (default: cuda when available; ONNX runs on cpu)")
+    _detector_flags(serve)
+
     return {
         "": (search, search_command),
         "data": (data, data_command),
@@ -296,6 +353,7 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
         "report": (report, report_command),
         "predict": (predict, predict_command),
         "export-model": (export_model, export_model_command),
+        "serve": (serve, serve_command),
     }
 
 
@@ -314,6 +372,8 @@ _RESUME_IGNORES = (
     "data",
     "wandb_project",
     "wandb_mode",
+    "warm_start",
+    "no_warm_start",
 )
 
 
@@ -348,8 +408,15 @@ def _refuse_ignored(command: str, args: argparse.Namespace, parser: argparse.Arg
         extra = [flag(d) for d in ("data", "calibration") if given(d)]
         if extra:
             raise FerTuneError(f"{', '.join(extra)}: only with --quantize int8 (the faces it calibrates on)")
-    elif command == "predict" and args.no_detect and given("scale_step"):
-        raise FerTuneError("--scale-step sets the face detector, which --no-detect turns off")
+    elif command == "predict" and args.no_detect:
+        extra = [flag(d) for d in ("detector", "confidence", "scale_step") if given(d)]
+        extra += ["--no-upright"] if given("upright") else []
+        if extra:
+            raise FerTuneError(f"{', '.join(extra)}: set the face detector, which --no-detect turns off")
+    if command in ("predict", "serve") and args.detector == "ssd" and given("scale_step"):
+        raise FerTuneError("--scale-step sets the haar detector: add --detector haar (ssd has --confidence)")
+    if command in ("predict", "serve") and args.detector == "haar" and given("confidence"):
+        raise FerTuneError("--confidence sets the ssd detector; the haar cascade gives no confidences")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from torch import nn
 
 from fer_tune.base import DataError
 from fer_tune.data import EMOTIONS
-from fer_tune.inference.detect import FRAMING
+from fer_tune.inference.detect import FRAMINGS
 
 
 def onnx_session(path: str | Path, threads: int | None = None) -> Any:
@@ -95,7 +95,7 @@ def metadata(meta: dict[str, Any]) -> dict[str, str]:
         "arch": meta["arch"],
         "members": meta.get("members", []),
         "config": meta["config"],
-        "framing": FRAMING,
+        "framing": FRAMINGS,  # per detector: how its boxes are cut as FER2013 faces
     }
     return {k: json.dumps(v) for k, v in values.items()}
 

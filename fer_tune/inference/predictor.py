@@ -23,8 +23,9 @@ from torch import nn
 
 from fer_tune.base import DataError, DeviceError
 from fer_tune.data import EMOTIONS, MIN_SIDE, SIZE
-from fer_tune.inference.detect import Box, FaceDetector, crop, to_gray, to_uint8_rgb
+from fer_tune.inference.detect import Box, FaceDetector, crop, make_detector, to_gray, to_uint8_rgb
 from fer_tune.inference.onnx_runtime import OnnxModule, onnx_session
+from fer_tune.inference.upright import EyeLeveller
 from fer_tune.training import predict_logits, resolve_device
 
 FER_MEAN, FER_STD = 129.48, 64.97  # FER2013 Training pixels (0..255), as results/reference's model.pt says
@@ -117,17 +118,28 @@ class Predictor:
         self.precision = precision  # a train.precision value: auto is bf16 on GPUs and on CPUs with AMX
         self.classes: tuple[str, ...] = tuple(meta.get("classes", EMOTIONS))
         self._detector: FaceDetector | None = None
+        # Turn each detected face upright from its eyes before classifying it: 4-5 points back on faces
+        # turned by 30 degrees, none lost on upright ones, about 11 ms per face (docs/predict.md).
+        self.upright = True
+        self._leveller: EyeLeveller | None = None
 
     @property
     def detector(self) -> FaceDetector:
-        """The face detector, built on first use (a crops-only user never reads the cascade)."""
+        """The face detector (the SSD unless set), built on first use (a crops-only user never loads it)."""
         if self._detector is None:
-            self._detector = FaceDetector()
+            self._detector = make_detector()
         return self._detector
 
     @detector.setter
     def detector(self, detector: FaceDetector) -> None:
         self._detector = detector
+
+    @property
+    def leveller(self) -> EyeLeveller | None:
+        """The eye leveller when `upright` (built on first use), else None."""
+        if self.upright and self._leveller is None:
+            self._leveller = EyeLeveller()
+        return self._leveller if self.upright else None
 
     def predict_crops(self, crops: np.ndarray, tta: str = "none") -> np.ndarray:
         """Probabilities (N, 7) float32 of uint8 face crops (N, 48, 48), in batches of 256.
@@ -185,10 +197,15 @@ class Predictor:
         rgb = image if isinstance(image, np.ndarray) else to_uint8_rgb(image)
         gray = rgb if rgb.ndim == 2 else to_gray(np.ascontiguousarray(rgb[..., :3]))
         h, w = gray.shape
-        boxes = self.detector.detect(gray) if detect else [Box(0, 0, w, h)]
+        boxes = self.detector.detect(rgb) if detect else [Box(0, 0, w, h)]  # the SSD sees colour
         if not boxes:
             return []
-        crops = np.stack([crop(gray, b) if detect else as_face(gray) for b in boxes])
+        if not detect:
+            crops = as_face(gray)[None]
+        elif self.leveller is not None:
+            crops = np.stack([self.leveller.crop(gray, b)[0] for b in boxes])
+        else:
+            crops = np.stack([crop(gray, b) for b in boxes])
         return [Face(b, p) for b, p in zip(boxes, self.predict_crops(crops, tta), strict=True)]
 
 

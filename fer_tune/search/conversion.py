@@ -2,7 +2,8 @@
 
 Ray's search-space API (for grid and random search), an Optuna define-by-run function (TPE, conditional
 families), each distribution as Optuna's own distribution type (what the report plots and importance use),
-and whether a trial's config lies inside a space (what `fer-tune extend` keeps from its sampler).
+whether a trial's config lies inside a space (what `fer-tune extend` keeps from its sampler), and the
+Optuna parameters a space would have proposed an earlier trial's config with (a warm start's).
 """
 
 from __future__ import annotations
@@ -321,6 +322,49 @@ def outside(space: Space, config: dict[str, Any]) -> str | None:
     if isinstance(model.get("arch"), Dist):
         expected["model"]["arch"] = model["arch"]
     return _outside(expected, resolved, "")
+
+
+def trial_params(space: Space, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | str:
+    """The Optuna parameters and distributions with which `space` would have proposed the run config `config`
+    (an earlier trial's params.json), or why it could not have: the first key outside its ranges, or one that
+    differs from a value it fixes (keys it leaves out at their defaults included).
+
+    Args:
+        space: the parsed space.
+        config: a trial's run config.
+
+    Returns:
+        (parameter name -> value, parameter name -> Optuna distribution), exactly as `DefineByRun` suggests
+        them; or the reason, `train.lr 0.5 not in loguniform [0.001, 0.1]`.
+
+    Raises:
+        ConfigError: `config` is not a valid run config.
+    """
+    from optuna.trial import FixedTrial
+
+    from fer_tune.training import RunConfig
+
+    why = outside(space, config)
+    if why:
+        return why
+    resolved = RunConfig.from_dict(config).to_dict()
+    arch = resolved["model"]["arch"]
+    params: dict[str, Any] = {}
+    for d in space.dists():
+        parts = d.path.split(".")
+        if parts[:2] == ["model", "families"] and parts[2] != arch:
+            continue
+        value: Any = resolved
+        for part in config_key(d).split("."):
+            value = value[int(part)] if isinstance(value, list) else value[part]
+        if d.kind in ("choice", "grid"):
+            value = _encode(next(c for c in d.args if _same(value, c)))  # the choice itself, as Optuna has it
+        elif d.kind == "randint" or (d.kind == "quniform" and _is_int(d)):
+            value = round(value)  # an IntDistribution's (a rotation of 10.0 is 10; 7.5 differs below)
+        params[d.name] = value
+    trial = FixedTrial(params)  # DefineByRun suggests from it: the config and distributions of a real trial
+    proposed = RunConfig.from_dict(DefineByRun(space.groups)(trial)).to_dict()
+    return _outside(proposed, resolved, "") or (trial.params, trial.distributions)
 
 
 def _outside(expected: Any, actual: Any, path: str) -> str | None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from fer_tune.base import MAX_TRIALS, ConfigError, DataError, check, check_writable, shown
+from fer_tune.base import MAX_TRIALS, ConfigError, DataError, FerTuneError, check, check_writable, shown
 from fer_tune.data import FER2013
+from fer_tune.search.cluster import ray_session
 from fer_tune.search.folder import SearchFolder, command_line
 from fer_tune.search.ray_trials import ray_trials
-from fer_tune.search.runner import Outcome, _check_tracking, _fit, _load, _ray, _tuner
+from fer_tune.search.runner import Outcome, _check_tracking, _fit, _load, _tuner
 from fer_tune.search.space import Resources, Space, load_space, parse_duration
 from fer_tune.search.state import Phase
 
@@ -96,6 +98,8 @@ def _extend(
     study = folder.load_study()
     numbers = {t.user_attrs.get("ray_trial_id"): t.number for t in study.get_trials(deepcopy=False)}
     out = {t["trial_id"]: why for t in ray_trials(folder) if (why := outside(new, t["config"]))}
+    # Earlier searches' trials the study started from (fer_tune.search.warm_start): hidden alike.
+    warm = [t.number for t in study.get_trials(deepcopy=False) if _warm_outside(new, t.user_attrs)]
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         # An interrupted phase that is extended instead of resumed: its trials never end.
         set_trial_user_attr(study, t, LOST, f"phase {state.phase.number} extended, not resumed")
@@ -107,16 +111,29 @@ def _extend(
     )
     state.finished, state.ended = False, None
     _check_tracking(state.to_dict())
-    with _ray(address, state.cpus, state.gpus, verbose) as cluster:
+    with ray_session(address, state.cpus, state.gpus, verbose) as cluster:
         folder.write_space(new, number)
         folder.write_state(state)
-        hidden = [numbers[t] for t in out if t in numbers]
+        hidden = [numbers[t] for t in out if t in numbers] + warm
         print(
             f"fer-tune: extending {folder.path} by {num_samples} trials (phase {number}); "
             f"{len(hidden)} earlier trials lie outside {new.source} and do not steer the sampler"
         )
         tuner = _tuner(new, data, folder, cluster, state, hidden=hidden)
         return Outcome(folder.path, _fit(tuner, new, folder, state, verbose))
+
+
+def _warm_outside(space: Space, attrs: dict[str, Any]) -> bool:
+    """Whether a study trial is a warm-start trial that `space` could not have proposed."""
+    from fer_tune.search.conversion import outside
+    from fer_tune.search.warm_start import WARM_CONFIG
+
+    if WARM_CONFIG not in attrs:
+        return False
+    try:
+        return outside(space, attrs[WARM_CONFIG]) is not None
+    except FerTuneError:  # no longer a valid run config
+        return True
 
 
 def _extension_space(
@@ -134,6 +151,7 @@ def _extension_space(
         if new.resources == Resources():  # none given: the resources the search measured or was given
             new.resources = before.resources
     new.search.num_samples = num_samples
+    new.search.warm_start = []  # the study holds phase 1's warm trials: an extension adds none
     where = new.source
     if new.search.algorithm != "optuna":
         raise ConfigError(

@@ -45,6 +45,8 @@ OPTUNA_DB = "optuna.db"  # the Optuna study of every phase (SQLite)
 TRIALS_CSV, TRIALS_PARQUET = "trials.csv", "trials.parquet"
 LEADERBOARD = "leaderboard.md"
 BEST_CONFIG = "best_config.yaml"
+# --retrain N under a time budget: the job's budget and split, the retrain's plan (search.job_budget)
+BUDGET_FILE = "budget.json"
 REPORT_DIR = "report"
 # The search folder the driver works in now (a remote search's local mirror): where StopLog records its stops.
 FOLDER_ENV = "FER_TUNE_SEARCH_FOLDER"

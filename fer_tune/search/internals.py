@@ -14,6 +14,7 @@ _checkpoint_results               ray.train._internal.checkpoint_manager._Checkp
 StorageContext (tests)            ray.train._internal.storage                                ray 2.60.0
 _default_placement_group_factory  ray.tune.experiment.Trial (tests)                          ray 2.60.0
 its logger's name                 ray._private.authentication.authentication_token_setup     ray 2.60.0
+RAY_worker_niceness (environment) ray._private.ray_constants.RAY_WORKER_NICENESS             ray 2.60.0
 _storage                          optuna.Study                                               optuna 5.0.0
 _backend                          optuna.storages._cached_storage._CachedStorage             optuna 5.0.0
 _trial_id                         optuna.trial.FrozenTrial, optuna.trial.Trial               optuna 5.0.0
@@ -31,6 +32,10 @@ OPTUNA_CHECKED = "5.0.0"
 
 # Ray's notice that it enabled token authentication is logged by this module's `logger` (`__name__`).
 AUTH_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+# Ray's `worker_niceness` (its C++ config, read from the environment when the raylet starts; default 15): how
+# many steps nicer than the raylet its workers run (`ray._private.ray_constants.RAY_WORKER_NICENESS`).
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
 
 # Private methods of a library class that a fer-tune class defines in its place (they cannot move here):
 # fer-tune class.method -> (library module, class, method). See `missing_overrides`.

@@ -251,7 +251,8 @@ def auto_shares(
     heaviest: dict[str, tuple[float, RunConfig]] = {}
     for raw in configs:
         cfg = RunConfig.from_dict(raw)
-        cost = model_stats(cfg.model, cfg.augment.input_size)["macs"] * cfg.train.batch_size
+        batch = cfg.train.batch_size * cfg.augment.views  # images per step through the model
+        cost = model_stats(cfg.model, cfg.augment.input_size)["macs"] * batch
         if cfg.model.arch not in heaviest or cost > heaviest[cfg.model.arch][0]:
             heaviest[cfg.model.arch] = (cost, cfg)
     shares = {}
@@ -259,7 +260,7 @@ def auto_shares(
         t0 = time.time()
         result = probe(
             dataclasses.asdict(cfg.model),
-            batch_size=cfg.train.batch_size,
+            batch_size=cfg.train.batch_size * cfg.augment.views,
             input_size=cfg.augment.input_size,
             precision=cfg.train.precision,
         )

@@ -5,7 +5,9 @@ On a terminal, a `rich` table (trials running / finished / stopped / errored / p
 with its key values, the running trials, elapsed time and what remains of the time budget, where the results
 are written) is redrawn in place at most once a second. Elsewhere (CI, a log file) a plain line is printed
 when the counts or the best change (at most every `LINE_EVERY_S`) and at least every `HEARTBEAT_S`. With
-`--verbose`, Ray's own status table (`CLIReporter`) and INFO lines are shown instead.
+`--verbose`, Ray's own status table (`CLIReporter`) and INFO lines are shown instead. When the running
+trials got a small share of the CPU in their last epoch (`fer_tune.search.cpu_share`), the table shows one
+line saying so, and the plain lines say it once.
 
 Ray pickles the run config, reporter included, into `tuner.pkl`, and a resumed search gets that reporter
 back. So the reporter Ray holds (`LiveReporter`) keeps no state: it forwards to the view `watch()` installs
@@ -24,6 +26,7 @@ from typing import Any
 
 from ray.tune import CLIReporter, ProgressReporter
 
+from fer_tune.search.cpu_share import share_line, typical_share
 from fer_tune.search.internals import AUTH_TOKEN_LOGGER
 
 REDRAW_EVERY_S = 1.0  # the table on a terminal
@@ -108,6 +111,7 @@ class LiveView:
         self.redraws, self.cpu_s = 0, 0.0  # what drawing cost this process (thread CPU time, seconds)
         self._last_draw = self._line_at = -float("inf")
         self._last_line: tuple = ()
+        self._share_said = False  # the plain lines said that trials get a small share of the CPU
         self._live: Any = None
         self._ray_table = (
             CLIReporter(
@@ -233,7 +237,23 @@ class LiveView:
         from rich.text import Text
 
         head = f"{self._times()}   {self._counts_text(self.counts(trials), len(trials))}"
-        return Group(Text(head), self.table(trials), Text(f"results: {self.folder}", style="dim"))
+        parts = [Text(head), self.table(trials), Text(f"results: {self.folder}", style="dim")]
+        share = share_line(self.cpu_share(trials))
+        if share is not None:
+            parts.insert(1, Text(share, style="yellow"))
+        return Group(*parts)
+
+    def cpu_share(self, trials: list) -> float | None:
+        """The typical share of the CPU the running trials got in their last epoch (`cpu_share`).
+
+        Args:
+            trials: every trial of the experiment.
+
+        Returns:
+            The median over the running trials that reported one; None when none did.
+        """
+        running = [t for t in trials if _state(t) == "running"]
+        return typical_share((t.last_result or {}).get("cpu_share") for t in running)
 
     def table(self, trials: list) -> Any:
         """The rich table: the best trial so far (marked *), then the running ones, with their key values.
@@ -296,6 +316,11 @@ class LiveView:
             self._print(self.line(trials))
             self._last_line, self._line_at = key, time.monotonic()
             self.redraws += 1
+        share = share_line(self.cpu_share(trials))
+        if (share is not None) != self._share_said:  # once when trials start to get little, not every line
+            if share is not None:
+                self._print(f"fer-tune: {share}")
+            self._share_said = share is not None
 
     def _times(self) -> str:
         elapsed = time.time() - self.start

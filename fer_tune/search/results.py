@@ -269,7 +269,7 @@ def _history(trial_dir: Path) -> pd.DataFrame:
         except ValueError:
             if i < len(lines):  # a torn last line is a write in progress; anything else is damage
                 raise DataError(f"{path}: line {i}: not JSON") from None
-    keep = [*METRICS, "time_total_s", "time_this_iter_s", "cuda_visible_devices", "node_id"]
+    keep = [*METRICS, "time_total_s", "time_this_iter_s", "cuda_visible_devices", "node_id", "cpu_share"]
     hist = pd.DataFrame([{k: r.get(k) for k in keep} for r in rows], columns=keep)
     if len(hist):
         # A trial resumed from an older checkpoint reports some epochs again.

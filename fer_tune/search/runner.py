@@ -10,20 +10,23 @@ study.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fer_tune.base import ConfigError, DataError, check_writable
 from fer_tune.data import FER2013
+from fer_tune.search.cluster import ray_session
+from fer_tune.search.cpu_share import share_line, typical_share
 from fer_tune.search.folder import FOLDER_ENV, SearchFolder, SearchState, command_line
 from fer_tune.search.internals import optuna_study
+from fer_tune.search.job_budget import JobBudget, add_spent, clock, split_budget, write_budget
 from fer_tune.search.recovery import check_experiment_state, check_target, interrupts
 from fer_tune.search.resources import SearchResources, fill_resources, trial_slots
 from fer_tune.search.space import Dist, Space, load_space
@@ -31,6 +34,9 @@ from fer_tune.search.state import Phase
 from fer_tune.search.study import STUDY_DB_ENV
 from fer_tune.search.trainable import TRIAL_SPLITS, check_selectable, make_trainable, trial_dirname
 from fer_tune.search.wandb_runs import WandbTracking
+
+if TYPE_CHECKING:  # imported where used: reading earlier searches needs pandas
+    from fer_tune.search.warm_start import WarmStart
 
 
 @dataclass
@@ -57,9 +63,15 @@ def run_search(
     wandb_project: str | None = None,
     wandb_mode: str | None = None,
     verbose: bool = False,
+    retrain: int | None = None,
+    warm_start: Sequence[str | Path] = (),
 ) -> Outcome:
     """Run a search of `space` (a Space, or a bundled name or YAML path) on `data` (FER2013, or a path) into
     `results/<name>/`. The space and data are checked before Ray starts.
+
+    With `retrain` and a time budget, the budget covers the search and the retrain that follows it
+    (`retrain_best`): the search stops after `1 - search.retrain_share` of it, and `budget.json` records the
+    split and the search's time (`fer_tune.search.job_budget`).
 
     Args:
         space: a parsed space, a bundled space's name or a space YAML file.
@@ -71,18 +83,27 @@ def run_search(
             none (`fer-tune` when `wandb_mode` is given).
         wandb_mode: `online` or `offline`; None for `$WANDB_MODE`, else `online`.
         verbose: Ray's own progress output instead of fer-tune's live view.
+        retrain: the seeds `--retrain N` will train after the search; None for no retrain.
+        warm_start: earlier search folders (`--warm-start`) whose finished trials the study starts from, with
+            the space's `search.warm_start` (`fer_tune.search.warm_start`).
 
     Returns:
         The search folder and the exit status.
 
     Raises:
-        ConfigError: a bad space or flags, or the folder holds a search already.
+        ConfigError: a bad space or flags, the folder holds a search already, or a warm-start folder is
+            missing, not a search or ranks by another metric.
         DataError: the data cannot be read, or lacks the splits trials train and validate on.
         DeviceError: more GPUs asked for than torch sees.
         OutputError: the results folder cannot be written.
     """
+    started = time.time()  # the job's clock: Ray's start and the data's parse count against its budget
     res = resources or SearchResources()
     space = space if isinstance(space, Space) else load_space(space, gpus_per_trial=res.gpus_per_trial)
+    job = split_budget(space.search.time_budget_s, space.search.retrain_share, retrain)
+    if job is not None:  # the search runs under its share; the retrain gets what is left when it ends
+        search = dataclasses.replace(space.search, time_budget_s=job.search_s)
+        space = dataclasses.replace(space, search=search)
     if res.gpus_per_trial is not None:
         space.resources.gpus_per_trial = res.gpus_per_trial
     if res.gpus == 0:
@@ -102,7 +123,13 @@ def run_search(
     # Locked before the folder is found new: of two searches of one name started together, one runs and the
     # other stops here, naming it, having written nothing.
     with folder.lock(new=True, hint="or choose another --name"):
-        return _run_new(folder, space, data, res, wandb_project, wandb_mode, verbose)
+        try:
+            outcome = _run_new(folder, space, data, res, wandb_project, wandb_mode, verbose, job, warm_start)
+        finally:
+            counted = add_spent(folder.path, time.time() - started)  # interrupted too: a resume adds its own
+        if counted:
+            folder.sync_up()  # a remote search: the store's budget.json holds the search's time too
+        return outcome
 
 
 def _run_new(
@@ -113,8 +140,12 @@ def _run_new(
     wandb_project: str | None,
     wandb_mode: str | None,
     verbose: bool,
+    job: JobBudget | None = None,
+    warm_start: Sequence[str | Path] = (),
 ) -> Outcome:
     """The body of `run_search`, under the folder's lock."""
+    from fer_tune.search.warm_start import start_from
+
     folder.clear_mirror()  # a remote search: what an earlier search of that URI left on this machine
     if folder.is_search():
         raise ConfigError(
@@ -125,8 +156,9 @@ def _run_new(
     wandb_project = wandb_project or os.environ.get("WANDB_PROJECT") or ("fer-tune" if asked else None)
     wandb_mode = wandb_mode or os.environ.get("WANDB_MODE", "online")
     _check_tracking({"name": folder.name, "wandb_project": wandb_project, "wandb_mode": wandb_mode})
+    space, warm = start_from(space, warm_start, folder.path)  # before the data and Ray: a wrong folder fails
     data, data_path = _load(data)
-    with _ray(res.address, res.cpus, res.gpus, verbose) as cluster:
+    with ray_session(res.address, res.cpus, res.gpus, verbose) as cluster:
         fill_resources(space, cluster, gpus_flag=res.gpus_per_trial)
         folder.path.mkdir(parents=True, exist_ok=True)
         folder.write_space(space)
@@ -144,9 +176,18 @@ def _run_new(
             command=command,
             study=folder.name if space.search.algorithm == "optuna" else None,
             phases=[Phase(1, space.source, space.search.num_samples, now, command=command)],
+            warm_start=[w.record() for w in warm],
         )
         folder.write_state(state)
-        tuner = _tuner(space, data, folder, cluster, state)
+        if job is not None:
+            write_budget(folder.path, job)
+            print(
+                f"fer-tune: time budget {clock(job.total_s)} for the search and the retrain of {job.seeds} "
+                f"seed{'s' if job.seeds > 1 else ''}: the search stops after {clock(job.search_s)}, the "
+                "retrain gets what is left "
+                f"(search.retrain_share {job.retrain_share:g})"
+            )
+        tuner = _tuner(space, data, folder, cluster, state, warm=warm)
         return Outcome(folder.path, _fit(tuner, space, folder, state, verbose))
 
 
@@ -166,7 +207,7 @@ def resume_search(
     path: str | Path, *, retry_errored: bool = False, address: str | None = None, verbose: bool = False
 ) -> int:
     """`fer-tune --resume DIR`: continue an interrupted search (its latest phase) where its saved state left
-    it.
+    it. Under a budget that covers a retrain (`budget.json`), this command's time counts against it.
 
     Args:
         path: the search folder, local or a URI.
@@ -181,10 +222,17 @@ def resume_search(
         DataError: not a search, no saved Ray Tune state, a damaged state file, or unreadable data.
         OutputError: the search folder cannot be written.
     """
+    started = time.time()
     folder = SearchFolder.open(path, download=False)
     with folder.lock():  # one command at a time writes a search
         folder.download()  # a remote search: into its mirror, once the lock is held
-        return _resume(folder, retry_errored, address, verbose)
+        try:
+            code = _resume(folder, retry_errored, address, verbose)
+        finally:
+            counted = add_spent(folder.path, time.time() - started)  # when the budget covers a retrain
+        if counted:
+            folder.sync_up()
+        return code
 
 
 def _resume(folder: SearchFolder, retry_errored: bool, address: str | None, verbose: bool) -> int:
@@ -209,7 +257,7 @@ def _resume(folder: SearchFolder, retry_errored: bool, address: str | None, verb
     data, _ = _load(state.data)
     # Ray unpickles the searcher with the study storage it was saved with: open this folder's database.
     os.environ[STUDY_DB_ENV] = str(folder.db_path)
-    with _ray(address, state.cpus, state.gpus, verbose):
+    with ray_session(address, state.cpus, state.gpus, verbose):
         # The trainable must have the name it had: re-wrap the same function around freshly loaded data.
         tuner = tune.Tuner.restore(
             folder.experiment_location(phase),
@@ -230,37 +278,6 @@ def _check_tracking(state: dict[str, Any]) -> None:
 
 
 # -- building the Tuner --------------------------------------------------------------------------------------
-
-
-@contextmanager
-def _ray(
-    address: str | None, cpus: int | None, gpus: float | None, verbose: bool = False
-) -> Iterator[dict[str, float]]:
-    """Join `address`, reuse a running Ray (tests), or start a local one; yields the cluster's resources."""
-    import ray
-
-    from fer_tune.search.progress import quiet_ray
-
-    started = False
-    if not ray.is_initialized():
-        level = quiet_ray(verbose)
-        if address:
-            ray.init(address=address, log_to_driver=False, logging_level=level)
-        else:
-            num_gpus = None if gpus is None else (int(gpus) if float(gpus).is_integer() else gpus)
-            ray.init(
-                num_cpus=cpus,
-                num_gpus=num_gpus,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=level,
-            )
-        started = True
-    try:
-        yield ray.cluster_resources()
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def progress_columns(space: Space, limit: int = 8) -> list[str]:
@@ -294,8 +311,10 @@ def _tuner(
     cluster: dict[str, float],
     state: SearchState,
     hidden: list[int] | None = None,
+    warm: Sequence[WarmStart] = (),
 ) -> Any:
-    """Ray's Tuner of the state's latest phase; `hidden`: study trials its sampler must not learn from."""
+    """Ray's Tuner of the state's latest phase; `hidden`: study trials its sampler must not learn from;
+    `warm`: earlier searches' trials the new study starts from."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
@@ -308,6 +327,7 @@ def _tuner(
     from fer_tune.search.searcher import BestEpochOptunaSearch
     from fer_tune.search.stop_log import StopLog
     from fer_tune.search.stuck_stopper import StuckStopper
+    from fer_tune.search.warm_start import add_warm_trials
 
     s = space.search
     slots = s.max_concurrent or trial_slots(space, cluster)
@@ -328,7 +348,8 @@ def _tuner(
         with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna 5
             warnings.simplefilter("ignore")
             study.set_metric_names([s.metric])  # the dashboard shows val_acc
-        if phase == 1 and not study.trials:
+        if phase == 1 and not study.trials:  # a new search (a resume restores its study, warm trials and all)
+            add_warm_trials(study, warm)  # told before any trial is asked: TPE's first proposal uses them
             # Not Ray's points_to_evaluate: OptunaSearch would enqueue them again into the study it reopens.
             for point in s.points_to_evaluate:
                 study.enqueue_trial(point_params(space, point))
@@ -424,12 +445,15 @@ def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState, ver
                 raise
         elapsed = time.time() - t0
         folder.sync_down()  # a search in an object store: Ray's trial files, for the tables
-        trials, _ = write_results(folder.path)  # a second Ctrl-C still absorbed: the tables are whole
+        trials, history = write_results(folder.path)  # a second Ctrl-C still absorbed: the tables are whole
     budget = space.search.time_budget_s
     budget_hit = budget is not None and elapsed >= budget - 1
     unfinished = grid.num_terminated + grid.num_errors < len(grid)
     interrupted = bool(stop.signals) or unfinished or (len(grid) < space.total_trials() and not budget_hit)
     print(summarize(trials, folder.path))
+    share = share_line(typical_share(history["cpu_share"])) if "cpu_share" in history else None
+    if share is not None:
+        print(f"fer-tune: {share}")
     if interrupted:
         folder.sync_up()
         print(f"fer-tune: search interrupted; {resume_line}")

@@ -417,6 +417,9 @@ def _check_space(space: Space) -> None:
         check(s.algorithm == "optuna", key, f"needs search.algorithm: optuna, not {s.algorithm}")
         for i, point in enumerate(s.points_to_evaluate):
             point_params(space, point, f"search.points_to_evaluate.{i}")
+    if s.warm_start:  # Ray's random and grid search have no study to tell earlier trials to
+        needs = f"needs search.algorithm: optuna, not {s.algorithm}"
+        check(s.algorithm == "optuna", "search.warm_start", needs)
     # Sampled configs must be valid run configs: every family, every distribution at both ends.
     families = space.families
     for config in space.sample(n=3, seed=s.seed):

@@ -41,8 +41,13 @@ class SearchSettings:
         max_failures: retries of a failed trial, 0 to `MAX_FAILURES` (10): a trial that failed that often
             fails again (Ray's -1, retry forever, is refused).
         stuck_epochs: stop a trial whose val_acc stayed flat near chance this many epochs; 0 for never.
-        retrain_epochs: `--retrain`'s epochs, fixed in advance; None for the best config's own.
+        retrain_epochs: `--retrain`'s epochs, fixed in advance; None for the best config's own. Under a time
+            budget, the most it trains (see `retrain_share`).
+        retrain_share: with `--retrain N` and a time budget, the share of the budget kept for the retrain,
+            in (0, 1); the search stops after the rest (`fer_tune.search.job_budget`).
         points_to_evaluate: partial run configs tried first (Optuna's `enqueue_trial`), the rest sampled.
+        warm_start: earlier search folders whose finished trials the study starts from, relative to the space
+            file (`fer_tune.search.warm_start`); Optuna only.
     """
 
     algorithm: str = "optuna"  # optuna (TPE) | random | grid
@@ -64,9 +69,17 @@ class SearchSettings:
     # `--retrain`'s epochs, fixed in advance (None: the best config's own train.epochs); a search may rank
     # configs at fewer epochs than its final model trains for
     retrain_epochs: int | None = None
+    # with --retrain N and a time budget, the budget covers both: the retrain keeps this share of it and the
+    # search stops after the rest (0.55: a 100-minute job searches for 45 minutes, as the `cpu` space did
+    # before the budget covered its retrain); the retrain's epochs follow from the epoch time the search
+    # measured, at most retrain_epochs (fer_tune.search.job_budget)
+    retrain_share: float = 0.55
     # configs tried first (partial run configs; the rest is sampled): recipes known to be good, so that a
     # short search starts from them instead of from chance (Optuna's enqueue_trial; checked against the space)
     points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
+    # earlier search folders (relative to the space file) whose finished trials the study is told before it
+    # proposes anything: TPE starts from what was measured (fer_tune.search.warm_start)
+    warm_start: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -144,6 +157,8 @@ def _parse_search(raw: Any) -> SearchSettings:
             setattr(s, key, value)
         elif key == "time_budget":
             s.time_budget_s = parse_duration(value, k)
+        elif key == "retrain_share":
+            s.retrain_share = value  # checked by check_search, as a flag's value would be
         elif key == "trial_timeout":
             s.trial_timeout_s = parse_duration(value, k)
         elif key == "scheduler":
@@ -156,8 +171,14 @@ def _parse_search(raw: Any) -> SearchSettings:
                     isinstance(point, Mapping), f"{k}.{i}", f"expected a config mapping, got {shown(point)}"
                 )
             s.points_to_evaluate = [dict(p) for p in value]
+        elif key == "warm_start":
+            value = [] if value is None else value
+            ok = isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value)
+            check(ok, k, f"expected a list of search folders, got {shown(value)}")
+            s.warm_start = list(value)
         else:
-            known = [*simple, "time_budget", "trial_timeout", "scheduler", "points_to_evaluate"]
+            known = [*simple, "time_budget", "retrain_share", "trial_timeout", "scheduler"]
+            known += ["points_to_evaluate", "warm_start"]
             raise ConfigError(f"{k}: unknown key; known keys: {', '.join(known)}")
     check(
         s.algorithm in ALGORITHMS,
@@ -202,6 +223,9 @@ def check_search(s: SearchSettings) -> None:
     v = s.stuck_epochs
     ok = isinstance(v, int) and not isinstance(v, bool) and (v == 0 or 2 <= v <= MAX_INT)
     check(ok, "search.stuck_epochs", f"must be 0 or >= 2, got {shown(v)}")
+    v = s.retrain_share
+    ok = _is_number(v) and 0 < v < 1
+    check(ok, "search.retrain_share", f"must be a number in (0, 1) (the retrain's share), got {shown(v)}")
     for key in ("time_budget_s", "trial_timeout_s"):
         v = getattr(s, key)
         ok = v is None or (_is_number(v) and 0 < v <= MAX_SECONDS)

@@ -52,6 +52,9 @@ class SearchState:
         command: the command line that started the search.
         study: the Optuna study's name in optuna.db; None for a search that is not an Optuna one.
         phases: every phase, in order; the last is the latest.
+        warm_start: the earlier searches the study started from, one `{"folder", "trials", "skipped",
+            "unfinished"}` each (`fer_tune.search.warm_start`); their trials are in optuna.db, not in the
+            results.
     """
 
     name: str
@@ -67,6 +70,8 @@ class SearchState:
     command: str = ""
     study: str | None = None  # the Optuna study's name in optuna.db (None: not an Optuna search)
     phases: list[Phase] = field(default_factory=list)
+    # the earlier searches whose trials the study was told before phase 1 asked for any (added once)
+    warm_start: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SearchState:

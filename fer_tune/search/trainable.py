@@ -10,6 +10,7 @@ from typing import Any
 
 from fer_tune.base import DataError
 from fer_tune.data import FER2013
+from fer_tune.search.cpu_share import CpuShare
 from fer_tune.search.recovery import good_checkpoint
 from fer_tune.search.space import Space
 
@@ -42,14 +43,21 @@ def fer_trial(config: dict[str, Any], data: FER2013, resources: TrialResources) 
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
 
     node = ray.get_runtime_context().get_node_id()  # trials.csv tells on which node each trial ran
+    share = CpuShare()  # what this trial got of the CPU it wanted, per epoch (fer_tune.search.cpu_share)
+    threads = max(1, round(cpus_per_trial))
+    # More threads than reserved CPUs (cpus_per_trial 0.5: two trials a core) wait by design: its share.
+    reserved = min(1.0, cpus_per_trial / threads) if cpus_per_trial > 0 else 1.0  # 0: no figure to expect
 
     def report(metrics: dict[str, Any], folder: Path) -> None:
         metrics = {**metrics, "cuda_visible_devices": visible, "device": str(device), "node_id": node}
+        got = share.since_last()
+        if got is not None:
+            metrics["cpu_share"] = min(1.0, got / reserved)
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(folder)))
 
     kwargs = dict(
         device=device,
-        threads=max(1, round(cpus_per_trial)),
+        threads=threads,
         report=report,
         gpu_fraction=gpus_per_trial if gpus_per_trial < 1 else None,
     )

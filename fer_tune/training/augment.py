@@ -3,7 +3,7 @@
 Every function draws one set of random parameters per image from torch's global RNG on the batch's device
 (so a checkpoint's RNG state reproduces them) and returns a new tensor of the same dtype and device. Batches
 are normalised first, so 0 is the training mean: erased boxes and the corners uncovered by a rotation are
-filled with the mean gray.
+filled with the mean gray (as are the borders a shift or zoom-out uncovers).
 """
 
 from __future__ import annotations
@@ -59,27 +59,51 @@ def random_hflip(x: torch.Tensor, p: float = 0.5) -> torch.Tensor:
     return torch.where(flip, x.flip(-1), x)
 
 
-def random_affine(x: torch.Tensor, degrees: float, scale: float) -> torch.Tensor:
-    """Rotate each image by U(-degrees, degrees), zoom by U(1 - scale, 1 + scale): one grid for the batch.
+def random_affine(
+    x: torch.Tensor, degrees: float, scale: float, shift: float = 0.0, aspect: float = 1.0
+) -> torch.Tensor:
+    """Rotate, zoom, stretch and translate each image at random: one sampling grid for the whole batch.
+
+    Together, zoom, stretch and translation are a random resized crop (torchvision's `RandomResizedCrop`) and
+    translation alone is `RandomAffine(translate=...)`, without per-image Python.
 
     Args:
-        x: a normalised (B, C, H, W) batch; uncovered corners become 0, the mean gray.
+        x: a normalised (B, C, H, W) batch of square images; uncovered borders become 0, the mean gray.
         degrees: the largest rotation either way, in degrees; 0 for none.
         scale: the largest relative zoom either way (0.1: 0.9x to 1.1x); 0 for none.
+        shift: the largest translation either way, per axis, as a fraction of the side (0.2: +-20%); 0 for
+            none.
+        aspect: the largest width:height stretch either way, drawn log-uniform (4/3: 3/4 to 4/3; the area is
+            kept); 1 for none.
 
     Returns:
-        The transformed batch (`x` itself when both are 0).
+        The transformed batch (`x` itself when all four are off).
     """
-    if degrees == 0 and scale == 0:
+    if degrees == 0 and scale == 0 and shift == 0 and aspect == 1:
         return x
     b = x.shape[0]
-    angle = (torch.rand(b, device=x.device) * 2 - 1) * math.radians(degrees)
-    zoom = 1 + (torch.rand(b, device=x.device) * 2 - 1) * scale  # > 1 zooms in
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+
+    def uniform() -> torch.Tensor:  # U(-1, 1) per image
+        return torch.rand(b, device=x.device) * 2 - 1
+
+    angle = uniform() * math.radians(degrees)
+    zoom = 1 + uniform() * scale  # > 1 zooms in
+    zoom_x = zoom_y = zoom
+    if aspect != 1:  # drawn only when on: configs without it keep their random stream
+        stretch = torch.exp(uniform() * (math.log(aspect) / 2))  # width:height = stretch**2
+        zoom_x, zoom_y = zoom * stretch, zoom / stretch
+    cos, sin = torch.cos(angle), torch.sin(angle)
     zeros = torch.zeros_like(cos)
-    # theta maps output coordinates to input coordinates (normalised to [-1, 1]).
+    move_x = move_y = zeros
+    if shift != 0:
+        move_x, move_y = uniform() * 2 * shift, uniform() * 2 * shift  # the side spans 2 grid units
+    # theta maps output to input coordinates (normalised to [-1, 1]): R(angle) @ diag(1 / zoom) + move
     theta = torch.stack(
-        [torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1
+        [
+            torch.stack([cos / zoom_x, -sin / zoom_y, move_x], 1),
+            torch.stack([sin / zoom_x, cos / zoom_y, move_y], 1),
+        ],
+        1,
     )  # (B, 2, 3)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -197,7 +221,8 @@ def augment_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """The training transform of a normalised (B, 1, 48, 48) batch; returns `mix`'s (x, y_a, y_b, lam).
 
-    Order: flip, rotation + zoom (one affine grid), shift or crop to `cfg.input_size`, erasing, mixup/cutmix.
+    Order: `views` copies of the batch, flip, rotation + zoom + stretch + translation (one affine grid), shift
+    or crop to `cfg.input_size`, erasing, mixup/cutmix. Each copy draws its own parameters.
 
     Args:
         x: a normalised (B, 1, 48, 48) batch.
@@ -205,11 +230,14 @@ def augment_batch(
         cfg: the `augment:` keys of the run.
 
     Returns:
-        (augmented x, y, y of the images mixed in, lam), as `mix` returns them.
+        (augmented x, y, y of the images mixed in, lam), as `mix` returns them; with `cfg.views` = V, x holds
+        V * B images (copy v of image i at v * B + i) and the targets are repeated to match.
     """
+    if cfg.views > 1:  # batch augmentation (Hoffer et al. 2019): one larger step, not V smaller ones
+        x, y = x.repeat(cfg.views, 1, 1, 1), y.repeat(cfg.views)
     if cfg.hflip:
         x = random_hflip(x)
-    x = random_affine(x, cfg.rotation, cfg.scale)
+    x = random_affine(x, cfg.rotation, cfg.scale, cfg.shift, cfg.aspect)
     if 1 <= cfg.crop <= 16:
         x = random_crop(x, x.shape[-1], pad=cfg.crop)
     elif cfg.crop >= 32:

@@ -26,6 +26,8 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 CLASS_WEIGHTS = ("none", "inverse", "sqrt")
 LOSSES = ("ce", "focal")
 SAMPLERS = ("shuffle", "balanced")
+PLATEAU_METRICS = ("val_loss", "val_acc")
+MAX_VIEWS = 16  # augment.views: more copies of a batch than this is a typo (memory grows with it)
 IGNORED_KEYS = ("provenance",)  # written by `fer-tune export`, read by people, ignored by training
 
 
@@ -66,7 +68,13 @@ class TrainConfig:
     )
     step_size: int = _field(10, int, "step schedule: epochs between decays")
     gamma: float = _field(0.1, float, "step and plateau schedules: decay factor")
-    patience: int = _field(3, int, "plateau schedule: epochs without val_loss improvement before a decay")
+    patience: int = _field(3, int, "plateau schedule: epochs without plateau_metric improving, then a decay")
+    plateau_metric: str = _field(
+        "val_loss",
+        str,
+        "plateau schedule: val_loss (decay when it stops falling) | val_acc (when it stops rising), both "
+        "PublicTest's; train_loss | train_acc without PublicTest",
+    )
     label_smoothing: float = _field(0.0, float, "cross-entropy label smoothing")
     grad_clip: float = _field(0.0, float, "max gradient L2 norm; 0 = off")
     subset: int | None = _field(None, int, "train on a stratified subset of this many images", optional=True)
@@ -125,6 +133,11 @@ class TrainConfig:
         check(0 < self.gamma < 1, f"{p}.gamma", f"must be in (0, 1), got {self.gamma}")
         check(self.patience >= 0, f"{p}.patience", f"must be >= 0, got {self.patience}")
         check(
+            self.plateau_metric in PLATEAU_METRICS,
+            f"{p}.plateau_metric",
+            f"must be one of {PLATEAU_METRICS}, got {shown(self.plateau_metric)}",
+        )
+        check(
             0 <= self.label_smoothing < 1,
             f"{p}.label_smoothing",
             f"must be in [0, 1), got {self.label_smoothing}",
@@ -165,9 +178,26 @@ class AugmentConfig:
         4, int, "0 off; 1..16: random shift up to N px (reflect-padded); 32..48: random crop size"
     )
     scale: float = _field(0.0, float, "random zoom by up to this fraction (0.1: 0.9x..1.1x)")
+    shift: float = _field(
+        0.0,
+        float,
+        "random translation by up to this fraction of the side, per axis (0.2: +-9.6 px at 48 px), in the "
+        "affine grid with rotation and zoom, before `crop`; the uncovered border is mean gray",
+    )
+    aspect: float = _field(
+        1.0,
+        float,
+        "random stretch: width:height log-uniform in [1/aspect, aspect] (RandomResizedCrop's: 4/3); 1 = off",
+    )
     erasing: float = _field(0.0, float, "random-erasing probability per image")
     mixup: float = _field(0.0, float, "mixup Beta(alpha, alpha); 0 = off")
     cutmix: float = _field(0.0, float, "cutmix Beta(alpha, alpha); 0 = off")
+    views: int = _field(
+        1,
+        int,
+        f"augmented copies of each image per step, 1..{MAX_VIEWS}, labels repeated (batch augmentation): a "
+        "step trains on batch_size x views images; 10 with crop 40 stands for ten-crop training",
+    )
 
     def __post_init__(self) -> None:
         p = "augment"
@@ -179,9 +209,12 @@ class AugmentConfig:
             f"must be 0, a shift of 1..16 px, or a crop size of 32..48 px, got {self.crop}",
         )
         check(0 <= self.scale <= 0.5, f"{p}.scale", f"must be in [0, 0.5], got {self.scale}")
+        check(0 <= self.shift <= 0.5, f"{p}.shift", f"must be in [0, 0.5], got {self.shift}")
+        check(1 <= self.aspect <= 2, f"{p}.aspect", f"must be in [1, 2], got {self.aspect}")
         check(0 <= self.erasing <= 1, f"{p}.erasing", f"must be in [0, 1], got {self.erasing}")
         check(self.mixup >= 0, f"{p}.mixup", f"must be >= 0, got {self.mixup}")
         check(self.cutmix >= 0, f"{p}.cutmix", f"must be >= 0, got {self.cutmix}")
+        check(1 <= self.views <= MAX_VIEWS, f"{p}.views", f"must be in 1..{MAX_VIEWS}, got {self.views}")
 
     @property
     def input_size(self) -> int:

@@ -64,11 +64,12 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 def build_schedulers(
     opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
 ) -> tuple[lr_scheduler.LRScheduler | None, lr_scheduler.ReduceLROnPlateau | None]:
-    """(stepped every batch, stepped every epoch on val_loss); linear warm-up from lr/10 but for onecycle.
+    """(stepped every batch, stepped every epoch on `plateau_metric`); linear warm-up from lr/10 but onecycle.
 
     Args:
         opt: the optimiser from `build_optimizer`.
-        cfg: the `train:` keys (`schedule`, `epochs`, `warmup_epochs`, `gamma`, `step_size`, `patience`).
+        cfg: the `train:` keys (`schedule`, `epochs`, `warmup_epochs`, `gamma`, `step_size`, `patience`,
+            `plateau_metric`).
         steps_per_epoch: batches per epoch.
 
     Returns:
@@ -81,7 +82,8 @@ def build_schedulers(
     warm = round(cfg.warmup_epochs * steps_per_epoch)
     warmup = lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=warm) if warm else None
     if cfg.schedule == "plateau":
-        plateau = lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.gamma, patience=cfg.patience)
+        mode = "max" if cfg.plateau_metric.endswith("_acc") else "min"  # an accuracy improves upwards
+        plateau = lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=cfg.gamma, patience=cfg.patience)
         return warmup, plateau
     if cfg.schedule == "cosine":
         main = lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total - warm))

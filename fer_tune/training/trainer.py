@@ -8,7 +8,8 @@ bit-for-bit on CPU.
 Choices (documented in docs/training.md):
 - Validation is PublicTest. When it is also trained on (`train.train_on: Training+PublicTest`), `val_*` is
   still computed on it but is not held out: the result says `val_held_out: False`. Without PublicTest in
-  the data, `val_loss`/`val_acc` are NaN and the plateau schedule steps on `train_loss`.
+  the data, `val_loss`/`val_acc` are NaN and the plateau schedule steps on `train_loss` (`train_acc` for
+  `train.plateau_metric: val_acc`).
 - `model.pt` holds the last epoch's weights (no selection on the validation split); it records the best
   epoch and its `val_acc` beside them.
 """
@@ -148,7 +149,7 @@ def train_one_epoch(
 
     Returns:
         `{"train_loss", "train_acc" (against each batch's dominant label), "lr" (of the last step),
-        "images"}`.
+        "images" (through the model: batches x batch_size x `augment.views`)}`.
 
     Raises:
         FloatingPointError: a loss was NaN or infinite; the message names the epoch and step.
@@ -200,8 +201,13 @@ def train_one_epoch(
             if bar is not None:
                 bar.update(step - bar.n)
                 bar.set_postfix(loss=f"{float(loss_sum) / (step * bs):.3f}", refresh=False)
-    seen = steps * bs
-    return {"train_loss": float(loss_sum) / seen, "train_acc": int(correct) / seen, "lr": lr, "images": seen}
+    seen = steps * bs * cfg.augment.views  # images through the model: each of `views` copies counts
+    return {
+        "train_loss": float(loss_sum) / (steps * bs),
+        "train_acc": int(correct) / seen,
+        "lr": lr,
+        "images": seen,
+    }
 
 
 @torch.no_grad()
@@ -349,8 +355,8 @@ def run_epoch(
         model: the model, trained in place.
         opt: its optimiser.
         sched: the per-batch scheduler; None for none.
-        plateau: the per-epoch ReduceLROnPlateau, stepped on val_loss (train_loss without PublicTest);
-            None for none.
+        plateau: the per-epoch ReduceLROnPlateau, stepped on `train.plateau_metric` (its train_* twin
+            without PublicTest); None for none.
         d: the splits on the device.
         cfg: the run's config.
         epoch: the 1-based epoch number.
@@ -389,7 +395,9 @@ def run_epoch(
     val = evaluate_split(model, d.x_val, d.y_val, d.norm, size, amp)
     clean = evaluate_split(model, d.x_train[d.clean], d.y_train[d.clean], d.norm, size, amp)
     if plateau is not None:
-        plateau.step(val["loss"] if len(d.y_val) else stats["train_loss"])
+        name = cfg.train.plateau_metric.removeprefix("val_")  # loss | acc
+        held = {"loss": val["loss"], "acc": val["accuracy"]} if len(d.y_val) else None
+        plateau.step(held[name] if held else stats[f"train_{name}"])
     metrics = {
         "epoch": epoch,
         "train_loss": stats["train_loss"],
