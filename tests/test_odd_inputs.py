@@ -62,7 +62,7 @@ def stubs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list]:
         calls["search"].append(space)
         return Outcome(tmp_path, 0)
 
-    monkeypatch.setattr(search_runner, "_ray", no_ray)
+    monkeypatch.setattr(search_runner, "ray_session", no_ray)
     monkeypatch.setattr("fer_tune.search.run_search", fake_search)
     monkeypatch.setattr("fer_tune.search.retrain_best", lambda *a, **k: calls["retrain"].append(a))
     monkeypatch.setattr("fer_tune.training.train", lambda cfg, *a, **k: calls["train"].append(cfg))

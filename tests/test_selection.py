@@ -39,7 +39,7 @@ def test_data_without_publictest_stops_the_search_before_ray(tmp_path: Path, mon
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was started for data without PublicTest")
 
-    monkeypatch.setattr(search, "_ray", no_ray)
+    monkeypatch.setattr(search, "ray_session", no_ray)
     csv = save_csv(make_fer({"Training": 2, "PrivateTest": 2}), tmp_path / "fer2013.csv")
     space = tmp_path / "s.yaml"
     space.write_text(yaml.safe_dump(TINY))

@@ -183,7 +183,7 @@ def test_invalid_space_fails_before_ray_with_one_line(
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was started for an invalid space")
 
-    monkeypatch.setattr(search, "_ray", no_ray)
+    monkeypatch.setattr(search, "ray_session", no_ray)
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     (tmp_path / "fer2013.csv").write_text("emotion,pixels,Usage\n")

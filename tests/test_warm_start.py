@@ -168,7 +168,7 @@ def test_a_wrong_warm_start_folder_fails_before_ray_with_one_line(
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was started")
 
-    monkeypatch.setattr(search, "_ray", no_ray)
+    monkeypatch.setattr(search, "ray_session", no_ray)
     monkeypatch.chdir(ROOT)
     path = cpu_space(tmp_path, **changes)
     (tmp_path / "fer2013.csv").write_text("emotion,pixels,Usage\n")  # never read: the folder fails first
