@@ -20,15 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name  # benchmarks/machine.py: scripts run from this folder
 
 from fer_tune.base import DataError
 from fer_tune.data import load_fer2013
@@ -49,14 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def machine(dev: torch.device) -> str:
     """The CPU's model name (lscpu) or the GPU's name."""
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        found = re.search(r"Model name:\s*(.+)", text)
-        return found[1].strip() if found else platform.processor()
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
 
 
 def members(cfg: RunConfig, k: int) -> list[RunConfig]:
@@ -150,7 +141,7 @@ def measure(cfg: RunConfig, k: int, batches: list, dev: torch.device, args: argp
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             best[name] = min(best[name], time.perf_counter() - t)
-    images = k * cfg.train.batch_size * args.steps
+    images = k * cfg.train.batch_size * cfg.augment.views * args.steps  # every view counts, as in the trainer
     sep, fus = images / best["separate"], images / best["fused"]
     return {
         "k": k,

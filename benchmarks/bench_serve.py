@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import re
 import signal
 import statistics
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 
 import httpx
+from machine import cpu_name  # benchmarks/machine.py: scripts run from this folder
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "results" / "cpu-reference" / "distilled"
@@ -45,15 +45,6 @@ def photo() -> bytes:
         buf, "JPEG", quality=90
     )
     return buf.getvalue()
-
-
-def cpu_name() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        found = re.search(r"Model name:\s*(.+)", text)
-        return found[1].strip() if found else platform.processor()
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
 
 
 def start(model: str, extra: list[str]) -> tuple[subprocess.Popen, str]:

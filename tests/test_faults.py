@@ -255,6 +255,16 @@ def write_space(tmp_path: Path, search: dict, train: dict) -> Path:
     return path
 
 
+def search_argv(
+    tmp_path: Path, data_csv: Path, folder: Path, *, num_samples: int, seed: int, epochs: int
+) -> list[str]:
+    """A CPU search of `num_samples` trials without ASHA into `folder`: its space written, its argv."""
+    search = {"num_samples": num_samples, "scheduler": "none", "seed": seed}
+    sp = write_space(tmp_path, search, {"epochs": epochs})
+    args = ["--space", str(sp), "--data", str(data_csv), "--gpus", "0", "--cpus", "2"]
+    return [*args, "--results", str(folder.parent), "--name", folder.name]
+
+
 class Runner:
     """`fer-tune ARGS` subprocesses (optionally inside a mount namespace), output in tmp_path/log-N.txt."""
 
@@ -414,10 +424,8 @@ def test_a_full_or_read_only_results_disk_stops_with_one_error_and_resumes(
     ns = Namespace(tmp_path / "disk")
     runner = Runner(tmp_path, prefix=ns.enter)
     try:
-        sp = write_space(tmp_path, {"num_samples": 4, "scheduler": "none", "seed": 1}, {"epochs": 25})
         folder = ns.mount / "s"
-        args = ["--space", str(sp), "--data", str(data_csv), "--gpus", "0", "--cpus", "2"]
-        proc = runner.start(*args, "--results", str(ns.mount), "--name", "s")
+        proc = runner.start(*search_argv(tmp_path, data_csv, folder, num_samples=4, seed=1, epochs=25))
         deadline = time.time() + 150
         before = ns.copy_out(folder, tmp_path / "before")
         while not (
@@ -535,10 +543,8 @@ def test_one_ctrl_c_stops_a_search_as_an_interruption_that_resumes(
 ) -> None:
     """The first Ctrl-C every user presses: exit 130, the resume line, the state unfinished; resume completes.
     (Ray Tune's own SIGINT handler used to end the loop quietly: exit 0, "finished", nothing to resume.)"""
-    sp = write_space(tmp_path, {"num_samples": 2, "scheduler": "none", "seed": 4}, {"epochs": 20})
     folder = tmp_path / "results" / "c1"
-    args = ["--space", str(sp), "--data", str(data_csv), "--gpus", "0", "--cpus", "2"]
-    args += ["--results", str(folder.parent), "--name", "c1"]
+    args = search_argv(tmp_path, data_csv, folder, num_samples=2, seed=4, epochs=20)
     proc = runner.start_in_terminal(*args) if how.startswith("typed") else runner.start(*args)
     wait_for_epochs(folder, proc, 2)
     if how.startswith("typed"):
@@ -561,10 +567,8 @@ def test_sigterm_to_the_process_group_stops_within_seconds_and_resumes(
 ) -> None:
     """`kill -TERM -PGID` (a job control or a scheduler stopping the job) reaches Ray's own processes too;
     the driver used to wait 60 s more for the dead GCS ("Failed to connect to GCS within 60 seconds")."""
-    sp = write_space(tmp_path, {"num_samples": 2, "scheduler": "none", "seed": 5}, {"epochs": 20})
     folder = tmp_path / "results" / "term"
-    args = ["--space", str(sp), "--data", str(data_csv), "--gpus", "0", "--cpus", "2"]
-    proc = runner.start(*args, "--results", str(folder.parent), "--name", "term")
+    proc = runner.start(*search_argv(tmp_path, data_csv, folder, num_samples=2, seed=5, epochs=20))
     wait_for_epochs(folder, proc, 2)
     t0 = time.monotonic()
     os.killpg(proc.pid, signal.SIGTERM)
@@ -581,10 +585,8 @@ def test_sigterm_to_the_process_group_stops_within_seconds_and_resumes(
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_ctrl_c_twice_leaves_a_resumable_folder(tmp_path: Path, data_csv: Path, runner: Runner) -> None:
-    sp = write_space(tmp_path, {"num_samples": 4, "scheduler": "none", "seed": 2}, {"epochs": 25})
     folder = tmp_path / "results" / "cc"
-    args = ["--space", str(sp), "--data", str(data_csv), "--gpus", "0", "--cpus", "2"]
-    proc = runner.start(*args, "--results", str(folder.parent), "--name", "cc")
+    proc = runner.start(*search_argv(tmp_path, data_csv, folder, num_samples=4, seed=2, epochs=25))
     wait_for_epochs(folder, proc, 3)
     os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
     time.sleep(0.05)  # while Ray stops the trials and saves its state (0.1-0.5 s here)
@@ -600,10 +602,8 @@ def test_ctrl_c_twice_leaves_a_resumable_folder(tmp_path: Path, data_csv: Path, 
 def test_after_a_crash_cut_checkpoints_resume_from_the_last_good_one(
     tmp_path: Path, data_csv: Path, runner: Runner
 ) -> None:
-    sp = write_space(tmp_path, {"num_samples": 4, "scheduler": "none", "seed": 3}, {"epochs": 25})
     folder = tmp_path / "results" / "cut"
-    args = ["--space", str(sp), "--data", str(data_csv), "--gpus", "0", "--cpus", "2"]
-    proc = runner.start(*args, "--results", str(folder.parent), "--name", "cut")
+    proc = runner.start(*search_argv(tmp_path, data_csv, folder, num_samples=4, seed=3, epochs=25))
     wait_for_epochs(folder, proc, 6)
     os.killpg(proc.pid, signal.SIGKILL)  # the machine goes down
     proc.wait(timeout=30)

@@ -139,6 +139,10 @@ def test_members_must_share_the_architecture():
     adam = cfgs[1].override(optimizer="adam")
     with pytest.raises(ConfigError, match=r"train\.optimizer"):
         check_fusable([cfgs[0], adam])
+    d = cfgs[1].to_dict()
+    views = RunConfig.from_dict({**d, "augment": {**d["augment"], "views": 2}})
+    with pytest.raises(ConfigError, match=r"augment\.views"):
+        check_fusable([cfgs[0], views])
 
 
 def test_unfused_families_name_the_module():

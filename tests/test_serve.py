@@ -27,19 +27,17 @@ import numpy as np
 import pytest
 from conftest import one_line
 from PIL import Image
+from test_predict import ASTRONAUT_FACE, TINY, save_untrained
 
 from fer_tune.cli import main
 from fer_tune.data import EMOTIONS
 from fer_tune.inference import create_app, untrained
-from fer_tune.training.checkpoint import atomic_save
 
 httpx = pytest.importorskip("httpx")
 skdata = pytest.importorskip("skimage.data")
 # Starlette 1.x deprecates its TestClient's httpx in favour of httpx2; the calls are the same.
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 
-TINY = {"model": {"arch": "cnn", "kernels": [8, 16], "head_width": 0}, "augment": {"crop": 44}, "seed": 0}
-ASTRONAUT_FACE = (175, 64, 98, 98)  # x, y, w, h in skimage's 512x512 photo (tests/test_predict.py)
 LIMIT_MB = 1  # the servers here refuse uploads over 1 MiB: an oversize upload is then quick to send
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -64,10 +62,7 @@ def photo() -> bytes:
 @pytest.fixture(scope="module")
 def model_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model.pt as training writes it, with random weights."""
-    pred = untrained(TINY)
-    path = tmp_path_factory.mktemp("run") / "model.pt"
-    atomic_save({"state_dict": pred.model.state_dict(), **pred.meta}, path)
-    return path
+    return save_untrained(TINY, tmp_path_factory.mktemp("run")) / "model.pt"
 
 
 def near_astronaut(box: dict[str, int]) -> bool:

@@ -325,10 +325,9 @@ def export_model_command(args: argparse.Namespace) -> int:
         raise FerTuneError(f"--quantize {args.quantize}: ONNX only, not --format {args.format}")
     if not args.data:
         raise FerTuneError(f"--quantize {args.quantize} needs --data: it calibrates on the Training faces")
-    calibration = 512 if args.calibration is None else args.calibration  # None: not given (scripts.py)
-    if calibration < 1:
-        raise FerTuneError(f"--calibration: must be >= 1, got {calibration}")
-    agreement, held_out = export_quantized(args.model, out, args.data, calibration)
+    # None: not given (scripts.py checks it is >= 1 when given), so export_quantized's default.
+    n = {} if args.calibration is None else {"n": args.calibration}
+    agreement, held_out = export_quantized(args.model, out, args.data, **n)
     print(f"wrote {out} ({args.quantize}: the float model's answer on {agreement:.1%} of {held_out} faces)")
     return 0
 

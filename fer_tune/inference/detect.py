@@ -100,10 +100,12 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU) -> np.ndarr
 class FaceDetector:
     """A face detector: `detect(image)` gives FER2013-framed boxes, largest first.
 
-    Subclasses give `raw_boxes` (their own boxes and confidences) and their `name` (a key of `FRAMINGS`).
+    Subclasses give `raw_boxes` (their own boxes and confidences), their `name` (a key of `FRAMINGS`) and
+    whether they use colour (else a caller that has the gray image already may pass it instead).
     """
 
     name = ""
+    colour = True
 
     def raw_boxes(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The detector's own boxes after non-maximum suppression, largest first.
@@ -147,6 +149,7 @@ class HaarDetector(FaceDetector):
     """
 
     name = "haar"
+    colour = False
 
     def __init__(
         self, min_face: int = MIN_FACE, detect_side: int = DETECT_SIDE, scale_step: float = SCALE_STEP
@@ -260,18 +263,16 @@ class SsdDetector(FaceDetector):
         self.net.setInput(cv2.dnn.blobFromImage(bgr, 1.0, size, SSD_MEAN, swapRB=False, crop=False))
         rows = self.net.forward().reshape(-1, 7).astype(np.float64)  # image, class, confidence, x1 y1 x2 y2
         rows = rows[rows[:, 2] >= self.confidence]
-        x1, y1, x2, y2 = rows[:, 3], rows[:, 4], rows[:, 5], rows[:, 6]
+        x1, y1, x2, y2 = rows[:, 3:7].T
         # Rows past the real detections can be confident with coordinates outside the image: keep boxes of
         # a sane shape that lie mostly inside (a face cut off by the frame reaches past it a little).
         inside = (np.clip(x2, 0, 1) - np.clip(x1, 0, 1)) * (np.clip(y2, 0, 1) - np.clip(y1, 0, 1))
         area = (x2 - x1) * (y2 - y1)
         ok = np.isfinite(rows).all(1) & (x2 > x1) & (y2 > y1) & (inside >= 0.5 * np.maximum(area, 1e-9))
-        rows = rows[ok]
-        boxes = np.stack(
-            [rows[:, 3] * w, rows[:, 4] * h, (rows[:, 5] - rows[:, 3]) * w, (rows[:, 6] - rows[:, 4]) * h], 1
-        )
-        keep = nms(boxes, rows[:, 2])
-        boxes, scores = boxes[keep], rows[keep, 2]
+        boxes = np.stack([x1 * w, y1 * h, (x2 - x1) * w, (y2 - y1) * h], 1)[ok]
+        scores = rows[ok, 2]
+        keep = nms(boxes, scores)
+        boxes, scores = boxes[keep], scores[keep]
         order = np.argsort(-boxes[:, 2], kind="stable")
         return boxes[order], scores[order]
 

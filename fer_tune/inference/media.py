@@ -41,6 +41,11 @@ class Input:
     name: Path  # relative output name: the file's name, or <folder name>/<path inside the folder>
     video: bool
 
+    @property
+    def annotated(self) -> Path:
+        """Its annotated copy, relative to --out: `name`, or `<name>.annotated.mp4` for a video."""
+        return self.name.with_name(self.name.name + ".annotated.mp4") if self.video else self.name
+
 
 def expand(inputs: list[str]) -> tuple[list[Input], list[str]]:
     """Files as given, folders' images and videos (recursively, sorted); and an error per missing path.
@@ -186,9 +191,9 @@ class _Writer:
             if self.csv:
                 self.csv.writerow(row)
 
-    def path(self, name: Path, suffix: str | None = None) -> Path:
+    def path(self, name: Path) -> Path:
         assert self.out is not None
-        dest = self.out / (name if suffix is None else name.with_name(name.name + suffix))
+        dest = self.out / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         return dest
 
@@ -204,7 +209,7 @@ def _image(pred: Predictor, item: Input, w: _Writer, write: Any, detect: bool, t
     if w.out:
         from PIL import Image
 
-        Image.fromarray(annotate(rgb, faces)).save(w.path(item.name))
+        Image.fromarray(annotate(rgb, faces)).save(w.path(item.annotated))
 
 
 def _video(
@@ -223,7 +228,7 @@ def _video(
             w.rows(_rows(str(item.path), i, faces), write)
             if w.out:
                 if writer is None:
-                    dest = str(w.path(item.name, ".annotated.mp4"))
+                    dest = str(w.path(item.annotated))
                     size = (rgb.shape[1], rgb.shape[0])
                     rate = max(1.0, fps / every)
                     writer = cv2.VideoWriter(dest, cv2.VideoWriter_fourcc(*"mp4v"), rate, size)
@@ -278,8 +283,7 @@ def predict_files(
     if out is not None:  # before anything is written: never an annotated copy over a photo it reads
         originals, root = {i.path.resolve() for i in items}, Path(out).expanduser().resolve()
         for item in items:
-            dest = root / item.name
-            dest = dest.with_name(dest.name + ".annotated.mp4") if item.video else dest
+            dest = root / item.annotated
             if dest in originals:
                 raise OutputError(
                     f"--out {out}: the annotated copy of {item.path} would be written over {dest}, "

@@ -197,7 +197,9 @@ class Predictor:
         rgb = image if isinstance(image, np.ndarray) else to_uint8_rgb(image)
         gray = rgb if rgb.ndim == 2 else to_gray(np.ascontiguousarray(rgb[..., :3]))
         h, w = gray.shape
-        boxes = self.detector.detect(rgb) if detect else [Box(0, 0, w, h)]  # the SSD sees colour
+        det = self.detector if detect else None  # built only when used
+        # The SSD sees colour; the cascade is given the gray image made here instead of making its own.
+        boxes = det.detect(rgb if det.colour else gray) if det else [Box(0, 0, w, h)]
         if not boxes:
             return []
         if not detect:

@@ -312,15 +312,15 @@ def outside(space: Space, config: dict[str, Any]) -> str | None:
     from fer_tune.training import RunConfig
 
     resolved = RunConfig.from_dict(config).to_dict()  # the keys a space leaves out are at their defaults
-    model = dict(space.groups.get("model", {}))
-    families = model.pop("families", {})
-    arch = resolved["model"]["arch"]
-    expected = {
-        **{k: v for k, v in space.groups.items() if k != "model"},
-        "model": {**model, **families.get(arch, {})},
-    }
-    if isinstance(model.get("arch"), Dist):
-        expected["model"]["arch"] = model["arch"]
+    return _outside_resolved(space, resolved)
+
+
+def _outside_resolved(space: Space, resolved: dict[str, Any]) -> str | None:
+    """`outside` of a run config already resolved (`RunConfig.to_dict`)."""
+    expected = _family_tree(space, resolved["model"]["arch"])
+    arch = space.groups.get("model", {}).get("arch")
+    if arch is not None:  # compared first, as the space lists it
+        expected["model"] = {"arch": arch, **expected["model"]}
     return _outside(expected, resolved, "")
 
 
@@ -344,10 +344,10 @@ def trial_params(space: Space, config: dict[str, Any]) -> tuple[dict[str, Any], 
 
     from fer_tune.training import RunConfig
 
-    why = outside(space, config)
+    resolved = RunConfig.from_dict(config).to_dict()
+    why = _outside_resolved(space, resolved)
     if why:
         return why
-    resolved = RunConfig.from_dict(config).to_dict()
     arch = resolved["model"]["arch"]
     params: dict[str, Any] = {}
     for d in space.dists():

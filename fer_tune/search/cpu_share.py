@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -72,11 +73,8 @@ def typical_share(values: Iterable[float | None]) -> float | None:
     Returns:
         The median, or None when no value is known.
     """
-    known = sorted(float(v) for v in values if v is not None and not math.isnan(float(v)))
-    if not known:
-        return None
-    mid = len(known) // 2
-    return known[mid] if len(known) % 2 else (known[mid - 1] + known[mid]) / 2
+    known = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return statistics.median(known) if known else None
 
 
 def share_line(share: float | None) -> str | None:

@@ -96,11 +96,12 @@ def _extend(
     check_writable(folder.path, "search folder")
     data, _ = _load(state.data if data is None else data)
     study = folder.load_study()
-    numbers = {t.user_attrs.get("ray_trial_id"): t.number for t in study.get_trials(deepcopy=False)}
+    trials = study.get_trials(deepcopy=False)  # once: every trial's params and values from optuna.db
+    numbers = {t.user_attrs.get("ray_trial_id"): t.number for t in trials}
     out = {t["trial_id"]: why for t in ray_trials(folder) if (why := outside(new, t["config"]))}
     # Earlier searches' trials the study started from (fer_tune.search.warm_start): hidden alike.
-    warm = [t.number for t in study.get_trials(deepcopy=False) if _warm_outside(new, t.user_attrs)]
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    warm = [t.number for t in trials if _warm_outside(new, t.user_attrs)]
+    for t in (t for t in trials if t.state == TrialState.RUNNING):
         # An interrupted phase that is extended instead of resumed: its trials never end.
         set_trial_user_attr(study, t, LOST, f"phase {state.phase.number} extended, not resumed")
         study.tell(t.number, state=TrialState.FAIL)

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fer_tune.base import DataError, atomic_write_text, read_yaml
+from fer_tune.base import ConfigError, DataError, atomic_write_text, read_yaml
 from fer_tune.search.cpu_share import SMALL_SHARE, typical_share
 from fer_tune.search.folder import BEST_CONFIG, BUDGET_FILE
 
@@ -315,11 +315,14 @@ class RetrainPlan:
         return out
 
 
-def measured_epoch(folder: str | Path) -> tuple[str, float, int, float | None] | None:
+def measured_epoch(
+    folder: str | Path, best: dict[str, Any] | None = None
+) -> tuple[str, float, int, float | None] | None:
     """The best trial's epoch time, as the search measured it (see the module's docstring).
 
     Args:
         folder: the local search folder, its results written (`best_config.yaml`).
+        best: `best_config.yaml` as already read; None to read it here.
 
     Returns:
         (trial id, median seconds per epoch, epochs measured, typical CPU share of the search's trials), or
@@ -330,8 +333,10 @@ def measured_epoch(folder: str | Path) -> tuple[str, float, int, float | None] |
     from fer_tune.search.results import load_results, selection
 
     trials, history = load_results(folder)
-    raw = read_yaml(Path(folder) / BEST_CONFIG) if (Path(folder) / BEST_CONFIG).is_file() else {}
-    trial_id = ((raw or {}).get("provenance") or {}).get("trial_id")  # the config the retrain trains
+    if best is None:
+        path = Path(folder) / BEST_CONFIG
+        best = (read_yaml(path) if path.is_file() else None) or {}
+    trial_id = (best.get("provenance") or {}).get("trial_id")  # the config the retrain trains
     if trial_id is None:
         ranked = selection(folder).rank(trials)
         if not len(ranked):
@@ -344,7 +349,7 @@ def measured_epoch(folder: str | Path) -> tuple[str, float, int, float | None] |
     seconds = seconds[seconds > 0]
     if not len(seconds):
         return None
-    share = typical_share(history["cpu_share"]) if "cpu_share" in history else None
+    share = typical_share(history.get("cpu_share", ()))
     return str(trial_id), float(seconds.median()), len(seconds), share
 
 
@@ -400,11 +405,16 @@ def plan_retrain(
     """
     from fer_tune.training import RunConfig
 
-    measured = measured_epoch(folder)
+    path = Path(folder) / BEST_CONFIG
+    best = read_yaml(path) or {}  # once: its provenance names the trial, the rest is the config
+    measured = measured_epoch(folder, best)
     if measured is None:
         return None
     trial_id, epoch_s, n, share = measured
-    config = RunConfig.from_yaml(Path(folder) / BEST_CONFIG)
+    try:
+        config = RunConfig.from_dict(best)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     own = config.train.epochs
     most = cap or own
     score_s = scoring_seconds(config, len(data), seeds, device)

@@ -28,6 +28,7 @@ from ray.tune import CLIReporter, ProgressReporter
 
 from fer_tune.search.cpu_share import share_line, typical_share
 from fer_tune.search.internals import AUTH_TOKEN_LOGGER
+from fer_tune.search.job_budget import clock
 
 REDRAW_EVERY_S = 1.0  # the table on a terminal
 LINE_EVERY_S = 5.0  # the plain line, when something changed
@@ -324,9 +325,9 @@ class LiveView:
 
     def _times(self) -> str:
         elapsed = time.time() - self.start
-        text = f"{_clock(elapsed)} elapsed"
+        text = f"{clock(elapsed)} elapsed"
         if self.budget_s:
-            text += f", {_clock(max(0.0, self.budget_s - elapsed))} left of {_clock(self.budget_s)}"
+            text += f", {clock(self.budget_s - elapsed)} left of {clock(self.budget_s)}"
         return text
 
     def _counts_text(self, n: dict[str, int], seen: int) -> str:
@@ -441,8 +442,3 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value).replace(" ", "")
-
-
-def _clock(seconds: float) -> str:
-    s = round(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

@@ -451,7 +451,7 @@ def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState, ver
     unfinished = grid.num_terminated + grid.num_errors < len(grid)
     interrupted = bool(stop.signals) or unfinished or (len(grid) < space.total_trials() and not budget_hit)
     print(summarize(trials, folder.path))
-    share = share_line(typical_share(history["cpu_share"])) if "cpu_share" in history else None
+    share = share_line(typical_share(history.get("cpu_share", ())))
     if share is not None:
         print(f"fer-tune: {share}")
     if interrupted:

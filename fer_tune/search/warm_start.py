@@ -188,8 +188,10 @@ def _read(space: Space, path: Path, where: str, optional: bool) -> WarmStart:
     configs = {t["trial_id"]: t["config"] for t in ray_trials(folder)}
     seed = space.groups.get("seed")
     warm = WarmStart(folder.path)
+    epochs = dict(tuple(history.groupby("trial_id", sort=False)))  # once, not a scan per trial
     for row in trials.to_dict("records"):
-        values = _values(history[history["trial_id"] == row["trial_id"]], s.metric)
+        hist = epochs.get(row["trial_id"])
+        values = {} if hist is None else _values(hist, s.metric)
         if row["status"] != "TERMINATED" or not values:  # what the searcher told FAIL, or never told
             warm.unfinished += 1
             continue

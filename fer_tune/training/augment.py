@@ -93,8 +93,7 @@ def random_affine(
         stretch = torch.exp(uniform() * (math.log(aspect) / 2))  # width:height = stretch**2
         zoom_x, zoom_y = zoom * stretch, zoom / stretch
     cos, sin = torch.cos(angle), torch.sin(angle)
-    zeros = torch.zeros_like(cos)
-    move_x = move_y = zeros
+    move_x = move_y = torch.zeros_like(cos)
     if shift != 0:
         move_x, move_y = uniform() * 2 * shift, uniform() * 2 * shift  # the side spans 2 grid units
     # theta maps output to input coordinates (normalised to [-1, 1]): R(angle) @ diag(1 / zoom) + move

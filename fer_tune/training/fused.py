@@ -42,10 +42,10 @@ from torch import nn
 from fer_tune.base import ConfigError
 from fer_tune.models.layers import BasicBlock
 from fer_tune.training.augment import augment_batch
-from fer_tune.training.config import RunConfig, TrainConfig
+from fer_tune.training.config import RunConfig
 from fer_tune.training.device import Precision, channels_last
 from fer_tune.training.fused_optim import FusedOptimizer
-from fer_tune.training.losses import classification_loss
+from fer_tune.training.losses import mixed_loss
 from fer_tune.training.optim import no_weight_decay
 
 # What members must share: the step runs them as one model, one batch, one optimiser kind, one precision.
@@ -59,8 +59,9 @@ def check_fusable(cfgs: Sequence[RunConfig]) -> None:
         cfgs: the members' run configs.
 
     Raises:
-        ConfigError: no configs, a teacher, or two members differ in a key they must share; the message
-            names the dotted key.
+        ConfigError: no configs, a teacher, or two members differ in a key they must share (the
+            architecture, `SHARED_TRAIN_KEYS`, the input size, `augment.views`); the message names the dotted
+            key.
     """
     if not cfgs:
         raise ConfigError("fused: no members")
@@ -77,6 +78,8 @@ def check_fusable(cfgs: Sequence[RunConfig]) -> None:
                 raise ConfigError(f"train.{key}: member {i} differs from member 0; fused members share it")
         if cfg.augment.input_size != first.augment.input_size:
             raise ConfigError(f"augment.crop: member {i} trains at another input size than member 0")
+        if cfg.augment.views != first.augment.views:  # a step's images per member: one batch for all
+            raise ConfigError(f"augment.views: member {i} differs from member 0; fused members share it")
 
 
 class MemberStreams:
@@ -331,33 +334,6 @@ class FusedModel(nn.Module):
         return {name: t[k].detach().clone() for name, t in self.net.state_dict().items()}
 
 
-def member_loss(
-    out: torch.Tensor,
-    y_a: torch.Tensor,
-    y_b: torch.Tensor,
-    lam: float,
-    cfg: TrainConfig,
-    weight: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The training loss of one member's batch, mixup/cutmix weighted as in `train_one_epoch`.
-
-    Args:
-        out: (B, 7) logits.
-        y_a: (B,) class indices.
-        y_b: (B,) class indices of the images mixed in.
-        lam: the weight of `y_a`.
-        cfg: the member's `train:` keys.
-        weight: (7,) per-class loss weights; None for unweighted.
-
-    Returns:
-        The scalar loss.
-    """
-    loss = classification_loss(out, y_a, cfg, weight)
-    if lam < 1:
-        loss = lam * loss + (1 - lam) * classification_loss(out, y_b, cfg, weight)
-    return loss
-
-
 def fused_step(
     model: FusedModel,
     opt: FusedOptimizer,
@@ -392,7 +368,7 @@ def fused_step(
     with amp.autocast() if amp is not None else contextlib.nullcontext():
         out = model(torch.stack(views))  # (K, B, 7)
         losses = torch.stack(
-            [member_loss(out[k], *targets[k], cfg.train, weight) for k, cfg in enumerate(cfgs)]
+            [mixed_loss(out[k], *targets[k], cfg.train, weight) for k, cfg in enumerate(cfgs)]
         )
     opt.zero_grad()
     losses.sum().backward()  # the members share no parameter: each gets exactly its own gradient
@@ -432,7 +408,7 @@ def reference_step(
     with streams.use(k):
         xk, y_a, y_b, lam = augment_batch(x, y, cfg.augment)
         with amp.autocast() if amp is not None else contextlib.nullcontext():
-            loss = member_loss(model(channels_last(xk)), y_a, y_b, lam, cfg.train, weight)
+            loss = mixed_loss(model(channels_last(xk)), y_a, y_b, lam, cfg.train, weight)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.train.grad_clip:

@@ -56,3 +56,30 @@ def classification_loss(
         return focal.mean()
     w = weight[y]
     return (focal * w).sum() / w.sum()
+
+
+def mixed_loss(
+    out: torch.Tensor,
+    y_a: torch.Tensor,
+    y_b: torch.Tensor,
+    lam: float,
+    cfg: TrainConfig,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`classification_loss` of a mixup/cutmix batch: `lam * loss(y_a) + (1 - lam) * loss(y_b)`.
+
+    Args:
+        out: (B, 7) logits.
+        y_a: (B,) class indices.
+        y_b: (B,) class indices of the images mixed in.
+        lam: the weight of `y_a`, as `augment.mix` returns it; 1 for an unmixed batch (one loss only).
+        cfg: the `train:` keys.
+        weight: (7,) per-class loss weights; None for unweighted.
+
+    Returns:
+        The scalar loss.
+    """
+    loss = classification_loss(out, y_a, cfg, weight)
+    if lam < 1:
+        loss = lam * loss + (1 - lam) * classification_loss(out, y_b, cfg, weight)
+    return loss

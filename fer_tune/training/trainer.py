@@ -39,7 +39,7 @@ from fer_tune.training.checkpoint import ReportFn, model_meta, restore, save_epo
 from fer_tune.training.config import RunConfig, as_run_config
 from fer_tune.training.device import Precision, channels_last, setup_device, to_device
 from fer_tune.training.distill import Teacher, distill_loss, load_teacher
-from fer_tune.training.losses import class_weights, classification_loss
+from fer_tune.training.losses import class_weights, mixed_loss
 from fer_tune.training.metrics import METRIC_KEYS, METRIC_MODES, scores  # noqa: F401  (METRIC_MODES re-exported)
 from fer_tune.training.optim import build_optimizer, build_schedulers
 
@@ -169,9 +169,7 @@ def train_one_epoch(
         with amp.autocast():
             x = channels_last(x)
             out = model(x)
-            loss = classification_loss(out, y_a, cfg.train, weight)
-            if lam < 1:
-                loss = lam * loss + (1 - lam) * classification_loss(out, y_b, cfg.train, weight)
+            loss = mixed_loss(out, y_a, y_b, lam, cfg.train, weight)
             if teacher is not None and cfg.train.distill_alpha > 0:
                 soft = distill_loss(out, teacher(x), cfg.train.distill_temperature)
                 loss = (1 - cfg.train.distill_alpha) * loss + cfg.train.distill_alpha * soft
