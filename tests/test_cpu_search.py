@@ -117,18 +117,23 @@ def test_bench_search_quick_budget_on_tiny_data(small_csv, tmp_path) -> None:
     assert bench_search.main([*argv, "--out", str(out), "--num-samples", "2", "--cpus", "2"]) == 0
     record = json.loads((out / "bench_search.json").read_text())
     arms = {a["name"]: a for a in record["arms"]}
-    assert set(arms) == {"tpe-asha", "random", "hand"} and record["budget_s"] == 60
-    assert arms["hand"]["epochs"] >= 1 and arms["tpe-asha"]["trials"] == arms["random"]["trials"] == 2
+    assert set(arms) == {"warm", "cold", "random", "hand"} and record["budget_s"] == 60
+    assert arms["hand"]["epochs"] >= 1 and arms["warm"]["trials"] == arms["random"]["trials"] == 2
+    assert all(a["repeat"] == 0 for a in arms.values())
+    assert set(record["paired_to_random"]) == {"warm", "cold", "hand"}
     for arm in arms.values():
         curve = arm["curve"]
         assert curve and all(0 <= t <= 60 for t, _ in curve), arm["name"]
         assert [acc for _, acc in curve] == sorted(acc for _, acc in curve)  # best so far never falls
         assert arm["best"] == curve[-1]
     table = (out / "table.md").read_text()
-    assert all(f"| {name} |" in table for name in arms) and "baseline: the hand-tuned recipe" in table
+    assert all(f"| {name} |" in table for name in arms) and "n < 2: no noise estimate" in table
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # random search really is random and unscheduled
-    assert "algorithm: random" in (out / "random.yaml").read_text()
+    assert "algorithm: random" in (out / "spaces" / "random-r0.yaml").read_text()
+    # a rerun finds every run finished: nothing runs again
+    assert bench_search.main([*argv, "--out", str(out), "--num-samples", "2", "--cpus", "2"]) == 0
+    assert json.loads((out / "bench_search.json").read_text())["arms"] == record["arms"]
 
 
 def test_bench_random_arm_is_the_cpu_space_from_chance(tmp_path) -> None:

@@ -1,16 +1,21 @@
 """Fault tolerance of a search, each in a `fer-tune` subprocess with its own Ray (not the session's cluster).
 
-The driver is SIGKILLed mid-search and the search resumed; a trial that raises and one whose loss turns NaN
-end with their stop reasons while the search goes on, and only the one that raised is retried.
+The driver is SIGKILLed mid-search, the crash cuts the newest checkpoints, and the search is resumed (one run,
+shared by the two tests that check it); a trial that raises and one whose loss turns NaN end with their stop
+reasons while the search goes on, and only the one that raised is retried.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -57,15 +62,15 @@ def space(tmp_path: Path, name: str, search: dict, train: dict) -> Path:
     return path
 
 
-@pytest.fixture
-def fer_tune(tmp_path: Path):
-    """Start `fer-tune ARGS` in a subprocess (output in tmp_path/log-N.txt); none outlives the test."""
+@contextmanager
+def subprocesses(folder: Path) -> Iterator[Callable[..., subprocess.Popen]]:
+    """Start `fer-tune ARGS` in a subprocess (output in folder/log-N.txt); none outlives the block."""
     procs: list[subprocess.Popen] = []
 
     def start(*args: str, env: dict | None = None) -> subprocess.Popen:
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "WANDB_MODE": "disabled", **(env or {})}
         env.pop("RAY_ADDRESS", None)
-        with open(tmp_path / f"log-{len(procs)}.txt", "w") as log:
+        with open(folder / f"log-{len(procs)}.txt", "w") as log:
             procs.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "fer_tune.cli", *args], env=env, stdout=log, stderr=log
@@ -73,11 +78,20 @@ def fer_tune(tmp_path: Path):
             )
         return procs[-1]
 
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def fer_tune(tmp_path: Path):
+    """Start `fer-tune ARGS` in a subprocess (output in tmp_path/log-N.txt); none outlives the test."""
+    with subprocesses(tmp_path) as start:
+        yield start
 
 
 def epochs_reported(trial_dir: Path) -> int:
@@ -85,45 +99,76 @@ def epochs_reported(trial_dir: Path) -> int:
     return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
-def test_sigkill_then_resume_keeps_finished_trials_and_continues_interrupted_ones(
-    tmp_path: Path, data_csv: Path, fer_tune
-) -> None:
-    folder = tmp_path / "results" / "kill"
-    sp = space(tmp_path, "kill", {"num_samples": 4, "scheduler": "none", "seed": 1}, {"epochs": EPOCHS})
-    args = ["--space", str(sp), "--data", str(data_csv), "--gpus", "0", "--cpus", "2"]
-    proc = fer_tune(*args, "--results", str(folder.parent), "--name", "kill")
-    finished: dict[str, str] = {}
-    interrupted: list[str] = []
-    deadline = time.time() + 150
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        try:
-            trials, _ = load_results(folder)
-        except DataError:
-            continue  # no state snapshot yet
-        done = trials[trials["status"] == "TERMINATED"]
-        running = [
-            t
-            for t in trials[trials["status"] != "TERMINATED"]["trial_id"]
-            if 3 <= epochs_reported(folder / f"trial_{t}") < EPOCHS
-        ]
-        if len(done) and running:
-            finished = {t: (folder / f"trial_{t}" / "result.json").read_text() for t in done["trial_id"]}
-            interrupted = running
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=30)
-    assert finished and interrupted, "the search ended before it could be killed mid-way"
-    assert proc.returncode == -signal.SIGKILL
+@dataclass
+class Killed:
+    """A search SIGKILLed mid-way, its newest checkpoints cut by the crash, then resumed (`killed`)."""
 
-    resume = fer_tune("--resume", str(folder))
-    assert resume.wait(timeout=200) == 0
+    folder: Path
+    kill_code: int | None  # the driver's exit status
+    finished: dict[str, str]  # trial id -> its result.json at the kill: trials finished before it
+    interrupted: list[str]  # trials running at the kill, past their third epoch
+    cut: int  # checkpoints the crash cut
+    resume_code: int | None
+    resume_log: str
+    start: Callable[..., subprocess.Popen]  # more `fer-tune` commands on it
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory: pytest.TempPathFactory, data_csv: Path) -> Iterator[Killed]:
+    """One search of 4 trials, SIGKILLed (the machine goes down) once a trial finished while another is past
+    its third epoch; the crash cut every checkpoint of the unfinished trials but their oldest, whichever one
+    Ray's last snapshot names; then `fer-tune --resume`. Two tests check what it left."""
+    tmp = tmp_path_factory.mktemp("killed")
+    folder = tmp / "results" / "kill"
+    sp = space(tmp, "kill", {"num_samples": 4, "scheduler": "none", "seed": 1}, {"epochs": EPOCHS})
+    args = ["--space", str(sp), "--data", str(data_csv), "--gpus", "0", "--cpus", "2"]
+    with subprocesses(tmp) as fer_tune:
+        proc = fer_tune(*args, "--results", str(folder.parent), "--name", "kill")
+        finished: dict[str, str] = {}
+        interrupted: list[str] = []
+        deadline = time.time() + 150
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            try:
+                trials, _ = load_results(folder)
+            except DataError:
+                continue  # no state snapshot yet
+            done = trials[trials["status"] == "TERMINATED"]
+            running = [
+                t
+                for t in trials[trials["status"] != "TERMINATED"]["trial_id"]
+                if 3 <= epochs_reported(folder / f"trial_{t}") < EPOCHS
+            ]
+            if len(done) and running:
+                finished = {t: (folder / f"trial_{t}" / "result.json").read_text() for t in done["trial_id"]}
+                interrupted = running
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.wait(timeout=30)
+        cut = 0
+        for trial in folder.glob("trial_*"):
+            ckpts = sorted(trial.glob("checkpoint_*/checkpoint.pt"))
+            if epochs_reported(trial) < EPOCHS and len(ckpts) > 1:
+                for ckpt in ckpts[1:]:
+                    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+                    cut += 1
+        resume = fer_tune("--resume", str(folder)) if finished and interrupted else None
+        resume_code = resume.wait(timeout=200) if resume is not None else None
+        log = (tmp / "log-1.txt").read_text() if resume is not None else ""
+        yield Killed(folder, proc.returncode, finished, interrupted, cut, resume_code, log, fer_tune)
+
+
+def test_sigkill_then_resume_keeps_finished_trials_and_continues_interrupted_ones(killed: Killed) -> None:
+    folder = killed.folder
+    assert killed.finished and killed.interrupted, "the search ended before it could be killed mid-way"
+    assert killed.kill_code == -signal.SIGKILL
+    assert killed.resume_code == 0, killed.resume_log[-3000:]
     trials, history = load_results(folder)
     assert len(trials) == 4 and (trials["stop_reason"] == "completed").all()
     assert (trials["epochs"] == EPOCHS).all()
-    for t, before in finished.items():  # finished before the kill: not run again
+    for t, before in killed.finished.items():  # finished before the kill: not run again
         assert (folder / f"trial_{t}" / "result.json").read_text() == before
-    for t in interrupted:  # running at the kill: continued from a checkpoint, not restarted at epoch 1
+    for t in killed.interrupted:  # running at the kill: continued from a checkpoint, not restarted at epoch 1
         assert t in set(trials["trial_id"])
         lines = (folder / f"trial_{t}" / "result.json").read_text().splitlines()
         assert sum('"epoch": 1,' in line for line in lines) == 1
@@ -138,9 +183,23 @@ def test_sigkill_then_resume_keeps_finished_trials_and_continues_interrupted_one
     assert {t.user_attrs["ray_trial_id"]: t.value for t in live} == pytest.approx(best)
     # Resuming again says it is finished and changes nothing.
     before = (folder / "trials.csv").read_text()
-    again = fer_tune("resume", str(folder))
+    again = killed.start("resume", str(folder))
     assert again.wait(timeout=60) == 0
     assert (folder / "trials.csv").read_text() == before
+
+
+def test_after_a_crash_cut_checkpoints_resume_from_the_last_good_one(killed: Killed) -> None:
+    """The crash cut every checkpoint of the unfinished trials but their oldest (the same run as the test
+    above): each continues from its newest whole checkpoint, and every trial completes with every epoch."""
+    folder = killed.folder
+    assert killed.cut, "no unfinished trial had two checkpoints at the crash"
+    assert killed.resume_code == 0, killed.resume_log[-3000:]
+    trials, history = load_results(folder)
+    assert len(trials) == 4 and (trials["stop_reason"] == "completed").all(), trials["stop_reason"]
+    for t in trials["trial_id"]:  # none restarted at epoch 1 after the crash (each epoch once or redone)
+        lines = (folder / f"trial_{t}" / "result.json").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in lines].count(1) == 1
+        assert sorted(history[history["trial_id"] == t]["epoch"]) == list(range(1, EPOCHS + 1))
 
 
 def test_a_raising_trial_and_a_nan_trial_do_not_stop_the_search(

@@ -171,7 +171,12 @@ INVALID = [
         "model: {arch: cnn, dropout: {uniform: [0, 0.5]}}\n"
         "search: {algorithm: random, points_to_evaluate: [{model: {dropout: 0.1}}]}\n",
         "search.points_to_evaluate",
-        "needs search.algorithm: optuna",
+        "needs search.algorithm: optuna, gp or auto, not random",
+    ),
+    (
+        "model: {arch: cnn}\nsearch: {algorithm: bayes}\n",
+        "search.algorithm",
+        "must be one of ('optuna', 'gp', 'auto', 'random', 'grid'), got 'bayes'",
     ),
 ]
 

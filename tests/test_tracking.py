@@ -87,7 +87,11 @@ def space(tmp_path: Path, search: dict, train: dict, name: str = "s") -> Path:
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("repeat", [1, 2, 3])
+# The same search 3 times over (a run without its history records showed in one search of several): once in
+# the default set, the two repeats (30-35 s each) under -m long.
+@pytest.mark.parametrize(
+    "repeat", [1, pytest.param(2, marks=pytest.mark.long), pytest.param(3, marks=pytest.mark.long)]
+)
 def test_every_offline_run_holds_its_config_and_exactly_its_epochs(
     ray_cluster, tmp_path: Path, data_csv: Path, repeat: int
 ) -> None:

@@ -180,7 +180,9 @@ def test_a_wrong_warm_start_folder_fails_before_ray_with_one_line(
 
 def test_the_warm_start_key_needs_optuna_and_a_resume_takes_no_warm_start(tmp_path: Path, capsys) -> None:
     raw = {"model": {"arch": "cnn"}, "search": {"algorithm": "random", "warm_start": ["x"]}}
-    with pytest.raises(ConfigError, match="search.warm_start: needs search.algorithm: optuna, not random"):
+    with pytest.raises(
+        ConfigError, match="search.warm_start: needs search.algorithm: optuna, gp or auto, not random"
+    ):
         parse_space(raw)
     with pytest.raises(ConfigError, match="search.warm_start: expected a list of search folders"):
         parse_space({"model": {"arch": "cnn"}, "search": {"warm_start": "results/x"}})

@@ -19,7 +19,7 @@ from fer_tune.search.results import (
     write_results,
 )
 from fer_tune.search.runner import Outcome, resume_search, run_search
-from fer_tune.search.sampler import InSpaceSampler
+from fer_tune.search.sampler import InSpaceSampler, SamplerChoice, choose_sampler
 from fer_tune.search.searcher import BestEpochOptunaSearch
 from fer_tune.search.space import Dist, Space, bundled_names, load_space, parse_duration, parse_space
 from fer_tune.search.state import Phase, SearchState
@@ -38,6 +38,8 @@ __all__ = [
     "extend_search",
     "fer_trial",
     "InSpaceSampler",
+    "SamplerChoice",
+    "choose_sampler",
     "JobBudget",
     "load_results",
     "load_space",

@@ -18,6 +18,7 @@ from fer_tune.search.cluster import ray_session
 from fer_tune.search.folder import SearchFolder, command_line
 from fer_tune.search.ray_trials import ray_trials
 from fer_tune.search.runner import Outcome, _check_tracking, _fit, _load, _tuner
+from fer_tune.search.sampler import choose_sampler
 from fer_tune.search.space import Resources, Space, load_space, parse_duration
 from fer_tune.search.state import Phase
 
@@ -80,7 +81,7 @@ def _extend(
 
     state = folder.read_state()
     before = folder.read_space()
-    if not state.study or before.search.algorithm != "optuna":
+    if not state.study or not before.search.uses_study:
         raise ConfigError(
             f"{folder.space_path(1)}: search.algorithm {before.search.algorithm}: extend continues an Optuna "
             "study, and this search has none"
@@ -107,8 +108,20 @@ def _extend(
         study.tell(t.number, state=TrialState.FAIL)
     number = state.phase.number + 1
     now = datetime.now().isoformat(timespec="seconds")
+    sampler = choose_sampler(new.search)  # auto: by this phase's --num-samples
+    if new.search.algorithm == "auto":  # a choice fer-tune made: say it before the phase starts
+        print(f"fer-tune: {sampler.why}")
     state.phases.append(
-        Phase(number, new.source, num_samples, now, command=command_line(), outside=sorted(out))
+        Phase(
+            number,
+            new.source,
+            num_samples,
+            now,
+            command=command_line(),
+            outside=sorted(out),
+            sampler=sampler.name,
+            sampler_why=sampler.why,
+        )
     )
     state.finished, state.ended = False, None
     _check_tracking(state.to_dict())
@@ -154,9 +167,10 @@ def _extension_space(
     new.search.num_samples = num_samples
     new.search.warm_start = []  # the study holds phase 1's warm trials: an extension adds none
     where = new.source
-    if new.search.algorithm != "optuna":
+    if not new.search.uses_study:
         raise ConfigError(
-            f"{where}: search.algorithm: {new.search.algorithm}; an extension continues an Optuna study"
+            f"{where}: search.algorithm: {new.search.algorithm}; an extension continues an Optuna study "
+            "(optuna, gp or auto)"
         )
     if (new.search.metric, new.search.mode) != (before.search.metric, before.search.mode):
         raise ConfigError(

@@ -451,7 +451,7 @@ class SearchFolder:
         state = self.read_state()
         if not state.study or not self.db_path.is_file():
             raise DataError(
-                f"{self.db_path}: no Optuna study (search.algorithm is not optuna, or the search "
+                f"{self.db_path}: no Optuna study (search.algorithm is random or grid, or the search "
                 "predates optuna.db)"
             )
         return optuna.load_study(study_name=state.study, storage=self.storage())

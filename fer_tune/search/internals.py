@@ -18,7 +18,7 @@ RAY_worker_niceness (environment) ray._private.ray_constants.RAY_WORKER_NICENESS
 _storage                          optuna.Study                                               optuna 5.0.0
 _backend                          optuna.storages._cached_storage._CachedStorage             optuna 5.0.0
 _trial_id                         optuna.trial.FrozenTrial, optuna.trial.Trial               optuna 5.0.0
-_get_trials (_StudyView's too)    optuna.Study (TPESampler reads trials through it)          optuna 5.0.0
+_get_trials (_StudyView's too)    optuna.Study (TPE and GP samplers read trials through it)  optuna 5.0.0
 
 Ray and Optuna are imported inside the functions: importing this module costs nothing.
 """
@@ -40,7 +40,7 @@ WORKER_NICENESS_ENV = "RAY_worker_niceness"
 # Private methods of a library class that a fer-tune class defines in its place (they cannot move here):
 # fer-tune class.method -> (library module, class, method). See `missing_overrides`.
 OVERRIDES = {
-    # TPESampler reads a study's trials through `Study._get_trials`; `_StudyView` filters them there.
+    # TPESampler and GPSampler read a study's trials through `Study._get_trials`; `_StudyView` filters them.
     "fer_tune.search.sampler._StudyView._get_trials": ("optuna.study", "Study", "_get_trials"),
 }
 

@@ -10,6 +10,9 @@
   continues it.
 - `good_checkpoint`: Ray's latest checkpoint of a trial, or, when that one is truncated or corrupt (a crash
   while it was written), the newest readable one before it.
+- `heal_stale_checkpoint`, `record_checkpoint_epochs`: a trial to be resumed continues from its newest whole
+  checkpoint, and every epoch that checkpoint holds is in the trial's `result.json` in the search folder
+  before Ray starts it (a SIGKILL can leave the checkpoints ahead of the rows: `record_checkpoint_epochs`).
 - `check_experiment_state`: the newest Ray experiment state of a search to be resumed is whole JSON; when a
   crash cut it short (Ray copies it into the search folder in place), the whole copy `keep_whole_state`
   made of the last snapshot is put back.
@@ -171,9 +174,10 @@ def heal_stale_checkpoint(trial: Any) -> str | None:
     Ray saves the experiment state every few seconds, but deletes a trial's older checkpoints as soon as newer
     ones exist (`num_to_keep`). A search killed when a trial had saved two more checkpoints since the last
     snapshot resumes from a snapshot naming a deleted checkpoint, and Ray fails that trial ("Could not recover
-    from checkpoint"). The newer checkpoints are whole: continue from the newest, so no epoch is lost. Its Ray
-    metrics are the snapshot's, moved on by as many reports as checkpoints (one per report), with the epoch's
-    own metrics from the checkpoint. Returns what was done, or None when nothing needed doing.
+    from checkpoint"). The newer checkpoints are whole: continue from the newest. Its Ray metrics are the
+    snapshot's, moved on by as many reports as checkpoints (one per report), with the epoch's own metrics from
+    the checkpoint. The epochs it holds beyond the trial's result rows are recorded by
+    `record_checkpoint_epochs`, called after this. Returns what was done, or None when nothing needed doing.
 
     Args:
         trial: Ray's Trial, restored from the experiment state; changed in place.
@@ -213,7 +217,6 @@ def heal_stale_checkpoint(trial: Any) -> str | None:
         metrics["time_total_s"] = stale.metrics.get("time_total_s", 0.0) + sum(
             h.get("epoch_seconds", 0.0) for h in history[-steps:]
         )
-        record_epochs(Path(trial.local_path) / "result.json", history, stale.metrics, trial.trial_id)
         set_latest_checkpoint_result(manager, training_result(Checkpoint(candidate, filesystem=fs), metrics))
         trial.storage.current_checkpoint_index = index(candidate)  # its next checkpoint is the one after
         trial.invalidate_json_state()
@@ -225,31 +228,106 @@ def heal_stale_checkpoint(trial: Any) -> str | None:
     return None
 
 
-def record_epochs(
-    result_json: Path, history: list[dict[str, Any]], stale: dict[str, Any], trial_id: str
-) -> int:
-    """Append to a trial's `result.json` the epochs of `history` (a checkpoint's) that it lacks; how many.
+def record_checkpoint_epochs(trial: Any) -> str | None:
+    """Record in a trial being resumed the result rows of the epochs its checkpoint holds beyond them.
 
-    A trial resumed from a checkpoint newer than the driver's last record (the driver had not logged those
-    epochs when the search died) would leave them out of the results for good. Rows follow Ray's: the
-    epoch's metrics, `training_iteration` and `time_total_s` counted on from the `stale` record. Appended in
-    place (Ray's logger may hold the file open for appending); a torn last line is cut off first.
+    Ray's trial writes each checkpoint into the search folder at once, but the driver's result rows
+    (`result.json`) reach it only with the next experiment-state sync, a background copy of the driver's
+    staging folder. A SIGKILL between the two, or during that copy (which can take the state file and not
+    the rows), leaves the checkpoint the resume continues from ahead of the rows, and the trial never
+    reports those epochs again. The rows go into the search folder's `result.json`: when Ray starts the
+    resumed trial, its `JsonLoggerCallback` copies that file over the staging one and appends to it (a
+    staging copy written before would be overwritten; in a new Ray session it does not exist yet). Called
+    once per trial being resumed, before Ray starts it, after `heal_stale_checkpoint`.
 
     Args:
-        result_json: the trial's `result.json`; nothing is done when it is missing.
+        trial: Ray's Trial, restored from the experiment state.
+
+    Returns:
+        A line saying which epochs were recorded, or None when none were missing.
+
+    Raises:
+        OutputError: `result.json` cannot be read or written.
+    """
+    manager = trial.run_metadata.checkpoint_manager
+    latest = manager.latest_checkpoint_result if manager is not None else None
+    if latest is None:
+        return None
+    history = _readable_history(latest.checkpoint)
+    if not history:
+        return None  # none readable: the trial fails or restarts, and its trainable says why
+    result_json = f"{trial.storage.trial_fs_path.rstrip('/')}/result.json"
+    fs = trial.storage.storage_filesystem
+    added = record_epochs(result_json, history, latest.metrics, trial.trial_id, fs)
+    if not added:
+        return None
+    first, last = history[-added]["epoch"], history[-1]["epoch"]
+    epochs = f"epochs {first}-{last}" if added > 1 else f"epoch {last}"
+    return f"trial {trial.trial_id}: recorded {epochs}, in its checkpoint but not in result.json"
+
+
+def _readable_history(checkpoint: Any) -> list[dict[str, Any]] | None:
+    """The history in the checkpoint `good_checkpoint` gives the trial (read quietly); None when none is."""
+    from ray.tune import Checkpoint
+
+    from fer_tune.training import CHECKPOINT_KEYS
+    from fer_tune.training.checkpoint import read_torch_file
+
+    fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    name = path.rsplit("/", 1)[-1]
+    for candidate in [path, *(p for p in _checkpoint_dirs(fs, path) if p.rsplit("/", 1)[-1] < name)]:
+        try:
+            with Checkpoint(candidate, filesystem=fs).as_directory() as folder:
+                ckpt = read_torch_file(Path(folder) / "checkpoint.pt", "fer-tune checkpoint", CHECKPOINT_KEYS)
+        except (DataError, OSError):
+            continue  # cut, or gone: the one before it
+        history = ckpt["history"]
+        return history if isinstance(history, list) else None
+    return None
+
+
+def record_epochs(
+    result_json: str | Path,
+    history: list[dict[str, Any]],
+    stale: dict[str, Any],
+    trial_id: str,
+    filesystem: Any = None,
+) -> int:
+    """Append to a trial's `result.json` the epochs of `history` (a checkpoint's) after its last row.
+
+    A trial resumed from a checkpoint newer than its last row would leave those epochs out of the results
+    for good. Rows follow Ray's: the epoch's metrics, `training_iteration` and `time_total_s` counted from the
+    `stale` record (the checkpoint's own, or an earlier result's). A torn last line (a write the crash cut
+    short) is cut off first, also when no epoch is missing; a missing file is written whole. A local file is
+    appended to in place; one in an object store is written whole.
+
+    Args:
+        result_json: the trial's `result.json`: a local path, or a path on `filesystem`.
         history: the checkpoint's history, one metrics dict per epoch.
-        stale: the driver's last recorded result of the trial.
+        stale: Ray's metrics of one result of the trial (`epoch`, `training_iteration`, `time_total_s`).
         trial_id: Ray's trial id, written in each row.
+        filesystem: the pyarrow filesystem `result_json` is on; None for the local one.
 
     Returns:
         How many epochs were appended.
 
     Raises:
-        OutputError: the file cannot be written.
+        OutputError: the file cannot be read or written.
     """
-    if not result_json.is_file():
-        return 0
-    text = result_json.read_bytes()
+    from pyarrow.fs import LocalFileSystem
+
+    path = str(result_json)
+    local = filesystem is None or isinstance(filesystem, LocalFileSystem)
+    try:
+        if local:
+            text = Path(path).read_bytes()
+        else:
+            with filesystem.open_input_stream(path) as f:
+                text = f.readall()
+    except FileNotFoundError:
+        text = b""
+    except OSError as e:
+        raise OutputError(f"{path}: cannot read: {e.strerror or e}") from None
     whole = text[: text.rfind(b"\n") + 1]  # a line without its newline is a write the crash cut short
     seen = 0
     for line in whole.splitlines():
@@ -258,25 +336,36 @@ def record_epochs(
         except (ValueError, TypeError, AttributeError):
             continue
     missing = [h for h in history if h.get("epoch", 0) > seen]
-    if not missing:
+    if not missing and whole == text:
         return 0
     it, epoch0 = stale.get("training_iteration", 0), stale.get("epoch", 0)
+    seconds = {x.get("epoch", 0): x.get("epoch_seconds") or 0.0 for x in history}
     rows = []
     for h in missing:
-        done = sum(x.get("epoch_seconds", 0.0) for x in history if epoch0 < x["epoch"] <= h["epoch"])
-        row = {**h, "trial_id": trial_id, "training_iteration": it + h["epoch"] - epoch0}
+        e = h["epoch"]
+        # Seconds from the stale record to this epoch's end: forward, or back for an epoch before it.
+        done = sum(s for x, s in seconds.items() if epoch0 < x <= e)
+        done -= sum(s for x, s in seconds.items() if e < x <= epoch0)
+        row = {**h, "trial_id": trial_id, "training_iteration": it + e - epoch0}
         row |= {
             "time_this_iter_s": h.get("epoch_seconds"),
             "time_total_s": stale.get("time_total_s", 0.0) + done,
         }
         rows.append(json.dumps(row, default=str) + "\n")
+    added = "".join(rows).encode()
     try:
-        with open(result_json, "r+b") as f:
-            f.truncate(len(whole))
-            f.seek(0, os.SEEK_END)
-            f.write("".join(rows).encode())
+        if not local:  # an object store cannot append
+            with filesystem.open_output_stream(path) as f:
+                f.write(whole + added)
+        elif text:
+            with open(path, "r+b") as f:
+                f.truncate(len(whole))
+                f.seek(0, os.SEEK_END)
+                f.write(added)
+        else:
+            atomic_write(Path(path), lambda f: f.write(added))  # an OutputError naming it
     except OSError as e:
-        raise OutputError(f"{result_json}: cannot write there: {e.strerror or e}") from None
+        raise OutputError(f"{path}: cannot write there: {e.strerror or e}") from None
     return len(missing)
 
 

@@ -25,7 +25,7 @@ from fer_tune.search.folder import BEST_CONFIG, LEADERBOARD, TRIALS_CSV, TRIALS_
 from fer_tune.search.ray_trials import ray_trials
 from fer_tune.search.stop_log import STUCK, TIMED_OUT
 from fer_tune.training import METRIC_KEYS as METRICS
-from fer_tune.training import METRIC_MODES, RunConfig
+from fer_tune.training import METRIC_MODES, RunConfig, metric_columns
 
 _STATUS_REASON = {"RUNNING": "running", "PAUSED": "running", "PENDING": "pending"}
 
@@ -269,7 +269,14 @@ def _history(trial_dir: Path) -> pd.DataFrame:
         except ValueError:
             if i < len(lines):  # a torn last line is a write in progress; anything else is damage
                 raise DataError(f"{path}: line {i}: not JSON") from None
-    keep = [*METRICS, "time_total_s", "time_this_iter_s", "cuda_visible_devices", "node_id", "cpu_share"]
+    keep = [
+        *metric_columns(rows),
+        "time_total_s",
+        "time_this_iter_s",
+        "cuda_visible_devices",
+        "node_id",
+        "cpu_share",
+    ]
     hist = pd.DataFrame([{k: r.get(k) for k in keep} for r in rows], columns=keep)
     if len(hist):
         # A trial resumed from an older checkpoint reports some epochs again.

@@ -1,4 +1,4 @@
-"""Run, interrupt and resume a hyperparameter search with Ray Tune (Optuna TPE or random/grid, ASHA).
+"""Run, interrupt and resume a hyperparameter search with Ray Tune (Optuna TPE or GP, or random/grid; ASHA).
 
 `run_search` parses the space and the data before Ray starts, puts the parsed dataset in Ray's object store
 once (`tune.with_parameters`), and runs one `fer_trial` per sampled config. The search folder
@@ -29,6 +29,7 @@ from fer_tune.search.internals import optuna_study
 from fer_tune.search.job_budget import JobBudget, add_spent, clock, split_budget, write_budget
 from fer_tune.search.recovery import check_experiment_state, check_target, interrupts
 from fer_tune.search.resources import SearchResources, fill_resources, trial_slots
+from fer_tune.search.sampler import InSpaceSampler, choose_sampler
 from fer_tune.search.space import Dist, Space, load_space
 from fer_tune.search.state import Phase
 from fer_tune.search.study import STUDY_DB_ENV
@@ -157,6 +158,9 @@ def _run_new(
     wandb_mode = wandb_mode or os.environ.get("WANDB_MODE", "online")
     _check_tracking({"name": folder.name, "wandb_project": wandb_project, "wandb_mode": wandb_mode})
     space, warm = start_from(space, warm_start, folder.path)  # before the data and Ray: a wrong folder fails
+    sampler = choose_sampler(space.search)
+    if space.search.algorithm == "auto":  # a choice fer-tune made: say it before the search starts
+        print(f"fer-tune: {sampler.why}")
     data, data_path = _load(data)
     with ray_session(res.address, res.cpus, res.gpus, verbose) as cluster:
         fill_resources(space, cluster, gpus_flag=res.gpus_per_trial)
@@ -174,8 +178,18 @@ def _run_new(
             wandb_project=wandb_project,
             wandb_mode=wandb_mode,
             command=command,
-            study=folder.name if space.search.algorithm == "optuna" else None,
-            phases=[Phase(1, space.source, space.search.num_samples, now, command=command)],
+            study=folder.name if space.search.uses_study else None,
+            phases=[
+                Phase(
+                    1,
+                    space.source,
+                    space.search.num_samples,
+                    now,
+                    command=command,
+                    sampler=sampler.name,
+                    sampler_why=sampler.why,
+                )
+            ],
             warm_start=[w.record() for w in warm],
         )
         folder.write_state(state)
@@ -323,7 +337,6 @@ def _tuner(
     from fer_tune.search.budget_stopper import BudgetStopper
     from fer_tune.search.conversion import point_params
     from fer_tune.search.progress import LiveReporter
-    from fer_tune.search.sampler import InSpaceSampler
     from fer_tune.search.searcher import BestEpochOptunaSearch
     from fer_tune.search.stop_log import StopLog
     from fer_tune.search.stuck_stopper import StuckStopper
@@ -331,14 +344,16 @@ def _tuner(
 
     s = space.search
     slots = s.max_concurrent or trial_slots(space, cluster)
-    if s.algorithm == "optuna":
+    if s.uses_study:
         phase = state.phase.number
         searcher = BestEpochOptunaSearch(
             space=space.define_by_run(),
             metric=s.metric,
             mode=s.mode,
             # Each phase its own seed: the same one would replay the earlier phase's random start-up trials.
-            sampler=InSpaceSampler(seed=s.seed + phase - 1, outside=hidden or ()),
+            sampler=InSpaceSampler(
+                seed=s.seed + phase - 1, outside=hidden or (), kind=choose_sampler(s).name
+            ),
             storage=folder.storage(),
             study_name=state.study,
             phase=phase,
@@ -349,7 +364,7 @@ def _tuner(
             warnings.simplefilter("ignore")
             study.set_metric_names([s.metric])  # the dashboard shows val_acc
         if phase == 1 and not study.trials:  # a new search (a resume restores its study, warm trials and all)
-            add_warm_trials(study, warm)  # told before any trial is asked: TPE's first proposal uses them
+            add_warm_trials(study, warm)  # told before any trial is asked: the first proposal uses them
             # Not Ray's points_to_evaluate: OptunaSearch would enqueue them again into the study it reopens.
             for point in s.points_to_evaluate:
                 study.enqueue_trial(point_params(space, point))
@@ -378,7 +393,7 @@ def _tuner(
         stop = StuckStopper(s.stuck_epochs, chance)
         stop = CombinedStopper(stopper, stop) if stopper is not None else stop
     callbacks: list[Any] = [
-        StopLog(stopper, search_alg if s.algorithm == "optuna" else None, trial_timeout_s=s.trial_timeout_s)
+        StopLog(stopper, search_alg if s.uses_study else None, trial_timeout_s=s.trial_timeout_s)
     ]
     tracking = WandbTracking.from_state(state.to_dict())
     if tracking is not None:
@@ -451,6 +466,8 @@ def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState, ver
     unfinished = grid.num_terminated + grid.num_errors < len(grid)
     interrupted = bool(stop.signals) or unfinished or (len(grid) < space.total_trials() and not budget_hit)
     print(summarize(trials, folder.path))
+    if state.phase.sampler_why:  # a phase recorded before fer-tune recorded its sampler has none
+        print(f"fer-tune: {state.phase.sampler_why}")
     share = share_line(typical_share(history.get("cpu_share", ())))
     if share is not None:
         print(f"fer-tune: {share}")

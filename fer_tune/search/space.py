@@ -22,6 +22,7 @@ from fer_tune.base import ConfigError, FerTuneError, check, read_yaml, shown
 from fer_tune.search.dist import DISTRIBUTIONS, Dist
 from fer_tune.search.space_options import (  # noqa: F401  (re-exported)
     ALGORITHMS,
+    STUDY_ALGORITHMS_TEXT,
     Resources,
     SearchSettings,
     _check_gpu_share,
@@ -414,12 +415,13 @@ def _check_space(space: Space) -> None:
 
         # Ray's random search cannot take a partial config of one family (its points overwrite the choice)
         key = "search.points_to_evaluate"
-        check(s.algorithm == "optuna", key, f"needs search.algorithm: optuna, not {s.algorithm}")
+        needs = f"needs search.algorithm: {STUDY_ALGORITHMS_TEXT}, not {s.algorithm}"
+        check(s.uses_study, key, needs)
         for i, point in enumerate(s.points_to_evaluate):
             point_params(space, point, f"search.points_to_evaluate.{i}")
     if s.warm_start:  # Ray's random and grid search have no study to tell earlier trials to
-        needs = f"needs search.algorithm: optuna, not {s.algorithm}"
-        check(s.algorithm == "optuna", "search.warm_start", needs)
+        needs = f"needs search.algorithm: {STUDY_ALGORITHMS_TEXT}, not {s.algorithm}"
+        check(s.uses_study, "search.warm_start", needs)
     # Sampled configs must be valid run configs: every family, every distribution at both ends.
     families = space.families
     for config in space.sample(n=3, seed=s.seed):

@@ -15,7 +15,11 @@ from typing import Any
 from fer_tune.base import MAX_FAILURES, MAX_INT, MAX_SECONDS, MAX_SEED, MAX_TRIALS, ConfigError, check, shown
 from fer_tune.training import METRIC_MODES
 
-ALGORITHMS = ("optuna", "random", "grid")
+ALGORITHMS = ("optuna", "gp", "auto", "random", "grid")
+# The algorithms whose trials an Optuna study proposes (TPE, GP, or one of them chosen by the trial count:
+# `fer_tune.search.sampler.choose_sampler`): they take points_to_evaluate and warm_start, and extend.
+STUDY_ALGORITHMS = ("optuna", "gp", "auto")
+STUDY_ALGORITHMS_TEXT = "optuna, gp or auto"  # as messages name them
 SCHEDULERS = ("asha", "none")
 SCHEDULER_KEYS = ("max_t", "grace_period", "reduction_factor")
 
@@ -25,7 +29,8 @@ class SearchSettings:
     """The `search` block: how many trials, which algorithm and scheduler, how long.
 
     Args:
-        algorithm: `optuna` (TPE), `random` or `grid`.
+        algorithm: `optuna` (Optuna's TPE), `gp` (Optuna's GPSampler), `auto` (GP or TPE by `num_samples`:
+            `fer_tune.search.sampler.choose_sampler`), `random` or `grid` (Ray's).
         num_samples: trials (grid: passes over the grid), 1 to `MAX_TRIALS` (100,000); a parsed space has 20,
             or 1 for grid, by default.
         metric: a key of `METRIC_MODES`; trials are ranked by its best epoch.
@@ -45,12 +50,13 @@ class SearchSettings:
             budget, the most it trains (see `retrain_share`).
         retrain_share: with `--retrain N` and a time budget, the share of the budget kept for the retrain,
             in (0, 1); the search stops after the rest (`fer_tune.search.job_budget`).
-        points_to_evaluate: partial run configs tried first (Optuna's `enqueue_trial`), the rest sampled.
+        points_to_evaluate: partial run configs tried first (Optuna's `enqueue_trial`), the rest sampled;
+            `STUDY_ALGORITHMS` only.
         warm_start: earlier search folders whose finished trials the study starts from, relative to the space
-            file (`fer_tune.search.warm_start`); Optuna only.
+            file (`fer_tune.search.warm_start`); `STUDY_ALGORITHMS` only.
     """
 
-    algorithm: str = "optuna"  # optuna (TPE) | random | grid
+    algorithm: str = "optuna"  # optuna (TPE) | gp (Optuna's GPSampler) | auto (GP or TPE) | random | grid
     num_samples: int = 0  # trials (grid: passes over the grid); default 20, grid: 1
     metric: str = "val_acc"  # a key of METRIC_MODES; trials are ranked by its best epoch
     mode: str | None = None  # max | min; default: the metric's direction in METRIC_MODES
@@ -80,6 +86,11 @@ class SearchSettings:
     # earlier search folders (relative to the space file) whose finished trials the study is told before it
     # proposes anything: TPE starts from what was measured (fer_tune.search.warm_start)
     warm_start: list[str] = field(default_factory=list)
+
+    @property
+    def uses_study(self) -> bool:
+        """Whether an Optuna study proposes the trials (`STUDY_ALGORITHMS`): the search has an `optuna.db`."""
+        return self.algorithm in STUDY_ALGORITHMS
 
 
 @dataclass

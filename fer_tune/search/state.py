@@ -21,6 +21,9 @@ class Phase:
         command: the command line that started it.
         outside: ids of earlier trials its space could not have proposed: kept in the results, hidden from
             its sampler.
+        sampler: what proposed its trials: `tpe` or `gp` (Optuna's), `random` or `grid` (Ray's); empty in a
+            phase recorded before fer-tune recorded it (`fer_tune.search.sampler.choose_sampler`).
+        sampler_why: the line saying which and why (for `search.algorithm: auto`, the planned trial count).
     """
 
     number: int  # 1: the search itself; 2, 3, ...: extensions
@@ -32,6 +35,8 @@ class Phase:
     command: str = ""
     # Earlier trials the phase's space could not have proposed: kept in the results, hidden from its sampler.
     outside: list[str] = field(default_factory=list)
+    sampler: str = ""  # tpe | gp | random | grid ("": recorded before the sampler was)
+    sampler_why: str = ""  # one line: which sampler and why (search.algorithm auto: the planned trials)
 
 
 @dataclass

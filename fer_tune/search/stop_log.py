@@ -26,6 +26,7 @@ from fer_tune.search.recovery import (
     keep_whole_state,
     mark_loop_running,
     raise_if_storage_fault,
+    record_checkpoint_epochs,
 )
 
 TIME_BUDGET = "time budget"
@@ -63,7 +64,8 @@ class StopLog(Callback):
         self.logged = False
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
-        """Heal stale checkpoints of trials about to resume, note which trials ended, stop hung ones.
+        """Heal stale checkpoints of trials about to resume and record the epochs their checkpoints hold
+        beyond their rows, note which trials ended, stop hung ones.
 
         Args:
             iteration: Ray Tune's loop iteration.
@@ -75,9 +77,10 @@ class StopLog(Callback):
         for t in trials:
             if t.trial_id not in checked and t.status in ("PENDING", "PAUSED", "ERROR"):
                 checked.add(t.trial_id)
-                healed = heal_stale_checkpoint(t)
-                if healed:
-                    print(f"fer-tune: {healed}", file=sys.stderr)
+                # In this order: the checkpoint it continues from, then the rows of the epochs it holds.
+                for note in (heal_stale_checkpoint(t), record_checkpoint_epochs(t)):
+                    if note:
+                        print(f"fer-tune: {note}", file=sys.stderr)
         if self.stopper is not None and not self.stopper.fired:
             self.ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
         if getattr(self, "trial_timeout_s", None):  # absent in a StopLog pickled by an older fer-tune

@@ -34,7 +34,7 @@ from typing import Any
 from ray.tune import Callback
 
 from fer_tune.base import ConfigError
-from fer_tune.training import METRIC_KEYS
+from fer_tune.training import METRIC_KEYS, OPTIONAL_METRIC_MODES
 
 MODES = ("online", "offline", "disabled")
 FINISH_TIMEOUT_S = 120  # the end of a search waits this long at most for wandb to write its runs
@@ -153,10 +153,14 @@ class WandbRuns(Callback):
             iteration: Ray Tune's loop iteration.
             trials: every trial of the experiment.
             trial: the trial that reported.
-            result: its result; only the keys of `METRIC_KEYS` are logged.
+            result: its result; only the keys of `METRIC_KEYS` (and `OPTIONAL_METRIC_MODES`) are logged.
             **info: Ray's other keyword arguments (unused).
         """
-        metrics = {k: result[k] for k in METRIC_KEYS if isinstance(result.get(k), (int, float))}
+        metrics = {
+            k: result[k]
+            for k in (*METRIC_KEYS, *OPTIONAL_METRIC_MODES)
+            if isinstance(result.get(k), (int, float))
+        }
         if "epoch" in metrics:
             self._put("log", trial, metrics)
 
@@ -259,7 +263,13 @@ def _epochs_on_disk(folder: Path) -> list[dict[str, Any]]:
     for line in lines:
         with contextlib.suppress(ValueError):
             result = json.loads(line)
-            epochs.append({k: result[k] for k in METRIC_KEYS if isinstance(result.get(k), (int, float))})
+            epochs.append(
+                {
+                    k: result[k]
+                    for k in (*METRIC_KEYS, *OPTIONAL_METRIC_MODES)
+                    if isinstance(result.get(k), (int, float))
+                }
+            )
     return [e for e in epochs if "epoch" in e]
 
 

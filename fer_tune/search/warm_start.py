@@ -5,7 +5,8 @@ trials whose run config the new space could have proposed (`conversion.trial_par
 as `BestEpochOptunaSearch` tells its own trials: COMPLETE with its best epoch's metric, or PRUNED (stopped
 before its `train.epochs` by ASHA, the time budget or the stuck stopper) with its last epoch's, each with its
 per-epoch values. TPE then proposes from what was measured instead of at random (it samples at random until
-the study holds 10 finished trials). The trials live only in the study (`optuna.db`): Ray never runs them, so
+the study holds 10 finished trials); GP (`search.algorithm: gp`) learns from the COMPLETE ones only (until 10
+of them, it samples at random). The trials live only in the study (`optuna.db`): Ray never runs them, so
 `trials.csv`, the leaderboard and the report hold the new search's own.
 
 Folders are read as `fer_tune.search.results` reads any search (plain files, nothing unpickled), before Ray
@@ -32,6 +33,7 @@ from fer_tune.search.folder import STATE_FILE, SearchFolder
 from fer_tune.search.ray_trials import ray_trials
 from fer_tune.search.results import _shown, load_results, selection
 from fer_tune.search.space import Space, bundled_dir
+from fer_tune.search.space_options import STUDY_ALGORITHMS_TEXT
 
 # User attrs of a warm trial in the study: where it came from, and its run config (`fer-tune extend` checks
 # it against a narrower space). The new search's own trials have `ray_trial_id` instead.
@@ -104,13 +106,15 @@ def read_warm_starts(space: Space, folders: Sequence[str | Path] = ()) -> list[W
         One `WarmStart` per folder, in order.
 
     Raises:
-        ConfigError: `folders` for a space that is not an Optuna one; a folder missing (but one a bundled
-            space names: `absent`), not a search, or ranking its trials by another metric or mode.
+        ConfigError: `folders` for a space without an Optuna study (`search.algorithm` random or grid); a
+            folder missing (but one a bundled space names: `absent`), not a search, or ranking its trials by
+            another metric or mode.
         DataError: a folder's files are unreadable.
     """
-    if folders and space.search.algorithm != "optuna":
+    if folders and not space.search.uses_study:
         raise ConfigError(
-            f"--warm-start: needs search.algorithm: optuna ({space.source} has {space.search.algorithm})"
+            f"--warm-start: needs search.algorithm: {STUDY_ALGORITHMS_TEXT} ({space.source} has "
+            f"{space.search.algorithm})"
         )
     base = Path(space.source).parent if space.source else Path()
     # A bundled space names the repository's results/, which a package installed from a wheel lacks.

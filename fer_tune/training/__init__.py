@@ -18,7 +18,13 @@ from fer_tune.training.evaluate import (
     tta_views,
 )
 from fer_tune.training.losses import class_weights, classification_loss
-from fer_tune.training.metrics import METRIC_KEYS, METRIC_MODES, classification_metrics
+from fer_tune.training.metrics import (
+    METRIC_KEYS,
+    METRIC_MODES,
+    OPTIONAL_METRIC_MODES,
+    classification_metrics,
+    metric_columns,
+)
 from fer_tune.training.optim import build_optimizer, build_schedulers
 from fer_tune.training.retraining import retrain
 from fer_tune.training.trainer import train
@@ -27,6 +33,7 @@ __all__ = [
     "CHECKPOINT_KEYS",
     "METRIC_KEYS",
     "METRIC_MODES",
+    "OPTIONAL_METRIC_MODES",
     "TTA",
     "as_run_config",
     "augment_batch",
@@ -49,6 +56,7 @@ __all__ = [
     "load_model",
     "load_models",
     "load_teacher",
+    "metric_columns",
     "model_files",
     "model_meta",
     "normalize",

@@ -1,10 +1,11 @@
 """Checkpoints and model files: written atomically, read without unpickling code, describing themselves.
 
 `checkpoint.pt` (written every epoch) holds everything a run needs to continue bit-for-bit: config, model,
-optimizer, schedulers, gradient scaler, RNG states, history, normalisation. `model.pt` holds the weights with
-the config that builds them and the metrics that describe them, so `load_model` needs nothing else. Both are
-read with `torch.load(weights_only=True)`: a file holding pickled classes is refused, never run, and every
-bad file (cut, foreign, edited) is one DataError naming it.
+optimizer, schedulers, gradient scaler, RNG states, history, normalisation (and the weights' moving average
+with `train.ema`). `model.pt` holds the weights (the moving average with `train.ema`) with the config that
+builds them and the metrics that describe them, so `load_model` needs nothing else. Both are read with
+`torch.load(weights_only=True)`: a file holding pickled classes is refused, never run, and every bad file
+(cut, foreign, edited) is one DataError naming it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from fer_tune.base import ConfigError, DataError, FerTuneError, atomic_write
 from fer_tune.models import build_model
 from fer_tune.training.config import RunConfig
 from fer_tune.training.device import resolve_device
-from fer_tune.training.metrics import METRIC_KEYS
+from fer_tune.training.metrics import metric_columns
 
 ReportFn = Callable[[dict[str, Any], Path], None]  # (metrics of the epoch, folder holding checkpoint.pt)
 
@@ -161,8 +162,8 @@ def restore(
         device: the run's device.
         model: loaded in place.
         opt: loaded in place.
-        schedulers: checkpoint key (`scheduler`, `plateau`, `scaler`) -> object with `load_state_dict`, or
-            None for one the run has not.
+        schedulers: checkpoint key (`scheduler`, `plateau`, `scaler`, `snapshots`, `ema`) -> object with
+            `load_state_dict`, or None for one the run has not.
 
     Returns:
         The checkpoint's history: one metrics dict per epoch done.
@@ -288,6 +289,9 @@ def save_epoch(
     dev: torch.device,
     out: Path | None,
     report: ReportFn | None,
+    *,
+    extra: Mapping[str, Any] | None = None,
+    averaged: nn.Module | None = None,
 ) -> None:
     """Write checkpoint.pt (and metrics.csv, model.pt) to out, and hand a checkpoint folder to report.
 
@@ -302,6 +306,10 @@ def save_epoch(
         out: the run folder to write into; None to write nothing there.
         report: called with (this epoch's metrics, a temporary folder holding checkpoint.pt), which is
             deleted when it returns (Ray Tune's `train.report`); None for none.
+        extra: more of the run's state in checkpoint.pt only: key -> object with `state_dict()`, None for
+            none (`snapshots`: `fer_tune.training.snapshots.Snapshots`); `restore` loads it back by key.
+        averaged: the model whose weights model.pt holds instead of `model`'s (`train.ema`: the moving
+            average's `.module`); None for `model`'s. checkpoint.pt always holds `model`'s.
 
     Raises:
         OutputError: a file cannot be written.
@@ -320,12 +328,14 @@ def save_epoch(
         "rng": rng_state(dev),
         "history": history,
         **state,
+        **{key: s.state_dict() for key, s in (extra or {}).items() if s is not None},
     }
     if out is not None:
         atomic_save(ckpt, out / "checkpoint.pt")
-        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        saved = model if averaged is None else averaged
+        weights = {k: v.detach().cpu() for k, v in saved.state_dict().items()}
         atomic_save({"state_dict": weights, **model_meta(cfg, history, state)}, out / "model.pt")
-        csv = pd.DataFrame(history, columns=list(METRIC_KEYS)).to_csv(index=False).encode()
+        csv = pd.DataFrame(history, columns=metric_columns(history)).to_csv(index=False).encode()
         atomic_write(out / "metrics.csv", lambda f: f.write(csv))
     if report is not None:
         folder = Path(tempfile.mkdtemp(prefix="fer-tune-ckpt-"))

@@ -66,6 +66,12 @@ class TrainConfig:
         "linear warm-up from lr/10, in epochs (not for onecycle); default 1, epochs/5 below 5 epochs",
         optional=True,
     )
+    snapshots: int = _field(
+        0,
+        int,
+        "snapshot ensemble: 0 = off; N >= 2 (cosine only, dividing epochs) restarts the cosine N times, one "
+        "cycle per epochs/N epochs, and keeps the weights at each cycle's end: snapshots/snapshot_<k>.pt",
+    )
     step_size: int = _field(10, int, "step schedule: epochs between decays")
     gamma: float = _field(0.1, float, "step and plateau schedules: decay factor")
     patience: int = _field(3, int, "plateau schedule: epochs without plateau_metric improving, then a decay")
@@ -77,6 +83,15 @@ class TrainConfig:
     )
     label_smoothing: float = _field(0.0, float, "cross-entropy label smoothing")
     grad_clip: float = _field(0.0, float, "max gradient L2 norm; 0 = off")
+    ema: float = _field(
+        0.0,
+        float,
+        "exponential moving average of the weights, decay per step, in [0, 1); 0 = off. The average is "
+        "scored and saved as the model; `live_val_acc` scores the trained weights",
+    )
+    sam: float = _field(
+        0.0, float, "sharpness-aware minimisation radius rho, in [0, 2]; 0 = off; doubles a step's cost"
+    )
     subset: int | None = _field(None, int, "train on a stratified subset of this many images", optional=True)
     train_on: str = _field("Training", str, "Training | Training+PublicTest (final retrain only)")
     class_weights: str = _field(
@@ -121,13 +136,40 @@ class TrainConfig:
             f"{p}.schedule",
             f"must be one of {SCHEDULES}, got {shown(self.schedule)}",
         )
+        check(
+            self.snapshots == 0 or self.snapshots >= 2,
+            f"{p}.snapshots",
+            f"must be 0 (off) or >= 2, got {self.snapshots}",
+        )
+        if self.snapshots:
+            check(
+                self.schedule == "cosine",
+                f"{p}.snapshots",
+                f"needs train.schedule cosine (snapshots restart it), got {shown(self.schedule)}",
+            )
+            check(
+                self.epochs % self.snapshots == 0,
+                f"{p}.snapshots",
+                f"must divide train.epochs={self.epochs} (one cosine cycle per epochs/snapshots epochs)",
+            )
+            check(
+                self.ema == 0,
+                f"{p}.snapshots",
+                "cannot be combined with train.ema: the average would smear the snapshots across restarts",
+            )
+        cycle = self.epochs // self.snapshots if self.snapshots else self.epochs  # epochs of one lr cycle
         if self.warmup_epochs is None:  # a default the user never wrote must fit any epochs, even 1
-            self.warmup_epochs = min(1.0, self.epochs / 5)
+            self.warmup_epochs = min(1.0, cycle / 5)
         # onecycle has its own warm-up and ignores warmup_epochs: `--epochs 1` must not trip on it.
         check(
             self.warmup_epochs >= 0 and (self.warmup_epochs < self.epochs or self.schedule == "onecycle"),
             f"{p}.warmup_epochs",
             f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}",
+        )
+        check(
+            not self.snapshots or self.warmup_epochs < cycle,  # the warm-up is in the first cycle
+            f"{p}.warmup_epochs",
+            f"must be below one snapshot cycle (epochs/snapshots = {cycle}), got {self.warmup_epochs}",
         )
         check(self.step_size >= 1, f"{p}.step_size", f"must be >= 1, got {self.step_size}")
         check(0 < self.gamma < 1, f"{p}.gamma", f"must be in (0, 1), got {self.gamma}")
@@ -143,6 +185,8 @@ class TrainConfig:
             f"must be in [0, 1), got {self.label_smoothing}",
         )
         check(self.grad_clip >= 0, f"{p}.grad_clip", f"must be >= 0, got {self.grad_clip}")
+        check(0 <= self.ema < 1, f"{p}.ema", f"must be in [0, 1), got {self.ema}")
+        check(0 <= self.sam <= 2, f"{p}.sam", f"must be in [0, 2], got {self.sam}")
         check(
             self.subset is None or self.subset >= 7,
             f"{p}.subset",

@@ -2,8 +2,9 @@
 
 `Ensemble` returns log(mean_m softmax(member_m(x))): log-probabilities are logits (softmax gives the mean
 probabilities back), so everything that takes a classifier (evaluation, TTA, export, prediction) takes one.
-`load_models(path)` reads a `model.pt`, a run folder or a retrain folder (`seed_<s>/model.pt`), and
-`load(path)` returns the single model or the ensemble of what it found, with the meta both share.
+`load_models(path)` reads a `model.pt`, a run folder, a retrain folder (`seed_<s>/model.pt`) or a run's
+`snapshots/` folder (`snapshot_<k>.pt`, `train.snapshots`), and `load(path)` returns the single model or the
+ensemble of what it found, with the meta both share.
 """
 
 from __future__ import annotations
@@ -75,18 +76,22 @@ class Ensemble(nn.Module):
         return probs.clamp_min(1e-12).log()  # clamp: a probability that underflowed to 0 stays finite
 
 
+SNAPSHOT_FILE = re.compile(r"snapshot_(\d+)\.pt")  # a snapshot ensemble's member: snapshots/snapshot_<k>.pt
+
+
 def _seed_number(path: Path) -> int:
     return int(path.parent.name.removeprefix("seed_"))
 
 
 def model_files(path: str | Path) -> list[Path]:
-    """The model.pt files `path` names: itself, `<dir>/model.pt`, or every `<dir>/seed_<s>/model.pt`.
+    """The model files `path` names: itself, `<dir>/model.pt`, every `<dir>/seed_<s>/model.pt`, or every
+    `<dir>/snapshot_<k>.pt` (a run's `snapshots/` folder).
 
     Args:
-        path: a model file, a run folder or a retrain folder.
+        path: a model file, a run folder, a retrain folder or a snapshots folder.
 
     Returns:
-        The files, retrain seeds in numeric order.
+        The files, retrain seeds and snapshots in numeric order.
 
     Raises:
         DataError: no such path, or a folder holding no model.pt.
@@ -99,30 +104,35 @@ def model_files(path: str | Path) -> list[Path]:
     if (path / "model.pt").is_file():
         return [path / "model.pt"]
     seeds = [p for p in path.glob("seed_*/model.pt") if re.fullmatch(r"seed_\d+", p.parent.name)]
-    if not seeds:
-        raise DataError(f"{path}: no model.pt, nor seed_<s>/model.pt of a retrain")
-    return sorted(seeds, key=_seed_number)
+    if seeds:
+        return sorted(seeds, key=_seed_number)
+    snapshots = {
+        int(m.group(1)): p for p in path.glob("snapshot_*.pt") if (m := SNAPSHOT_FILE.fullmatch(p.name))
+    }
+    if not snapshots:
+        raise DataError(f"{path}: no model.pt, nor seed_<s>/model.pt of a retrain, nor snapshot_<k>.pt")
+    return [snapshots[k] for k in sorted(snapshots)]
 
 
 def member_name(file: Path) -> str:
-    """`seed_3` for a retrain member, else the run folder's name.
+    """`seed_3` for a retrain member, `snapshot_2` for a snapshot, else the run folder's name.
 
     Args:
-        file: a model.pt.
+        file: a model.pt or a snapshot_<k>.pt.
 
     Returns:
-        The name of its folder.
+        The snapshot's name, or that of its folder.
     """
-    return file.parent.name
+    return file.stem if SNAPSHOT_FILE.fullmatch(file.name) else file.parent.name
 
 
 def load_models(
     path: str | Path, device: str | torch.device | None = None
 ) -> list[tuple[str, nn.Module, dict[str, Any]]]:
-    """(name, model in eval mode, meta) for every model.pt `path` names; members must share SHARED_META.
+    """(name, model in eval mode, meta) for every model file `path` names; members must share SHARED_META.
 
     Args:
-        path: a model file, a run folder or a retrain folder.
+        path: a model file, a run folder, a retrain folder or a snapshots folder.
         device: where the models go; None to pick CUDA when available.
 
     Returns:
@@ -144,10 +154,10 @@ def load_models(
 
 
 def load(path: str | Path, device: str | torch.device | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """The model `path` names, or the ensemble of its seeds; the meta of the first, plus `members`.
+    """The model `path` names, or the ensemble of its seeds or snapshots; the first's meta, plus `members`.
 
     Args:
-        path: a model file, a run folder or a retrain folder.
+        path: a model file, a run folder, a retrain folder or a snapshots folder.
         device: where the models go; None to pick CUDA when available.
 
     Returns:

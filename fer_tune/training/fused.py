@@ -59,9 +59,9 @@ def check_fusable(cfgs: Sequence[RunConfig]) -> None:
         cfgs: the members' run configs.
 
     Raises:
-        ConfigError: no configs, a teacher, or two members differ in a key they must share (the
-            architecture, `SHARED_TRAIN_KEYS`, the input size, `augment.views`); the message names the dotted
-            key.
+        ConfigError: no configs, a teacher, `train.ema`, `train.sam` or `train.snapshots`, or two members
+            differ in a key they must share (the architecture, `SHARED_TRAIN_KEYS`, the input size,
+            `augment.views`); the message names the dotted key.
     """
     if not cfgs:
         raise ConfigError("fused: no members")
@@ -70,6 +70,11 @@ def check_fusable(cfgs: Sequence[RunConfig]) -> None:
     for i, cfg in enumerate(cfgs):
         if cfg.train.teacher is not None:
             raise ConfigError(f"train.teacher: member {i} distils; fused members cannot")
+        for key in ("ema", "sam"):  # a second model to average, a second pass per step: not fused
+            if getattr(cfg.train, key):
+                raise ConfigError(f"train.{key}: member {i} uses it; fused members cannot")
+        if cfg.train.snapshots:  # snapshot files and ensembles per member: not fused
+            raise ConfigError(f"train.snapshots: member {i} keeps snapshots; fused members cannot")
         for key, value in dataclasses.asdict(cfg.model).items():
             if key != "dropout" and arch.get(key) != value:
                 raise ConfigError(f"model.{key}: member {i} has {value!r}, member 0 {arch.get(key)!r}")

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from fer_tune.data import EMOTIONS
-from fer_tune.training.config import TrainConfig
+from fer_tune.training.config import RunConfig, TrainConfig
+from fer_tune.training.distill import distill_loss
 
 
 def class_weights(labels: np.ndarray, mode: str) -> np.ndarray | None:
@@ -82,4 +83,30 @@ def mixed_loss(
     loss = classification_loss(out, y_a, cfg, weight)
     if lam < 1:
         loss = lam * loss + (1 - lam) * classification_loss(out, y_b, cfg, weight)
+    return loss
+
+
+def batch_loss(
+    out: torch.Tensor,
+    target: tuple[torch.Tensor, torch.Tensor, float],
+    soft: torch.Tensor | None,
+    cfg: RunConfig,
+    weight: torch.Tensor | None,
+) -> torch.Tensor:
+    """A step's loss: `mixed_loss` on the (mixup) labels, mixed with the teacher's when there is one.
+
+    Args:
+        out: (B, 7) the model's logits.
+        target: (y_a, y_b, lam) from `augment_batch`.
+        soft: (B, 7) the teacher's logits of the same batch; None without distillation.
+        cfg: the run's config (`train.distill_alpha`, `train.distill_temperature`, the loss keys).
+        weight: (7,) per-class loss weights; None for unweighted.
+
+    Returns:
+        The mean loss, a scalar tensor.
+    """
+    loss = mixed_loss(out, *target, cfg.train, weight)
+    if soft is not None:
+        alpha = cfg.train.distill_alpha
+        loss = (1 - alpha) * loss + alpha * distill_loss(out, soft, cfg.train.distill_temperature)
     return loss

@@ -25,6 +25,23 @@ METRIC_MODES: dict[str, str | None] = {
     "images_per_second": "max",
 }
 METRIC_KEYS = tuple(METRIC_MODES)
+# Metrics only the runs that enable them report (then every epoch, NaN where not yet defined), after
+# METRIC_KEYS in metrics.csv: `snapshot_val_acc` with `train.snapshots` (PublicTest accuracy of the snapshot
+# ensemble so far); `live_val_acc` with `train.ema` (PublicTest accuracy of the trained weights, beside the
+# average's `val_acc`). Not a `search.metric`: trials without it could not be ranked.
+OPTIONAL_METRIC_MODES: dict[str, str | None] = {"snapshot_val_acc": "max", "live_val_acc": "max"}
+
+
+def metric_columns(history: list[dict[str, Any]]) -> list[str]:
+    """metrics.csv's columns: METRIC_KEYS, then the optional metrics the history's epochs hold.
+
+    Args:
+        history: one metrics dict per epoch.
+
+    Returns:
+        The column names, in order.
+    """
+    return [*METRIC_KEYS, *(k for k in OPTIONAL_METRIC_MODES if any(k in h for h in history))]
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int = len(EMOTIONS)) -> np.ndarray:

@@ -31,6 +31,7 @@ from fer_tune.training.evaluate import (
     format_metrics,
     save_confusion_png,
 )
+from fer_tune.training.snapshots import SNAPSHOT_DIR
 from fer_tune.training.trainer import train
 
 SCORES = ("accuracy", "macro_f1")  # summarised over seeds
@@ -92,6 +93,14 @@ def _confusions(per_seed: Mapping[str, Mapping[str, Any]], out: Path) -> list[st
     return written
 
 
+def _snapshot_scores(run_dir: Path, ds: FER2013, tta: str, device: str | None) -> dict[str, dict[str, Any]]:
+    """A seed's snapshot ensemble (`train.snapshots`: `run_dir/snapshots`) scored on every split, printed."""
+    result = evaluate_ensemble(run_dir / SNAPSHOT_DIR, ds, ttas=(tta,), device=device)
+    print(format_ensemble(result))
+    scores = result["results"]["ensemble"][tta]
+    return {split: {k: m[k] for k in ("n", *SCORES)} for split, m in scores.items()}
+
+
 def _print_summary(summary: Mapping[str, Mapping[str, Any]], seeds: int) -> None:
     for split, scores in summary.items():
         parts = []
@@ -144,7 +153,9 @@ def retrain(
         teacher: replaces `train.teacher`; None keeps the config's.
 
     Returns:
-        The report written to metrics.json (with the ensemble's scores under `evaluation` for 2+ seeds).
+        The report written to metrics.json (with the ensemble's scores under `evaluation` for 2+ seeds; with
+        `train.snapshots` each seed's snapshot ensemble under `runs.seed_<s>.snapshot_ensemble`, and its
+        mean and std over seeds under `snapshot_summary`).
 
     Raises:
         ConfigError: `seeds` or `jobs` below 1, a bad config, a teacher in `out_dir`, `jobs` > 1 with a
@@ -214,6 +225,8 @@ def retrain(
             "val_held_out": result.get("val_held_out"),
             "best_epoch": result.get("best_epoch"),
         }
+        if cfg.train.snapshots:  # the seed's snapshots are also one model: score it
+            runs[f"seed_{seed}"]["snapshot_ensemble"] = _snapshot_scores(run_dir, ds, tta, device)
 
     summary = _summary(per_seed)
     report = {
@@ -233,9 +246,14 @@ def retrain(
         "per_seed": per_seed,
         "summary": summary,
     }
+    if cfg.train.snapshots:
+        report["snapshot_summary"] = _summary({s: r["snapshot_ensemble"] for s, r in runs.items()})
     report = json_safe(report | {"confusion_png": _confusions(per_seed, out)})
     (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     _print_summary(summary, seeds)
+    if cfg.train.snapshots:
+        print(f"snapshot ensembles (mean softmax of each seed's {cfg.train.snapshots} snapshots, tta={tta}):")
+        _print_summary(report["snapshot_summary"], seeds)
     if seeds > 1:  # the seeds are also one model: score it (written into metrics.json as "evaluation")
         ensemble = evaluate_ensemble(out, ds, ttas=tuple(dict.fromkeys(("none", "flip", tta))), device=device)
         print(format_ensemble(ensemble))

@@ -11,7 +11,11 @@ Choices (documented in docs/training.md):
   the data, `val_loss`/`val_acc` are NaN and the plateau schedule steps on `train_loss` (`train_acc` for
   `train.plateau_metric: val_acc`).
 - `model.pt` holds the last epoch's weights (no selection on the validation split); it records the best
-  epoch and its `val_acc` beside them.
+  epoch and its `val_acc` beside them. With `train.ema` those weights are the moving average, which every
+  score but `live_val_acc` and `train_*` is of.
+- With `train.snapshots` the weights at the end of each lr cycle are also kept (`keep_snapshot`,
+  `fer_tune.training.snapshots`): in checkpoint.pt, as `snapshots/snapshot_<k>.pt`, and scored together as
+  `snapshot_val_acc`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim import lr_scheduler
+from torch.optim.swa_utils import AveragedModel
 
 from fer_tune.base import DataError
 from fer_tune.data import EMOTIONS, FER2013
@@ -38,10 +43,12 @@ from fer_tune.training.augment import augment_batch, eval_batch, normalize
 from fer_tune.training.checkpoint import ReportFn, model_meta, restore, save_epoch
 from fer_tune.training.config import RunConfig, as_run_config
 from fer_tune.training.device import Precision, channels_last, setup_device, to_device
-from fer_tune.training.distill import Teacher, distill_loss, load_teacher
-from fer_tune.training.losses import class_weights, mixed_loss
+from fer_tune.training.distill import Teacher, load_teacher
+from fer_tune.training.losses import batch_loss, class_weights
 from fer_tune.training.metrics import METRIC_KEYS, METRIC_MODES, scores  # noqa: F401  (METRIC_MODES re-exported)
-from fer_tune.training.optim import build_optimizer, build_schedulers
+from fer_tune.training.optim import build_optimizer, build_schedulers, optimizer_step, weight_average
+from fer_tune.training.sam import sam_second_pass
+from fer_tune.training.snapshots import Snapshots
 
 CUDA_CHECK_EVERY = 25  # steps between non-finite-loss checks on CUDA (a check is a host-device sync)
 
@@ -124,13 +131,15 @@ def train_one_epoch(
     bar: Any = None,
     weight: torch.Tensor | None = None,
     teacher: Teacher | None = None,
+    ema: AveragedModel | None = None,
 ) -> dict[str, float]:
     """One pass over the training images in randperm batches (the last partial batch is dropped).
 
     With fp16 `scaler` scales the loss (and skips steps whose gradients overflowed, as GradScaler does).
     `weight`: per-class loss weights. `train.sampler: balanced` draws the epoch's n images with replacement,
     each class equally often, instead of a permutation. With a `teacher`, `train.distill_alpha` of the loss is
-    `distill_loss` against its output on the same augmented batch.
+    `distill_loss` against its output on the same augmented batch. With `train.sam` each step's gradient is
+    taken at SAM's perturbed weights (`sam_second_pass`; the reported loss is the first, unperturbed one).
 
     Args:
         model: the model, trained in place.
@@ -146,6 +155,7 @@ def train_one_epoch(
         bar: a tqdm bar advanced as steps finish; None for none.
         weight: (7,) per-class loss weights; None for unweighted.
         teacher: the distillation teacher; None for none.
+        ema: the weights' moving average, updated after every step; None for none.
 
     Returns:
         `{"train_loss", "train_acc" (against each batch's dominant label), "lr" (of the last step),
@@ -166,26 +176,24 @@ def train_one_epoch(
     for step in range(1, steps + 1):
         idx = perm[(step - 1) * bs : step * bs]
         x, y_a, y_b, lam = augment_batch(normalize(images[idx], *norm), labels[idx], cfg.augment)
+        target = (y_a, y_b, lam)
         with amp.autocast():
             x = channels_last(x)
             out = model(x)
-            loss = mixed_loss(out, y_a, y_b, lam, cfg.train, weight)
-            if teacher is not None and cfg.train.distill_alpha > 0:
-                soft = distill_loss(out, teacher(x), cfg.train.distill_temperature)
-                loss = (1 - cfg.train.distill_alpha) * loss + cfg.train.distill_alpha * soft
+            soft = teacher(x) if teacher is not None and cfg.train.distill_alpha > 0 else None
+            loss = batch_loss(out, target, soft, cfg, weight)
         opt.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-        else:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)  # clip (and step) on true gradients
-        if cfg.train.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        if scaler is None:
-            opt.step()
-        else:
-            scaler.step(opt)
-            scaler.update()
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        if cfg.train.sam:
+
+            def perturbed_loss() -> torch.Tensor:
+                with amp.autocast():
+                    return batch_loss(model(x), target, soft, cfg, weight)  # noqa: B023  (called right here)
+
+            sam_second_pass(model, cfg.train.sam, perturbed_loss, scaler)
+        optimizer_step(model, opt, cfg.train.grad_clip, scaler)
+        if ema is not None:
+            ema.update_parameters(model)
         lr = opt.param_groups[0]["lr"]  # the rate this step used
         if sched is not None:
             sched.step()
@@ -346,8 +354,13 @@ def run_epoch(
     scaler: torch.amp.GradScaler | None = None,
     progress: bool = False,
     teacher: Teacher | None = None,
+    ema: AveragedModel | None = None,
 ) -> dict[str, Any]:
     """Train one epoch, score PublicTest and the clean training sample, step plateau; the metrics.
+
+    With `ema` the scores are the averaged weights' (they are the model) and `live_val_acc` is PublicTest
+    accuracy of the trained weights; the plateau schedule steps on the trained weights' scores, so the
+    training itself is the same with or without the average.
 
     Args:
         model: the model, trained in place.
@@ -362,9 +375,10 @@ def run_epoch(
         scaler: the fp16 gradient scaler; None otherwise.
         progress: show a tqdm bar and print the metrics.
         teacher: the distillation teacher; None for none.
+        ema: the weights' moving average (`train.ema`); None for none.
 
     Returns:
-        One metrics dict, with the keys of `METRIC_KEYS`.
+        One metrics dict, with the keys of `METRIC_KEYS` (and `live_val_acc` with `ema`).
 
     Raises:
         FloatingPointError: a loss was NaN or infinite.
@@ -381,8 +395,9 @@ def run_epoch(
     t0 = time.perf_counter()
     try:
         stats = train_one_epoch(
-            model, opt, sched, d.x_train, d.y_train, cfg, d.norm, epoch, amp, scaler, bar, d.weight, teacher
-        )
+            model, opt, sched, d.x_train, d.y_train, cfg, d.norm, epoch, amp, scaler, bar, d.weight, teacher,
+            ema,
+        )  # fmt: skip
     finally:
         if bar is not None:
             bar.close()
@@ -390,11 +405,13 @@ def run_epoch(
         torch.cuda.synchronize(d.x_train.device)
     train_seconds = time.perf_counter() - t0
     size = cfg.augment.input_size
-    val = evaluate_split(model, d.x_val, d.y_val, d.norm, size, amp)
-    clean = evaluate_split(model, d.x_train[d.clean], d.y_train[d.clean], d.norm, size, amp)
+    live = evaluate_split(model, d.x_val, d.y_val, d.norm, size, amp)  # the trained weights
+    scored = model if ema is None else ema.module  # the model the run saves
+    val = live if ema is None else evaluate_split(scored, d.x_val, d.y_val, d.norm, size, amp)
+    clean = evaluate_split(scored, d.x_train[d.clean], d.y_train[d.clean], d.norm, size, amp)
     if plateau is not None:
         name = cfg.train.plateau_metric.removeprefix("val_")  # loss | acc
-        held = {"loss": val["loss"], "acc": val["accuracy"]} if len(d.y_val) else None
+        held = {"loss": live["loss"], "acc": live["accuracy"]} if len(d.y_val) else None
         plateau.step(held[name] if held else stats[f"train_{name}"])
     metrics = {
         "epoch": epoch,
@@ -409,6 +426,8 @@ def run_epoch(
         "epoch_seconds": time.perf_counter() - t0,
         "images_per_second": stats["images"] / train_seconds,
     }
+    if ema is not None:
+        metrics["live_val_acc"] = live["accuracy"]
     if progress:
         from tqdm import tqdm
 
@@ -416,6 +435,40 @@ def run_epoch(
             " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
         )
     return metrics
+
+
+def keep_snapshot(
+    snaps: Snapshots,
+    model: nn.Module,
+    d: DeviceData,
+    cfg: RunConfig,
+    epoch: int,
+    amp: Precision,
+    history: list[dict[str, Any]],
+) -> float:
+    """At the end of an lr cycle (`train.snapshots`) keep the weights as a snapshot; `snapshot_val_acc`.
+
+    Args:
+        snaps: the run's snapshots so far; a snapshot is added when `epoch` ends a cycle.
+        model: the model being trained.
+        d: the splits on the device.
+        cfg: the run's config.
+        epoch: the epoch just trained (1-based).
+        amp: the precision forward passes run in.
+        history: the metrics of the epochs before this one.
+
+    Returns:
+        PublicTest accuracy of the snapshots' mean softmax (`Snapshots.ensemble`) from the second snapshot on,
+        carried over from the previous epoch between cycle ends (the snapshots are the same); NaN before, and
+        without PublicTest.
+    """
+    if not snaps.due(epoch):
+        return history[-1]["snapshot_val_acc"] if history else math.nan
+    snaps.take(model, epoch)
+    if len(snaps) < 2 or not len(d.y_val):
+        return math.nan
+    ensemble = snaps.ensemble(model)
+    return evaluate_split(ensemble, d.x_val, d.y_val, d.norm, cfg.augment.input_size, amp)["accuracy"]
 
 
 def train(
@@ -470,19 +523,31 @@ def train(
     opt = build_optimizer(model, cfg.train)
     sched, plateau = build_schedulers(opt, cfg.train, d.steps_per_epoch(cfg.train.batch_size))
     scaler = amp.scaler()
+    ema = weight_average(model, cfg.train.ema)
+    snaps = Snapshots(cfg.train.epochs, cfg.train.snapshots) if cfg.train.snapshots else None
     history: list[dict[str, Any]] = []
     if resume is not None:
-        schedulers = {"scheduler": sched, "plateau": plateau, "scaler": scaler}
-        history = restore(resume, cfg, dev, model, opt, schedulers)
+        schedulers = {"scheduler": sched, "plateau": plateau, "scaler": scaler, "ema": ema}
+        history = restore(resume, cfg, dev, model, opt, schedulers | {"snapshots": snaps})
 
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         cfg.to_yaml(out / "config.yaml", header="resolved run config (fer-tune train)")
+        for k in range(1, len(snaps or []) + 1):  # a resumed run's snapshots: also into a new out_dir
+            snaps.write(out, k, cfg, history, d.state)
     for epoch in range(len(history) + 1, cfg.train.epochs + 1):
-        metrics = run_epoch(model, opt, sched, plateau, d, cfg, epoch, amp, scaler, progress, teacher)
+        metrics = run_epoch(model, opt, sched, plateau, d, cfg, epoch, amp, scaler, progress, teacher, ema)
+        if snaps is not None:
+            metrics["snapshot_val_acc"] = keep_snapshot(snaps, model, d, cfg, epoch, amp, history)
         history.append(metrics)
-        save_epoch(model, opt, (sched, plateau, scaler), cfg, history, d.state, dev, out, report)
+        if snaps is not None and out is not None and snaps.due(epoch):
+            snaps.write(out, len(snaps), cfg, history, d.state)
+        averaged = None if ema is None else ema.module  # with train.ema, the model the run saves
+        stateful, extra = (sched, plateau, scaler), {"ema": ema, "snapshots": snaps}
+        save_epoch(
+            model, opt, stateful, cfg, history, d.state, dev, out, report, extra=extra, averaged=averaged
+        )
 
     meta = model_meta(cfg, history, d.state)
     return {
