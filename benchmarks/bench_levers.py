@@ -18,9 +18,10 @@ each seed; the baseline is the recipe itself:
              (`snapshot_val_acc`) and as its last weights alone
   base       the recipe as it is (only needed without the ema arm)
 
-Ten-crop test-time augmentation is scored on every trained model (`evaluate` with `tta: tencrop` against the
-centre view), with its time per image. Every finished (arm, seed) is kept in `<out>/runs/<arm>-s<seed>.json`
-and a rerun with the same --out skips it; an unfinished run continues from its checkpoint.pt. Writes
+Ten-crop test-time augmentation is scored on every trained model (`predict_logits` with `tta: tencrop`
+against the centre view, each model's pair), with its time per image. Every finished (arm, seed) is kept in
+`<out>/runs/<arm>-s<seed>.json` and a rerun with the same --out skips it; an unfinished run continues from its
+checkpoint.pt. Writes
 `<out>/levers.md` (the table: lever, mean of seeds, paired difference to the baseline per seed, seconds per
 epoch and its ratio to the baseline's) and `<out>/levers.json`. Time per epoch is measured while whatever else
 runs on the machine runs: the load average before and after each run is recorded beside it.
@@ -205,15 +206,12 @@ def rows(records: list[dict]) -> list[dict[str, Any]]:
             out[-2]["diff"] = [
                 r["snapshot_val_acc"] - baseline[r["seed"]][0] for r in runs if r["seed"] in baseline
             ]
-    # ten-crop on the baseline's models (the base runs, else the ema runs' averaged weights: a paired check of
-    # TTA on the same model either way)
-    tta_runs = [by["base", s] for s in seeds if ("base", s) in by] or [
-        by["ema", s] for s in seeds if ("ema", s) in by
-    ]
+    # ten-crop against the centre view on every model trained: a paired check of TTA on each model
+    tta_runs = sorted(records, key=lambda r: (r["arm"], r["seed"]))
     if tta_runs:
         out.append(
             {
-                "lever": f"ten-crop TTA ({tta_runs[0]['arm']} models; vs their centre view)",
+                "lever": "ten-crop TTA (every model above, vs its centre view)",
                 "seeds": [r["seed"] for r in tta_runs],
                 "acc": [r["acc_tencrop"] for r in tta_runs],
                 "diff": [r["acc_tencrop"] - r["acc_none"] for r in tta_runs],
