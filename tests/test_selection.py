@@ -137,7 +137,7 @@ def test_the_committed_search_still_reads_as_it_did(smoke_copy: Path) -> None:
     added = {"precision", "class_weights", "loss", "focal_gamma", "sampler"}
     added |= {"teacher", "distill_alpha", "distill_temperature"}
     added |= {"plateau_metric"}
-    added |= {"snapshots"}
+    added |= {"snapshots", "ema", "sam"}
     new = {f"config/train/{k}" for k in added} | {"config/model/res_blocks", "phase", "node_ids"}
     new |= {f"config/augment/{k}" for k in ("aspect", "shift", "views")}
     assert set(trials.columns) - set(before.columns) == new
