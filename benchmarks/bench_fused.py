@@ -40,7 +40,7 @@ from fer_tune.training.fused import (
     fused_step,
     reference_step,
 )
-from fer_tune.training.trainer import pixel_stats
+from fer_tune.training.splits import pixel_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -170,11 +170,13 @@ def arm_space(space: Path, arm: str, seed: int, out: Path) -> Path:
     raw["search"] = search
     if not isinstance(raw.get("seed"), dict):  # a sampled seed stays sampled
         raw["seed"] = seed
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{arm}-r{seed}.yaml"
-    path.write_text(f"# {space.name}, arm {arm} of repeat {seed} (bench_search.py)\n")
-    with path.open("a") as f:
-        yaml.safe_dump(raw, f, sort_keys=False)
+    return _write_yaml(out / f"{arm}-r{seed}.yaml", f"{space.name}, arm {arm} of repeat {seed}", raw)
+
+
+def _write_yaml(path: Path, header: str, raw: dict) -> Path:
+    """`raw` as YAML under a `# header (bench_search.py)` line, in a folder made if missing; the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# {header} (bench_search.py)\n" + yaml.safe_dump(raw, sort_keys=False))
     return path
 
 
@@ -187,12 +189,7 @@ def hand_config(seed: int, out: Path) -> Path:
     """The hand recipe with its `seed` set, written to `out/hand-r<seed>.yaml`."""
     raw = yaml.safe_load(HAND.read_text())
     raw["seed"] = seed
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"hand-r{seed}.yaml"
-    path.write_text(f"# {HAND.name} with seed {seed} (bench_search.py)\n")
-    with path.open("a") as f:
-        yaml.safe_dump(raw, f, sort_keys=False)
-    return path
+    return _write_yaml(out / f"hand-r{seed}.yaml", f"{HAND.name} with seed {seed}", raw)
 
 
 # -- resuming: one record per finished (arm, repeat) ---------------------------------------------------------

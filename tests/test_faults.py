@@ -35,13 +35,8 @@ from fer_tune.base import DataError
 from fer_tune.cli import main
 from fer_tune.search import SearchFolder, SearchState, load_results, parse_space
 from fer_tune.search.internals import default_placement_group_factory, storage_context, training_result
-from fer_tune.search.recovery import (
-    check_experiment_state,
-    good_checkpoint,
-    heal_stale_checkpoint,
-    keep_whole_state,
-    whole_copy,
-)
+from fer_tune.search.recovery import check_experiment_state, keep_whole_state, whole_copy
+from fer_tune.search.trial_checkpoints import good_checkpoint, heal_stale_checkpoint
 from fer_tune.training import train
 
 TINY = {
@@ -280,8 +275,8 @@ def test_a_trial_resumed_from_a_checkpoint_ahead_of_its_rows_keeps_every_epoch_o
     from ray.tune.experiment import Trial
     from ray.tune.logger import JsonLoggerCallback
 
-    from fer_tune.search.recovery import record_checkpoint_epochs
     from fer_tune.search.trainable import trial_dirname
+    from fer_tune.search.trial_checkpoints import record_checkpoint_epochs
 
     trial = Trial(
         "fer_trial",
@@ -765,8 +760,8 @@ def test_one_ctrl_c_stops_a_search_as_an_interruption_that_resumes(
 def test_epochs_a_checkpoint_holds_beyond_the_record_are_recorded(tmp_path: Path) -> None:
     """A trial resumed from a checkpoint newer than the driver's last record (seen: a read-only disk and a
     SIGKILL left epochs 6 and 7 in the checkpoint but not in result.json) keeps every epoch in the results."""
-    from fer_tune.search.recovery import record_epochs
     from fer_tune.search.results import _history
+    from fer_tune.search.trial_checkpoints import record_epochs
 
     history = [{"epoch": e, "val_acc": e / 10, "epoch_seconds": 2.0} for e in range(1, 8)]
     rows = [{**h, "training_iteration": h["epoch"], "time_total_s": 2.0 * h["epoch"]} for h in history[:5]]

@@ -29,7 +29,7 @@ from fer_tune.training import (
     load_model,
     train,
 )
-from fer_tune.training.trainer import pixel_stats, stratified_subset
+from fer_tune.training.splits import pixel_stats, stratified_subset
 
 TINY_MODEL = {"arch": "cnn", "kernels": [8, 16], "head_width": 0}
 ALL_AUG = {

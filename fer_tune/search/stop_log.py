@@ -21,13 +21,8 @@ from ray.tune import Callback
 from fer_tune.base import atomic_write_text
 from fer_tune.search.budget_stopper import BudgetStopper
 from fer_tune.search.folder import FOLDER_ENV, STOPPED_BY_FILE, SearchFolder
-from fer_tune.search.recovery import (
-    heal_stale_checkpoint,
-    keep_whole_state,
-    mark_loop_running,
-    raise_if_storage_fault,
-    record_checkpoint_epochs,
-)
+from fer_tune.search.recovery import keep_whole_state, mark_loop_running, raise_if_storage_fault
+from fer_tune.search.trial_checkpoints import heal_stale_checkpoint, record_checkpoint_epochs
 
 TIME_BUDGET = "time budget"
 

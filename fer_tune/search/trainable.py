@@ -11,8 +11,8 @@ from typing import Any
 from fer_tune.base import DataError
 from fer_tune.data import FER2013
 from fer_tune.search.cpu_share import CpuShare
-from fer_tune.search.recovery import good_checkpoint
 from fer_tune.search.space import Space
+from fer_tune.search.trial_checkpoints import good_checkpoint
 
 DIVERGED_NOTE = "diverged.txt"  # in a trial's working folder: its non-finite-loss error, not to be retried
 

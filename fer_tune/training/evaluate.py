@@ -26,9 +26,8 @@ from fer_tune.base import DataError, check_writable, json_safe
 from fer_tune.data import EMOTIONS, FER2013, load_fer2013
 from fer_tune.training.augment import center_crop, crop_at, normalize
 from fer_tune.training.checkpoint import load_model
-from fer_tune.training.device import Precision, resolve_device
+from fer_tune.training.device import Precision, channels_last, resolve_device, to_device
 from fer_tune.training.metrics import classification_metrics
-from fer_tune.training.trainer import channels_last, to_device
 
 TTA = ("none", "flip", "tencrop")
 
