@@ -16,11 +16,20 @@ import pytest
 from rich.console import Console
 
 from fer_tune.base import ConfigError
-from fer_tune.search import CpuShare, JobBudget, RetrainPlan, load_space, parse_space, plan_epochs
+from fer_tune.search import (
+    BudgetStopper,
+    CpuShare,
+    JobBudget,
+    RetrainPlan,
+    load_space,
+    parse_space,
+    plan_epochs,
+)
 from fer_tune.search.cpu_share import SMALL_SHARE, share_line, typical_share
 from fer_tune.search.job_budget import (
     MARGIN,
     add_spent,
+    clock,
     job_summary,
     measured_epoch,
     plan_retrain,
@@ -29,6 +38,7 @@ from fer_tune.search.job_budget import (
     write_budget,
 )
 from fer_tune.search.progress import LiveView
+from fer_tune.search.retrain_reserve import RetrainReserve
 from fer_tune.search.space_options import check_search
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,6 +178,67 @@ def test_the_last_line_says_what_the_job_took_of_its_budget() -> None:
     assert "the retrain 0:49:50 (3 x 17 epochs, planned about 0:49:54)" in line
     job.retrain_s = 3600.0
     assert "(0:05:12 over)" in job_summary(job)
+
+
+# -- the search leaves the retrain its fewest epochs -----------------------------------------------
+
+# The 2026-12-02 job on a 2-core AMD EPYC without AMX: the best config's epochs took 83.7 s, scoring a seed
+# 138 s; 3 seeds x 12 epochs needed 1:02:50 with the margin, 8 minutes more than the 55 left after 45.
+NO_AMX = {"epoch_s": 83.7, "score_s": 138.0}
+TRIAL_CONFIG = {"model": {"arch": "cnn", "kernels": [8]}, "train": {"epochs": 12}}
+
+
+def _reserve(tmp_path: Path, monkeypatch, cap: int | None = 28) -> RetrainReserve:
+    import fer_tune.search.retrain_reserve as reserve
+
+    monkeypatch.setattr(reserve, "scoring_seconds", lambda cfg, images, seeds: NO_AMX["score_s"])
+    job = JobBudget(6000.0, 0.55, 3)
+    write_budget(tmp_path, job)
+    return RetrainReserve(tmp_path, 3, job.total_s - job.search_s, 32_296, cap, "val_acc", "max")
+
+
+def _report(reserve: RetrainReserve, tid: str, val_acc: float, seconds: float, epochs: int = 12) -> None:
+    trial = SimpleNamespace(trial_id=tid, config=TRIAL_CONFIG | {"train": {"epochs": epochs}})
+    reserve.on_trial_result(0, [trial], trial, {"val_acc": val_acc, "time_this_iter_s": seconds})
+
+
+def test_the_reserve_is_the_best_trials_fewest_epochs_and_scoring(tmp_path: Path, monkeypatch) -> None:
+    reserve = _reserve(tmp_path, monkeypatch)
+    assert reserve.needed_s() == 0 and reserve.cut_s() == 0  # nothing measured: the search keeps its budget
+    for seconds, acc in [(90.0, 0.40), (83.7, 0.50), (80.0, 0.55)]:
+        _report(reserve, "a", acc, seconds)
+    needed = MARGIN * 3 * (12 * 83.7 + 138.0)  # the median of its epochs
+    assert reserve.needed_s() == pytest.approx(needed) and needed == pytest.approx(3769.9, abs=0.1)
+    assert reserve.cut_s() == pytest.approx(needed - 3300.0)  # beyond the retrain's 55 minutes
+    _report(reserve, "b", 0.45, 10.0)  # a worse trial changes nothing
+    assert reserve.needed_s() == pytest.approx(needed)
+    _report(reserve, "b", 0.60, 10.0, epochs=6)  # a better one, fast: its 6 epochs fit the share
+    assert reserve.needed_s() == pytest.approx(MARGIN * 3 * (6 * 10.0 + 138.0)) and reserve.cut_s() == 0
+
+
+def test_the_search_ends_when_what_it_has_left_is_the_retrains(tmp_path: Path, monkeypatch, capsys) -> None:
+    reserve = _reserve(tmp_path, monkeypatch)
+    _report(reserve, "a", 0.6, NO_AMX["epoch_s"])
+    stopper = BudgetStopper(2700.0, reserve)
+    stopper._budget = reserve.cut_s() + 60  # a minute more than the retrain needs from the search's budget
+    assert not stopper.stop_all() and not stopper.fired
+    stopper._budget = reserve.cut_s() - 1
+    assert stopper.stop_all() and stopper.fired
+    err = capsys.readouterr().err
+    assert "fer-tune: the search ends 0:07:49 before its own budget: the retrain of its best config" in err
+    assert (
+        "needs at least 1:02:50 (3 x its fewest epochs and the scoring, x1.1), more than the 0:55:00" in err
+    )
+    job = read_budget(tmp_path)
+    assert job.cut_s == pytest.approx(reserve.cut_s() - 1) and job.reserve_s == pytest.approx(
+        reserve.needed_s()
+    )
+    job.spent_s = 2700.0 - job.cut_s
+    text = "\n".join(_plan(left_s=job.left_s).lines(job))
+    assert "the search had 0:45:00 and took 0:37:11 (ended 0:07:49 early: the retrain's fewest epochs" in text
+    plain = BudgetStopper(2700.0)  # without a retrain to leave time for: Ray's TimeoutStopper
+    plain._budget = 1.0
+    assert not plain.stop_all()
 
 
 # -- reading the search's figures ----------------------------------------------------------------------------
@@ -314,3 +385,34 @@ def test_a_search_and_its_retrain_share_one_budget(ray_cluster, data_csv, tmp_pa
         assert shares and all(0 < s <= 1 for s in shares), shares
     assert "fer-tune: time budget 0:00:40 for the search and the retrain of 1 seed:" in out
     assert f"retrain: 1 seed x {plan.epochs} epochs" in out and "fer-tune: the job took" in out
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_search_ends_early_to_leave_the_retrain_its_fewest_epochs(
+    ray_cluster, data_csv, tmp_path, capsys, monkeypatch
+):
+    from test_report import TINY_SPACE
+
+    from fer_tune.cli import main
+
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")
+    # 1 s of 50 kept for the retrain: 3 seeds x 3 epochs and their scoring cannot fit it, so the search (more
+    # trials than its 49 s can run) ends as early as the best trial's retrain needs
+    text = TINY_SPACE.replace("search:\n", "search:\n  retrain_share: 0.02\n").replace(
+        "num_samples: 4", "num_samples: 1000"
+    )
+    (tmp_path / "tiny.yaml").write_text(text)
+    argv = ["--space", str(tmp_path / "tiny.yaml"), "--data", str(data_csv), "--gpus", "0"]
+    argv += ["--results", str(tmp_path / "results"), "--name", "job", "--retrain", "3", "--time-budget", "50"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    job = read_budget(tmp_path / "results" / "job")
+    assert (
+        job.cut_s is not None and 0 <= job.cut_s < job.search_s and job.reserve_s > job.total_s - job.search_s
+    )
+    assert "before its own budget: the retrain of its best config needs at least" in err
+    assert f"(ended {clock(job.cut_s)} early: the retrain's fewest epochs needed more than its share)" in out
+    assert "interrupted" not in out  # an early end is the budget's, not a stop
+    plan = RetrainPlan.from_dict(job.plan)
+    assert plan.seeds == 3 and plan.epochs >= plan.minimum == 3 and job.retrain_s > 0

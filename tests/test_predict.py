@@ -479,3 +479,29 @@ def test_upright_flag_reaches_predict(tmp_path, untrained_run, astronaut, capsys
     assert len(seen) == 1 and abs(seen[0] + 30) <= 8
     code, _, err = run_cli(untrained_run, photo, "--no-detect", "--no-upright", capsys=capsys)
     assert code == 2 and "--no-upright: set the face detector" in err
+
+
+@pytest.mark.parametrize(
+    ("members", "flag", "want"), [(1, None, "tencrop"), (2, None, "none"), (2, "flip", "flip")]
+)
+def test_tta_auto_is_tencrop_for_one_model_and_none_for_an_ensemble(
+    tmp_path, untrained_run, astronaut, capsys, monkeypatch, members, flag, want
+):
+    import fer_tune.inference.predictor as predictor
+
+    seen, logits = [], predictor.predict_logits
+
+    def spy(model, meta, images, tta="none", **kw):
+        seen.append(tta)
+        return logits(model, meta, images, tta, **kw)
+
+    monkeypatch.setattr(predictor, "predict_logits", spy)
+    model = untrained_run
+    if members > 1:  # a retrain folder: its seeds are one ensemble
+        model = tmp_path / "retrain"
+        for s in range(members):
+            save_untrained(TINY | {"seed": s}, model / f"seed_{s}")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(astronaut).save(photo)
+    code, out, _ = run_cli(model, photo, *(["--tta", flag] if flag else []), capsys=capsys)
+    assert code == 0 and "face at" in out and seen == [want]

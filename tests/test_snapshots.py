@@ -166,8 +166,12 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 # ------------------------------------------------------------------------------------------ training
 
 
-def test_snapshot_files_load_and_their_ensemble_is_snapshot_val_acc(data: FER2013, tmp_path: Path) -> None:
-    history = train(tiny(), data, out_dir=tmp_path)["history"]
+def test_snapshot_files_load_and_their_ensemble_is_snapshot_val_acc(
+    data: FER2013, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    history = train(tiny(), data, out_dir=tmp_path, progress=True)["history"]
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch=")]
+    assert len(lines) == len(history) and all("snapshot_val_acc=" in ln for ln in lines)  # `fer-tune train`'s
     files = model_files(tmp_path / "snapshots")
     assert [f.name for f in files] == ["snapshot_1.pt", "snapshot_2.pt", "snapshot_3.pt"]
     for k, file in enumerate(files, 1):

@@ -301,8 +301,9 @@ def predict_command(args: argparse.Namespace) -> int:
     if not args.no_detect:  # built before the first file: a missing detector model fails at once
         predictor.detector = make_detector(args.detector, args.confidence, args.scale_step)
         predictor.upright = args.upright
+    tta = predictor.default_tta if args.tta == "auto" else args.tta
     return predict_files(
-        predictor, args.inputs, out=args.out, detect=not args.no_detect, tta=args.tta, every=args.every
+        predictor, args.inputs, out=args.out, detect=not args.no_detect, tta=tta, every=args.every
     )
 
 

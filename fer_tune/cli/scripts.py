@@ -299,7 +299,12 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     )
     predict.add_argument("--out", help="write annotated copies and predictions.csv here")
     predict.add_argument("--no-detect", action="store_true", help="each image is one face crop")
-    predict.add_argument("--tta", choices=["none", "flip"], default="none", help="test-time augmentation")
+    predict.add_argument(
+        "--tta",
+        choices=["auto", "none", "flip", "tencrop"],
+        default="auto",
+        help="test-time augmentation (auto: tencrop for one model, none for an ensemble)",
+    )
     predict.add_argument(
         "--every", type=_integer(1), default=10, help="videos: classify every N-th frame (10)"
     )

@@ -72,6 +72,7 @@ class OnnxModule(nn.Module):
         feed = np.ascontiguousarray(x.detach().cpu().float().numpy())  # channels_last views are strided
         return torch.from_numpy(self.session.run(None, {self.input: feed})[0])
 
+
 METADATA_KEYS = ("classes", "input_size", "crop_from", "mean", "std", "arch", "members", "config", "framing")
 
 TORCHSCRIPT_META = "fer_tune.json"  # the extra file inside a TorchScript archive

@@ -141,6 +141,16 @@ class Predictor:
             self._leveller = EyeLeveller()
         return self._leveller if self.upright else None
 
+    @property
+    def default_tta(self) -> str:
+        """`tencrop` for one model, `none` for an ensemble: what `fer-tune predict --tta auto` uses.
+
+        Measured on the reference's 28-epoch seeds (docs/benchmarks.md, "Recipe levers on CPU"): ten-crop
+        added 1.4 points PublicTest to each single model but none to their ensemble, at 10x a face's
+        cost (about 7 ms a face on 2 cores, still small beside finding the face).
+        """
+        return "tencrop" if len(self.meta.get("members", [])) <= 1 else "none"
+
     def predict_crops(self, crops: np.ndarray, tta: str = "none") -> np.ndarray:
         """Probabilities (N, 7) float32 of uint8 face crops (N, 48, 48), in batches of 256.
 

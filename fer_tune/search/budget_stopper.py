@@ -1,20 +1,43 @@
-"""`BudgetStopper`: Ray's `TimeoutStopper` (it stops running trials too), remembering that it fired."""
+"""`BudgetStopper`: Ray's `TimeoutStopper` (it stops running trials too), remembering that it fired, and
+ending the search early when the retrain after it needs more than its share
+(`fer_tune.search.retrain_reserve`)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ray.tune.stopper import TimeoutStopper
+
+if TYPE_CHECKING:
+    from fer_tune.search.retrain_reserve import RetrainReserve
 
 
 class BudgetStopper(TimeoutStopper):
-    """Ray's TimeoutStopper (stops every trial when the budget is spent) that remembers having fired."""
+    """Ray's TimeoutStopper (stops every trial when the budget is spent) that remembers having fired.
+
+    Args:
+        timeout: the search's own budget, seconds.
+        reserve: under a budget shared with the retrain, what the retrain needs at least: the search ends
+            once what it has left is no more than the part of that beyond the retrain's share.
+    """
 
     fired: bool = False
+    reserve: RetrainReserve | None = None  # absent from a stopper pickled by an earlier fer-tune
+
+    def __init__(self, timeout: float, reserve: RetrainReserve | None = None) -> None:
+        super().__init__(timeout)
+        self.reserve = reserve
 
     def stop_all(self) -> bool:
-        """Whether the time budget is spent (Ray then stops every trial); remembered in `fired`.
+        """Whether the time budget is spent, or must be left to the retrain (Ray then stops every trial);
+        remembered in `fired`.
 
         Returns:
             True once the budget is spent.
         """
-        self.fired = super().stop_all() or self.fired
+        spent = super().stop_all()  # counts down self._budget, what the search has left
+        if not (spent or self.fired) and self.reserve is not None and self._budget <= self.reserve.cut_s():
+            self.reserve.end_search(max(0.0, self._budget))
+            spent = True
+        self.fired = spent or self.fired
         return self.fired

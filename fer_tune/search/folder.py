@@ -486,5 +486,3 @@ def command_line() -> str:
         The shell-quoted command line.
     """
     return shlex.join(["fer-tune", *sys.argv[1:]])
-
-

@@ -72,6 +72,9 @@ class JobBudget:
         spent_s: wall time the search's commands have taken so far, seconds.
         plan: the retrain's plan (`RetrainPlan.to_dict`), once made; None before.
         retrain_s: wall time the retrain has taken, seconds; None before it ran.
+        cut_s: what the search left unused of its own budget because the retrain's fewest epochs needed
+            more than the retrain's share (`fer_tune.search.retrain_reserve`), seconds; None when it did not.
+        reserve_s: what the retrain was then reckoned to need at least, seconds; None when not cut.
     """
 
     total_s: float
@@ -80,6 +83,8 @@ class JobBudget:
     spent_s: float = 0.0
     plan: dict[str, Any] | None = None
     retrain_s: float | None = None
+    cut_s: float | None = None
+    reserve_s: float | None = None
 
     @property
     def search_s(self) -> float:
@@ -286,10 +291,13 @@ class RetrainPlan:
             Two to four lines.
         """
         seeds = f"{self.seeds} seed{'s' if self.seeds > 1 else ''}"
+        cut = ""
+        if job.cut_s is not None:
+            cut = f" (ended {clock(job.cut_s)} early: the retrain's fewest epochs needed more than its share)"
         out = [
             f"time budget {clock(job.total_s)} for the search and the retrain (search.retrain_share "
-            f"{job.retrain_share:g}): the search had {clock(job.search_s)} and took {clock(job.spent_s)}, "
-            f"{clock(max(0.0, self.left_s))} left for the retrain",
+            f"{job.retrain_share:g}): the search had {clock(job.search_s)} and took "
+            f"{clock(job.spent_s)}{cut}, {clock(max(0.0, self.left_s))} left for the retrain",
             f"retrain: {seeds} x {self.epochs} epochs, about {clock(self.planned_s)}: "
             f"{self.epoch_s:.1f} s per epoch (median of {self.measured_epochs} epochs of trial "
             f"{self.trial_id}, the best config, measured in the search), {self.score_s:.0f} s to score each "

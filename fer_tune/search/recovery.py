@@ -109,8 +109,6 @@ def raise_if_storage_fault(folder: str | Path) -> None:
 # -- checkpoints ---------------------------------------------------------------------------------------------
 
 
-
-
 def whole_copy(state: Path) -> Path:
     """Where `keep_whole_state` keeps the last whole version of an experiment-state file (hidden from Ray).
 
@@ -194,7 +192,6 @@ def check_experiment_state(experiment: Path) -> None:
         except (OSError, ValueError):
             pass
         else:
-
             atomic_write(newest, lambda f: f.write(text))  # a disk that refuses it: one OutputError line
             print(
                 f"fer-tune: {newest}: cut short by a crash ({e}); resuming from its last whole snapshot",

@@ -26,7 +26,7 @@ from fer_tune.search.cluster import ray_session
 from fer_tune.search.cpu_share import share_line, typical_share
 from fer_tune.search.folder import FOLDER_ENV, SearchFolder, SearchState, command_line
 from fer_tune.search.internals import optuna_study
-from fer_tune.search.job_budget import JobBudget, add_spent, clock, split_budget, write_budget
+from fer_tune.search.job_budget import JobBudget, add_spent, clock, read_budget, split_budget, write_budget
 from fer_tune.search.recovery import check_experiment_state, check_target, interrupts
 from fer_tune.search.resources import SearchResources, fill_resources, trial_slots
 from fer_tune.search.sampler import InSpaceSampler, choose_sampler
@@ -201,7 +201,7 @@ def _run_new(
                 "retrain gets what is left "
                 f"(search.retrain_share {job.retrain_share:g})"
             )
-        tuner = _tuner(space, data, folder, cluster, state, warm=warm)
+        tuner = _tuner(space, data, folder, cluster, state, warm=warm, job=job)
         return Outcome(folder.path, _fit(tuner, space, folder, state, verbose))
 
 
@@ -326,9 +326,10 @@ def _tuner(
     state: SearchState,
     hidden: list[int] | None = None,
     warm: Sequence[WarmStart] = (),
+    job: JobBudget | None = None,
 ) -> Any:
     """Ray's Tuner of the state's latest phase; `hidden`: study trials its sampler must not learn from;
-    `warm`: earlier searches' trials the new study starts from."""
+    `warm`: earlier searches' trials the new study starts from; `job`: the budget it shares with a retrain."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
@@ -382,7 +383,15 @@ def _tuner(
             reduction_factor=s.reduction_factor,
         )
     # Ray's TimeoutStopper stops running trials too; StopLog records them as stopped by the time budget.
-    stopper = BudgetStopper(s.time_budget_s) if s.time_budget_s else None
+    reserve = None
+    if job is not None and s.time_budget_s:  # the search leaves the retrain its fewest epochs
+        from fer_tune.search.retrain_reserve import RetrainReserve
+
+        retrain_s = job.total_s - job.search_s
+        reserve = RetrainReserve(
+            folder.path, job.seeds, retrain_s, len(data), s.retrain_epochs, s.metric, s.mode
+        )
+    stopper = BudgetStopper(s.time_budget_s, reserve) if s.time_budget_s else None
     stop: Any = stopper
     if s.stuck_epochs:
         import numpy as np
@@ -395,6 +404,8 @@ def _tuner(
     callbacks: list[Any] = [
         StopLog(stopper, search_alg if s.uses_study else None, trial_timeout_s=s.trial_timeout_s)
     ]
+    if reserve is not None:
+        callbacks.append(reserve)
     tracking = WandbTracking.from_state(state.to_dict())
     if tracking is not None:
         from fer_tune.search.wandb_runs import WandbRuns
@@ -462,7 +473,10 @@ def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState, ver
         folder.sync_down()  # a search in an object store: Ray's trial files, for the tables
         trials, history = write_results(folder.path)  # a second Ctrl-C still absorbed: the tables are whole
     budget = space.search.time_budget_s
-    budget_hit = budget is not None and elapsed >= budget - 1
+    job = read_budget(folder.path) if state.phase.number == 1 else None  # a job's budget: its first phase
+    # Or ended early, leaving the retrain its fewest epochs (fer_tune.search.retrain_reserve).
+    cut = job is not None and job.cut_s is not None
+    budget_hit = budget is not None and (elapsed >= budget - 1 or cut)
     unfinished = grid.num_terminated + grid.num_errors < len(grid)
     interrupted = bool(stop.signals) or unfinished or (len(grid) < space.total_trials() and not budget_hit)
     print(summarize(trials, folder.path))

@@ -178,5 +178,3 @@ def _planned_epochs(result: dict[str, Any]) -> float:
 
     epochs = result.get("config/train/epochs", (result.get("config") or {}).get("train", {}).get("epochs"))
     return float(epochs) if isinstance(epochs, (int, float)) else float(TrainConfig().epochs)
-
-

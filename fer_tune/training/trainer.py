@@ -236,7 +236,7 @@ def run_epoch(
         epoch: the 1-based epoch number.
         amp: the precision forward passes run in.
         scaler: the fp16 gradient scaler; None otherwise.
-        progress: show a tqdm bar and print the metrics.
+        progress: show a tqdm bar.
         teacher: the distillation teacher; None for none.
         ema: the weights' moving average (`train.ema`); None for none.
 
@@ -291,12 +291,6 @@ def run_epoch(
     }
     if ema is not None:
         metrics["live_val_acc"] = live["accuracy"]
-    if progress:
-        from tqdm import tqdm
-
-        tqdm.write(
-            " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-        )
     return metrics
 
 
@@ -403,6 +397,12 @@ def train(
         metrics = run_epoch(model, opt, sched, plateau, d, cfg, epoch, amp, scaler, progress, teacher, ema)
         if snaps is not None:
             metrics["snapshot_val_acc"] = keep_snapshot(snaps, model, d, cfg, epoch, amp, history)
+        if progress:  # the epoch's line, with every score (the snapshot ensemble's too)
+            from tqdm import tqdm
+
+            tqdm.write(
+                " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+            )
         history.append(metrics)
         if snaps is not None and out is not None and snaps.due(epoch):
             snaps.write(out, len(snaps), cfg, history, d.state)
