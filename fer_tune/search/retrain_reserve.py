@@ -10,7 +10,8 @@ callback keeps the least the retrain of the best trial so far needs,
     needed = MARGIN x seeds x (fewest epochs x its median epoch time + scoring one seed),
 
 and `BudgetStopper` ends the search as soon as what the search has left of its own budget is no more than
-`needed - retrain share`: the search gives up the minutes the retrain's fewest epochs need. Scoring a seed is
+`needed + END_S - retrain share` (`END_S`: the search's own end, outside the stopper's clock): the search
+gives up the minutes the retrain's fewest epochs need. Scoring a seed is
 timed with the evaluation's own forward pass (`job_budget.scoring_seconds`) when a trial first becomes the
 best; trials train meanwhile, so it is timed on a busy machine and errs long: the retrain, planned again when
 the search has ended on an idle machine, then trains more than its fewest epochs.
@@ -27,6 +28,11 @@ from typing import Any
 from ray.tune import Callback
 
 from fer_tune.search.job_budget import MARGIN, clock, read_budget, scoring_seconds, write_budget
+
+# The search's own time outside the stopper's clock, which starts at Ray's first step and stops when it fires:
+# Ray's start before, stopping the trials, writing the tables and Ray's shutdown after. 26 s on the 2-core
+# EPYC (2026-12-02: the stopper fired at 10:34, the search took 11:00); kept free for the retrain too.
+END_S = 45.0
 
 
 class RetrainReserve(Callback):
@@ -107,9 +113,10 @@ class RetrainReserve(Callback):
         """How much of its own budget the search must leave unused for the retrain, seconds (0: none).
 
         Returns:
-            Seconds.
+            Seconds: what the retrain needs beyond its share, and the search's own end (`END_S`).
         """
-        return max(0.0, self.needed_s() - self.retrain_s)
+        needed = self.needed_s()
+        return max(0.0, needed + END_S - self.retrain_s) if needed else 0.0
 
     def end_search(self, left_s: float) -> None:
         """Say that the search ends early, and record it in `budget.json` (`cut_s`).
