@@ -16,8 +16,7 @@ from optuna.samplers import GPSampler, TPESampler
 from optuna.trial import TrialState
 
 from fer_tune.cli import main
-from fer_tune.search import InSpaceSampler, Phase, SearchFolder, SearchState, load_space, parse_space
-from fer_tune.search import runner as search
+from fer_tune.search import InSpaceSampler, Phase, SearchFolder, SearchState, load_space, parse_space, tuner
 from fer_tune.search import sampler as sampler_module
 from fer_tune.search.internals import optuna_study
 from fer_tune.search.sampler import AUTO_GP_BELOW, choose_sampler
@@ -156,7 +155,7 @@ def test_the_runners_searcher_samples_with_the_chosen_sampler_after_warm_trials_
     trials, then the recipe tried first, and samples with the sampler `search.algorithm` chose."""
     built: dict[str, Any] = {}
     monkeypatch.setattr("ray.tune.Tuner", lambda trainable, **kwargs: built.update(kwargs) or built)
-    monkeypatch.setattr(search, "make_trainable", lambda space, data: "trainable")
+    monkeypatch.setattr(tuner, "make_trainable", lambda space, data: "trainable")
     raw = yaml.safe_load((ROOT / "search_spaces" / "smoke.yaml").read_text())
     point = {"model": {"kernels": [16, 32]}, "train": {"lr": 0.01}}
     raw["search"] |= {"algorithm": algorithm, "num_samples": num_samples, "points_to_evaluate": [point]}
@@ -168,7 +167,7 @@ def test_the_runners_searcher_samples_with_the_chosen_sampler_after_warm_trials_
     folder.path.mkdir()
     phases = [Phase(1, space.source, num_samples, "now")]
     state = SearchState("s", space.source, "data", "now", study="s", phases=phases)
-    search._tuner(space, tiny_data, folder, {"CPU": 2.0}, state, warm=read_warm_starts(space, [SMOKE]))
+    tuner.build_tuner(space, tiny_data, folder, {"CPU": 2.0}, state, warm=read_warm_starts(space, [SMOKE]))
     searcher = built["tune_config"].search_alg.searcher
     study = optuna_study(searcher)
     assert type(study.sampler.inner) is kind

@@ -231,7 +231,7 @@ def test_dist_names_are_key_paths() -> None:
 
 def test_progress_columns_hold_only_keys_every_trial_has() -> None:
     """Ray's CLIReporter raises KeyError on a column a trial's config lacks (seen: all-families spaces)."""
-    from fer_tune.search.runner import progress_columns
+    from fer_tune.search.tuner import progress_columns
 
     space = load_space("reference")
     columns = progress_columns(space, limit=50)

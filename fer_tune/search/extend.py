@@ -17,10 +17,11 @@ from fer_tune.data import FER2013
 from fer_tune.search.cluster import ray_session
 from fer_tune.search.folder import SearchFolder, command_line
 from fer_tune.search.ray_trials import ray_trials
-from fer_tune.search.runner import Outcome, _check_tracking, _fit, _load, _tuner
+from fer_tune.search.runner import Outcome, _check_tracking, _fit, _load
 from fer_tune.search.sampler import choose_sampler
 from fer_tune.search.space import Resources, Space, load_space, parse_duration
 from fer_tune.search.state import Phase
+from fer_tune.search.tuner import build_tuner
 
 
 def extend_search(
@@ -133,7 +134,7 @@ def _extend(
             f"fer-tune: extending {folder.path} by {num_samples} trials (phase {number}); "
             f"{len(hidden)} earlier trials lie outside {new.source} and do not steer the sampler"
         )
-        tuner = _tuner(new, data, folder, cluster, state, hidden=hidden)
+        tuner = build_tuner(new, data, folder, cluster, state, hidden=hidden)
         return Outcome(folder.path, _fit(tuner, new, folder, state, verbose))
 
 

@@ -65,15 +65,8 @@ class RetrainReserve(Callback):
         self.costs: dict[str, tuple[int, float]] = {}  # trial id -> (fewest retrain epochs, scoring s)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        """Record the epoch's wall time; when the trial becomes the best, what its retrain costs.
-
-        Args:
-            iteration: Ray Tune's loop iteration.
-            trials: every trial of the experiment.
-            trial: the trial that reported.
-            result: its result.
-            **info: Ray's other keyword arguments (unused).
-        """
+        """Ray's callback on a trial's result: record the epoch's wall time; when the trial becomes the best,
+        what its retrain costs."""
         seconds = result.get("time_this_iter_s")
         if isinstance(seconds, int | float) and seconds > 0:
             self.epoch_s.setdefault(trial.trial_id, []).append(float(seconds))
