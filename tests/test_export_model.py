@@ -39,8 +39,9 @@ def test_onnx_runtime_matches_pytorch(arch, tmp_path, one_thread, monkeypatch):
     model, meta = load(run, device="cpu")
     assert onnx_parity(out, model, 44, n=7) <= 1e-4  # a batch of 7: the export's example had 2
     # Through the predictors: uint8 faces -> normalise, crop -> logits -> probabilities, flip TTA too; in
-    # fp32 (on a CPU with AMX, PyTorch predicts under bf16 autocast, which ONNX Runtime's fp32 graph is not).
-    monkeypatch.setattr("fer_tune.training.device.cpu_has_amx_bf16", lambda: False)
+    # fp32 (on a CPU with AMX or AVX512-BF16, PyTorch predicts under bf16 autocast, which ONNX Runtime's fp32
+    # graph is not).
+    monkeypatch.setattr("fer_tune.training.device.cpu_has_native_bf16", lambda: False)
     faces = np.random.default_rng(0).integers(0, 256, (9, 48, 48), dtype=np.uint8)
     torch_pred, onnx_pred = load_predictor(run, device="cpu"), load_predictor(out)
     for tta in ("none", "flip"):

@@ -211,10 +211,20 @@ def test_bf16_on_a_gpu_without_native_bf16_is_refused(fake_cuda) -> None:
         Precision.select("bf16", torch.device("cuda", 0))
 
 
-@pytest.mark.parametrize("amx", [False, True])
-def test_cpu_auto_is_bf16_only_with_amx_and_bad_precision_is_a_config_error(monkeypatch, amx) -> None:
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": amx, "avx512_f": True})
-    assert Precision.select("auto", torch.device("cpu")).name == ("bf16" if amx else "fp32")
+@pytest.mark.parametrize(
+    ("caps", "expected"),
+    [
+        ({"amx_bf16": True, "avx512_bf16": True}, "bf16"),  # Xeon 4th gen on
+        ({"amx_bf16": False, "avx512_bf16": True}, "bf16"),  # AMD Zen 4: bf16 trained 2.1x fp32 (2026-12-02)
+        ({"amx_bf16": False, "avx512_bf16": False, "avx512_f": True}, "fp32"),  # emulated bf16 is slower
+        ({"avx2": True}, "fp32"),  # the AVX2-only EPYC
+    ],
+)
+def test_cpu_auto_is_bf16_only_with_native_bf16_and_bad_precision_is_a_config_error(
+    monkeypatch, caps, expected
+) -> None:
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    assert Precision.select("auto", torch.device("cpu")).name == expected
     assert Precision.select("fp32", torch.device("cpu")).dtype is None
     with pytest.raises(ConfigError, match="train.precision: must be one of"):
         RunConfig.from_dict({**TINY, "train": {"precision": "fp8"}})

@@ -39,8 +39,6 @@ SPACE = {
 }
 
 
-
-
 @pytest.fixture
 def holder() -> Iterator:
     """`holder(folder)`: a process holding `folder`'s lock (killed at the end of the test)."""

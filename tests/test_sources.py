@@ -29,8 +29,6 @@ TINY = {
 }
 
 
-
-
 @pytest.fixture
 def no_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail the test if a dataset is parsed: the refusal must come first."""

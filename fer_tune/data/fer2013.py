@@ -458,5 +458,3 @@ def describe(ds: FER2013) -> str:
         f"cache: {cache}",
     ]
     return "\n".join(lines)
-
-

@@ -103,7 +103,7 @@ class Predictor:
         meta: its meta (`mean`, `std`, `input_size`, `config`, ...), as `ensemble.load` returns it.
         device: where the model runs.
         source: where it was loaded from, for messages.
-        precision: a `train.precision` value; `auto` is bf16 on GPUs and on CPUs with AMX.
+        precision: a `train.precision` value; `auto` is bf16 on GPUs and on CPUs with native bf16.
     """
 
     def __init__(
@@ -115,7 +115,7 @@ class Predictor:
         precision: str = "auto",
     ) -> None:
         self.model, self.meta, self.device, self.source = model, meta, device, source
-        self.precision = precision  # a train.precision value: auto is bf16 on GPUs and on CPUs with AMX
+        self.precision = precision  # a train.precision value: auto is bf16 on GPUs and CPUs with native bf16
         self.classes: tuple[str, ...] = tuple(meta.get("classes", EMOTIONS))
         self._detector: FaceDetector | None = None
         # Turn each detected face upright from its eyes before classifying it: 4-5 points back on faces
@@ -162,7 +162,8 @@ class Predictor:
             (N, 7) float32, columns in `classes` order.
         """
         images = torch.from_numpy(np.ascontiguousarray(crops, dtype=np.uint8)).to(self.device)
-        # The device's fastest precision (bf16 on CPUs with AMX): `fer-tune evaluate` scores in fp32 on a CPU.
+        # The device's fastest precision (bf16 on CPUs with AMX or AVX512-BF16): `fer-tune evaluate` scores
+        # in fp32 on a CPU.
         logits = predict_logits(self.model, self.meta, images, tta, precision=self.precision)
         return logits.softmax(-1).cpu().numpy()
 

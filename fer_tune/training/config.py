@@ -104,7 +104,7 @@ class TrainConfig:
         "auto",
         str,
         "auto | bf16 | fp16 | fp32; auto: bf16 on GPUs of compute capability >= 8, fp16 with a "
-        "gradient scaler on older ones; on CPU bf16 with Intel AMX, else fp32",
+        "gradient scaler on older ones; on CPU bf16 with AMX or AVX512-BF16, else fp32",
     )
     teacher: str | None = _field(
         None,

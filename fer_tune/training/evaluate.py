@@ -78,8 +78,8 @@ def predict_logits(
     """Logits (N, 7) float32 for uint8 images (N, 48, 48) on the model's device, averaged over TTA views.
 
     `precision` (a `train.precision` value) defaults to the GPU's autocast precision on a GPU and to fp32 on a
-    CPU: scores then do not depend on the CPU model (bf16 with AMX). `fer_tune.inference.predictor` asks for
-    `auto`.
+    CPU: scores then do not depend on the CPU model (bf16 with AMX or AVX512-BF16).
+    `fer_tune.inference.predictor` asks for `auto`.
 
     Args:
         model: the classifier, on the device of `images`.
