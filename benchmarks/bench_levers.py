@@ -43,6 +43,7 @@ from machine import cpu_name  # benchmarks/machine.py: scripts run from this fol
 
 from fer_tune.data import load_fer2013
 from fer_tune.training import RunConfig, load_model, predict_logits, train
+from fer_tune.training.device import Precision
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "results" / "cpu-reference" / "best_config.yaml"
@@ -263,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     recipe = Path(args.config).resolve()
     shown = recipe.relative_to(ROOT) if recipe.is_relative_to(ROOT) else recipe
     header = (
-        f"{cpu_name()}, torch {torch.__version__}, {args.threads} threads; recipe {shown}, "
+        f"{cpu_name()}, torch {torch.__version__}, {args.threads} threads, "
+        f"{Precision.select(base.train.precision, torch.device('cpu')).name}; recipe {shown}, "
         f"{args.epochs} epochs on Training, scored on PublicTest with the last epoch's weights; "
         f"`python benchmarks/bench_levers.py {' '.join(sys.argv[1:] if argv is None else argv)}`"
     )
