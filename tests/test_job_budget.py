@@ -97,7 +97,7 @@ def test_the_cpu_space_splits_100_minutes_into_a_45_minute_search() -> None:
     space = load_space("cpu")
     job = split_budget(space.search.time_budget_s, space.search.retrain_share, 3)
     assert job.total_s == 100 * 60 and job.search_s == pytest.approx(45 * 60)
-    assert space.search.retrain_epochs == 28 > space.max_epochs()
+    assert space.search.retrain_epochs == 45 > space.max_epochs()
 
 
 def test_the_budget_record_reads_back_and_counts_every_command(tmp_path: Path) -> None:
