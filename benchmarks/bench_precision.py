@@ -3,10 +3,11 @@
     python benchmarks/bench_precision.py --data ../shared/datasets/fer2013
     python benchmarks/bench_precision.py --config configs/cpu_small.yaml --repeats 5 --images 4096
 
-Each repeat trains one epoch (no warm-up) of the config on the same stratified subset, fp32 then bf16, so the
-two share the machine's state; prints each epoch's images/s, the mean and std of each precision, and the
-ratio to fp32. `train.precision: auto` picks bf16 on a CPU only where this ratio was well above 1 (CPUs with
-AMX or AVX512-BF16; see `fer_tune.training.device.cpu_has_native_bf16`).
+After one untimed epoch of each precision, each repeat trains one epoch (no lr warm-up) of the config on
+the same stratified subset, fp32 then bf16, so the two share the machine's state; prints each epoch's
+images/s, the mean and std of each precision, and the ratio to fp32. `train.precision: auto` picks bf16 on a
+CPU only where this ratio was well above 1 (CPUs with AMX or AVX512-BF16; see
+`fer_tune.training.device.cpu_has_native_bf16`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 from fer_tune.data import load_fer2013
-from fer_tune.training.device import cpu_has_native_bf16
+from fer_tune.training.device import Precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import throughput  # noqa: E402  (a sibling script, not a package)
@@ -48,11 +49,13 @@ def main() -> int:
     flags = [k for k in ("amx_bf16", "avx512_bf16", "avx512_f", "avx2") if caps.get(k)]
     print(
         f"{cpu_name()} ({', '.join(flags) or 'no listed flags'}; auto -> "
-        f"{'bf16' if cpu_has_native_bf16() else 'fp32'}), torch {torch.__version__}, "
+        f"{Precision.select('auto', torch.device('cpu')).name}), torch {torch.__version__}, "
         f"load average {os.getloadavg()[0]:.2f}, {Path(args.config).name}, {args.images} images an epoch"
     )
     data = load_fer2013(args.data)
     seen: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for precision in seen:  # untimed: the first epoch in a process pays oneDNN's set-up (fp32 ran first)
+        throughput(Path(args.config), data, 256, [f"train.precision={precision}"], "cpu", args.threads)
     for r in range(args.repeats):
         for precision, rates in seen.items():
             sets = [f"train.precision={precision}"]
