@@ -17,6 +17,7 @@ from fer_tune.training import (
     Ensemble,
     RunConfig,
     evaluate_ensemble,
+    format_ensemble,
     load_model,
     load_models,
     model_files,
@@ -117,6 +118,17 @@ def test_evaluate_ensemble_scores_each_seed_and_the_ensemble(tmp_path, trained_r
             assert e["accuracy"] == s["accuracy"] and e["confusion"] == s["confusion"]
     assert len(result["table"]) == 3 * 2 * 2
     assert {r["model"] for r in result["table"]} == {"seed_0", "seed_1", "ensemble"}
+
+
+def test_evaluate_ensemble_scores_ten_crop_on_held_out_splits_only(tmp_path, trained_run, data):
+    root = _seeds(tmp_path / "final", trained_run)
+    result = evaluate_ensemble(root, data, ttas=("none", "tencrop"), device="cpu")
+    for name in ("seed_0", "seed_1", "ensemble"):
+        assert set(result["results"][name]["none"]) == {"Training", "PublicTest"}
+        assert set(result["results"][name]["tencrop"]) == {"PublicTest"}  # 10 views of Training: skipped
+    assert len(result["table"]) == 3 * (2 + 1)
+    table = format_ensemble(result)
+    assert "tencrop" in table and " - " in table  # the Training cells ten-crop left empty
 
 
 def test_cli_evaluate_of_a_retrain_folder(tmp_path, trained_run, data, capsys):

@@ -34,6 +34,8 @@ from fer_tune.search.job_budget import (
     measured_epoch,
     plan_retrain,
     read_budget,
+    scored_faces,
+    scoring_seconds,
     split_budget,
     write_budget,
 )
@@ -191,7 +193,7 @@ TRIAL_CONFIG = {"model": {"arch": "cnn", "kernels": [8]}, "train": {"epochs": 12
 def _reserve(tmp_path: Path, monkeypatch, cap: int | None = 28) -> RetrainReserve:
     import fer_tune.search.retrain_reserve as reserve
 
-    monkeypatch.setattr(reserve, "scoring_seconds", lambda cfg, images, seeds: NO_AMX["score_s"])
+    monkeypatch.setattr(reserve, "scoring_seconds", lambda cfg, images, seeds, **kw: NO_AMX["score_s"])
     job = JobBudget(6000.0, 0.55, 3)
     write_budget(tmp_path, job)
     return RetrainReserve(tmp_path, 3, job.total_s - job.search_s, 32_296, cap, "val_acc", "max")
@@ -265,6 +267,25 @@ def test_the_plan_of_a_finished_search(smoke_copy: Path, tiny_data, one_thread) 
     assert plan.left_s == 290.0 and 0 < plan.score_s < 60
     assert plan.epochs == plan_epochs(290.0, 2, plan.epoch_s, plan.score_s, 40, 5)[0]
     assert RetrainPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+def test_scoring_counts_every_view_the_retrain_scores(tiny_data, monkeypatch) -> None:
+    import fer_tune.search.job_budget as jb
+    from fer_tune.training import RunConfig
+
+    ticks = iter([0.0, 1.0])  # one second for the probe's PROBE_IMAGES faces
+    monkeypatch.setattr(jb.time, "perf_counter", lambda: next(ticks))
+    cfg = RunConfig.from_dict(TRIAL_CONFIG)
+    images, held_out = scored_faces(tiny_data)
+    assert images == len(tiny_data) and held_out == int((tiny_data.usage != "Training").sum()) > 0
+    per_face = 1.0 / jb.PROBE_IMAGES
+    # 2+ seeds: evaluate_dir (1 view), the ensemble's none and flip (3) of every face, ten-crop of held-out
+    want = (4 * 1000 + 10 * 300) * per_face + jb.SCORE_OVERHEAD_S
+    assert scoring_seconds(cfg, 1000, 3, "cpu", held_out=300) == pytest.approx(want)
+    ticks = iter([0.0, 1.0])
+    assert scoring_seconds(cfg, 1000, 1, "cpu", held_out=300) == pytest.approx(
+        1000 * per_face + jb.SCORE_OVERHEAD_S
+    )  # one seed: evaluate_dir's view only
 
 
 # -- the CPU share -------------------------------------------------------------------------------------------

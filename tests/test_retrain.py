@@ -50,10 +50,13 @@ def test_two_seeds_on_every_split(tmp_path, full_data, capsys):
             assert len(s["values"]) == 2 and 0 <= s["mean"] <= 1 and s["std"] >= 0
             assert s["values"] == [saved["per_seed"][f"seed_{k}"][split][key] for k in (3, 4)]
     assert m["summary"] == saved["summary"]
-    # the two seeds are also one model: each seed and their ensemble, without and with flip TTA
+    # the two seeds are also one model: each seed and their ensemble, without and with flip and ten-crop TTA
     ev = saved["evaluation"]
-    assert ev["members"] == ["seed_3", "seed_4"] and ev["ttas"] == ["none", "flip"]
+    assert ev["members"] == ["seed_3", "seed_4"] and ev["ttas"] == ["none", "flip", "tencrop"]
     assert set(ev["results"]) == {"seed_3", "seed_4", "ensemble"}
+    for name in ev["results"]:  # ten-crop on the held-out splits only
+        assert set(ev["results"][name]["tencrop"]) == {"PublicTest", "PrivateTest"}
+        assert set(ev["results"][name]["flip"]) == {"Training", "PublicTest", "PrivateTest"}
     assert (
         ev["results"]["seed_3"]["none"]["PrivateTest"]["accuracy"]
         == saved["per_seed"]["seed_3"]["PrivateTest"]["accuracy"]

@@ -22,9 +22,10 @@ schedule spans them), from what the search measured on this machine (`plan_retra
   runs at the same niceness (`fer_tune.search.runner`), so it plans for the same, and ends early if the
   other process has finished.
 - `score_s`: scoring a seed on every split, and with 2+ seeds each seed again in the ensemble without and
-  with flip (4 forward views of every image per seed, in fp32 on a CPU): measured by timing the evaluation's
-  own forward pass of the best config on `PROBE_IMAGES` images just before the retrain, plus
-  `SCORE_OVERHEAD_S` for loading the seeds and drawing confusion matrices.
+  with flip (4 forward views of every image per seed) and with ten-crop (10 views of each held-out image; in
+  fp32 on a CPU): measured by timing the evaluation's own forward pass of the best config on `PROBE_IMAGES`
+  images just before the retrain, plus `SCORE_OVERHEAD_S` for loading the seeds and drawing confusion
+  matrices.
 - `MARGIN` (1.1): epochs of one run vary by a few percent, the retrain's start-up and Python's are not
   measured.
 
@@ -361,7 +362,14 @@ def measured_epoch(
     return str(trial_id), float(seconds.median()), len(seconds), share
 
 
-def scoring_seconds(config: Any, images: int, seeds: int, device: str | None = None) -> float:
+def scored_faces(data: Any) -> tuple[int, int]:
+    """(every face, the faces outside Training) of `data` (FER2013): what `scoring_seconds` scales to."""
+    return len(data), int((data.usage != "Training").sum())
+
+
+def scoring_seconds(
+    config: Any, images: int, seeds: int, device: str | None = None, *, held_out: int = 0
+) -> float:
     """How long scoring one seed of `config` takes after its training, measured on this machine now.
 
     Times `predict_logits` (what `evaluate_dir` and `evaluate_ensemble` run, in their precision) on
@@ -370,8 +378,10 @@ def scoring_seconds(config: Any, images: int, seeds: int, device: str | None = N
     Args:
         config: the retrain's `RunConfig`.
         images: the faces scored (every split of the data).
-        seeds: the retrain's seeds (with 2+, each is scored again in the ensemble, without and with flip).
+        seeds: the retrain's seeds (with 2+, each is scored again in the ensemble, without and with flip, and
+            with ten-crop on the held-out splits).
         device: the retrain's device, as `resolve_device` takes it.
+        held_out: the faces outside Training (ten-crop's, with 2+ seeds).
 
     Returns:
         Seconds per seed, with `SCORE_OVERHEAD_S`.
@@ -391,8 +401,10 @@ def scoring_seconds(config: Any, images: int, seeds: int, device: str | None = N
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     per_image = (time.perf_counter() - t0) / PROBE_IMAGES
-    views = 1 + (3 if seeds > 1 else 0)  # evaluate_dir's view; the ensemble's: none (1) and flip (2)
-    return views * images * per_image + SCORE_OVERHEAD_S
+    # evaluate_dir's view of every face; with 2+ seeds the ensemble's none (1) and flip (2) views of every
+    # face and its ten-crop (10) of the held-out ones (fer_tune.training.retraining.ENSEMBLE_TTAS).
+    views = images + (3 * images + 10 * held_out if seeds > 1 else 0)
+    return views * per_image + SCORE_OVERHEAD_S
 
 
 def plan_retrain(
@@ -425,7 +437,8 @@ def plan_retrain(
         raise ConfigError(f"{path}: {e}") from None
     own = config.train.epochs
     most = cap or own
-    score_s = scoring_seconds(config, len(data), seeds, device)
+    images, held_out = scored_faces(data)
+    score_s = scoring_seconds(config, images, seeds, device, held_out=held_out)
     epochs, why = plan_epochs(job.left_s, seeds, epoch_s, score_s, most, min(own, most))
     return RetrainPlan(
         seeds=seeds,

@@ -35,6 +35,8 @@ from fer_tune.training.snapshots import SNAPSHOT_DIR
 from fer_tune.training.trainer import train
 
 SCORES = ("accuracy", "macro_f1")  # summarised over seeds
+# What 2+ seeds and their ensemble are scored with (ten-crop on the held-out splits only: TRAINING_TTAS).
+ENSEMBLE_TTAS = ("none", "flip", "tencrop")
 
 
 def _provenance(path: Path) -> dict[str, Any] | None:
@@ -153,9 +155,9 @@ def retrain(
         teacher: replaces `train.teacher`; None keeps the config's.
 
     Returns:
-        The report written to metrics.json (with the ensemble's scores under `evaluation` for 2+ seeds; with
-        `train.snapshots` each seed's snapshot ensemble under `runs.seed_<s>.snapshot_ensemble`, and its
-        mean and std over seeds under `snapshot_summary`).
+        The report written to metrics.json (with 2+ seeds, each seed's and the ensemble's scores with each of
+        `ENSEMBLE_TTAS` and `tta` under `evaluation`; with `train.snapshots` each seed's snapshot ensemble
+        under `runs.seed_<s>.snapshot_ensemble`, and its mean and std over seeds under `snapshot_summary`).
 
     Raises:
         ConfigError: `seeds` or `jobs` below 1, a bad config, a teacher in `out_dir`, `jobs` > 1 with a
@@ -255,7 +257,9 @@ def retrain(
         print(f"snapshot ensembles (mean softmax of each seed's {cfg.train.snapshots} snapshots, tta={tta}):")
         _print_summary(report["snapshot_summary"], seeds)
     if seeds > 1:  # the seeds are also one model: score it (written into metrics.json as "evaluation")
-        ensemble = evaluate_ensemble(out, ds, ttas=tuple(dict.fromkeys(("none", "flip", tta))), device=device)
+        # Ten-crop too, on the held-out splits: one seed with it is what `fer-tune predict` runs by default.
+        ttas = tuple(dict.fromkeys((*ENSEMBLE_TTAS, tta)))
+        ensemble = evaluate_ensemble(out, ds, ttas=ttas, device=device)
         print(format_ensemble(ensemble))
         report["evaluation"] = json_safe(ensemble)
     for note in notes:  # again below the scores, where they are read
