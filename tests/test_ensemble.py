@@ -129,6 +129,9 @@ def test_evaluate_ensemble_scores_ten_crop_on_held_out_splits_only(tmp_path, tra
     assert len(result["table"]) == 3 * (2 + 1)
     table = format_ensemble(result)
     assert "tencrop" in table and " - " in table  # the Training cells ten-crop left empty
+    # Training alone: then it is scored with every TTA asked (nothing would be left)
+    alone = evaluate_ensemble(root, data.split("Training"), ttas=("tencrop",), out_dir=tmp_path, device="cpu")
+    assert set(alone["results"]["ensemble"]["tencrop"]) == {"Training"}
 
 
 def test_cli_evaluate_of_a_retrain_folder(tmp_path, trained_run, data, capsys):
