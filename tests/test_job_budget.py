@@ -34,7 +34,6 @@ from fer_tune.search.job_budget import (
     measured_epoch,
     plan_retrain,
     read_budget,
-    scored_faces,
     scoring_seconds,
     split_budget,
     write_budget,
@@ -196,7 +195,8 @@ def _reserve(tmp_path: Path, monkeypatch, cap: int | None = 28) -> RetrainReserv
     monkeypatch.setattr(reserve, "scoring_seconds", lambda cfg, images, seeds, **kw: NO_AMX["score_s"])
     job = JobBudget(6000.0, 0.55, 3)
     write_budget(tmp_path, job)
-    return RetrainReserve(tmp_path, 3, job.total_s - job.search_s, 32_296, cap, "val_acc", "max")
+    faces = {"Training": 28_707, "PublicTest": 3_589}
+    return RetrainReserve(tmp_path, 3, job.total_s - job.search_s, faces, cap, "val_acc", "max")
 
 
 def _report(reserve: RetrainReserve, tid: str, val_acc: float, seconds: float, epochs: int = 12) -> None:
@@ -276,14 +276,16 @@ def test_scoring_counts_every_view_the_retrain_scores(tiny_data, monkeypatch) ->
     ticks = iter([0.0, 1.0])  # one second for the probe's PROBE_IMAGES faces
     monkeypatch.setattr(jb.time, "perf_counter", lambda: next(ticks))
     cfg = RunConfig.from_dict(TRIAL_CONFIG)
-    images, held_out = scored_faces(tiny_data)
+    sizes = tiny_data.sizes()
+    images, held_out = sum(sizes.values()), sum(n for s, n in sizes.items() if s != "Training")
     assert images == len(tiny_data) and held_out == int((tiny_data.usage != "Training").sum()) > 0
     per_face = 1.0 / jb.PROBE_IMAGES
+    faces = {"Training": 700, "PublicTest": 300}  # 1000 faces, 300 held out
     # 2+ seeds: evaluate_dir (1 view), the ensemble's none and flip (3) of every face, ten-crop of held-out
     want = (4 * 1000 + 10 * 300) * per_face + jb.SCORE_OVERHEAD_S
-    assert scoring_seconds(cfg, 1000, 3, "cpu", held_out=300) == pytest.approx(want)
+    assert scoring_seconds(cfg, faces, 3, "cpu") == pytest.approx(want)
     ticks = iter([0.0, 1.0])
-    assert scoring_seconds(cfg, 1000, 1, "cpu", held_out=300) == pytest.approx(
+    assert scoring_seconds(cfg, faces, 1, "cpu") == pytest.approx(
         1000 * per_face + jb.SCORE_OVERHEAD_S
     )  # one seed: evaluate_dir's view only
 

@@ -78,6 +78,10 @@ class FER2013:
         present = set(np.unique(self.usage).tolist())
         return [u for u in USAGES if u in present]
 
+    def sizes(self) -> dict[str, int]:
+        """Images per Usage split present, in USAGES order."""
+        return {u: int((self.usage == u).sum()) for u in self.splits}
+
     def split(self, *usages: str) -> FER2013:
         """The rows whose Usage is one of `usages` (e.g. `split("Training", "PublicTest")`).
 

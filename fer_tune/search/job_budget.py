@@ -22,10 +22,10 @@ schedule spans them), from what the search measured on this machine (`plan_retra
   runs at the same niceness (`fer_tune.search.runner`), so it plans for the same, and ends early if the
   other process has finished.
 - `score_s`: scoring a seed on every split, and with 2+ seeds each seed again in the ensemble without and
-  with flip (4 forward views of every image per seed) and with ten-crop (10 views of each held-out image; in
-  fp32 on a CPU): measured by timing the evaluation's own forward pass of the best config on `PROBE_IMAGES`
-  images just before the retrain, plus `SCORE_OVERHEAD_S` for loading the seeds and drawing confusion
-  matrices.
+  with flip (4 forward views of every image per seed) and with ten-crop (10 views of each held-out image;
+  `fer_tune.training.ttas_by_split`; in fp32 on a CPU): measured by timing the evaluation's own forward
+  pass of the best config on `PROBE_IMAGES` images just before the retrain, plus `SCORE_OVERHEAD_S` for
+  loading the seeds and drawing confusion matrices.
 - `MARGIN` (1.1): epochs of one run vary by a few percent, the retrain's start-up and Python's are not
   measured.
 
@@ -48,6 +48,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -362,14 +363,7 @@ def measured_epoch(
     return str(trial_id), float(seconds.median()), len(seconds), share
 
 
-def scored_faces(data: Any) -> tuple[int, int]:
-    """(every face, the faces outside Training) of `data` (FER2013): what `scoring_seconds` scales to."""
-    return len(data), int((data.usage != "Training").sum())
-
-
-def scoring_seconds(
-    config: Any, images: int, seeds: int, device: str | None = None, *, held_out: int = 0
-) -> float:
+def scoring_seconds(config: Any, faces: Mapping[str, int], seeds: int, device: str | None = None) -> float:
     """How long scoring one seed of `config` takes after its training, measured on this machine now.
 
     Times `predict_logits` (what `evaluate_dir` and `evaluate_ensemble` run, in their precision) on
@@ -377,11 +371,10 @@ def scoring_seconds(
 
     Args:
         config: the retrain's `RunConfig`.
-        images: the faces scored (every split of the data).
-        seeds: the retrain's seeds (with 2+, each is scored again in the ensemble, without and with flip, and
-            with ten-crop on the held-out splits).
+        faces: images per split of the data (`FER2013.sizes`).
+        seeds: the retrain's seeds (with 2+, each is scored again in the ensemble with each of `ENSEMBLE_TTAS`
+            on the splits `ttas_by_split` gives it).
         device: the retrain's device, as `resolve_device` takes it.
-        held_out: the faces outside Training (ten-crop's, with 2+ seeds).
 
     Returns:
         Seconds per seed, with `SCORE_OVERHEAD_S`.
@@ -389,21 +382,25 @@ def scoring_seconds(
     import torch
 
     from fer_tune.models import build_model
-    from fer_tune.training import predict_logits, resolve_device
+    from fer_tune.training import ENSEMBLE_TTAS, predict_logits, resolve_device, tta_views, ttas_by_split
 
     dev = resolve_device(device)
+    size = config.augment.input_size
     model = build_model(config.model).to(dev, memory_format=torch.channels_last).eval()
-    meta = {"config": config.to_dict(), "mean": 128.0, "std": 64.0, "input_size": config.augment.input_size}
-    faces = torch.randint(0, 256, (PROBE_IMAGES, 48, 48), dtype=torch.uint8, device=dev)
-    predict_logits(model, meta, faces[:64])  # warm-up: kernels chosen, memory allocated
+    meta = {"config": config.to_dict(), "mean": 128.0, "std": 64.0, "input_size": size}
+    probe = torch.randint(0, 256, (PROBE_IMAGES, 48, 48), dtype=torch.uint8, device=dev)
+    predict_logits(model, meta, probe[:64])  # warm-up: kernels chosen, memory allocated
     t0 = time.perf_counter()
-    predict_logits(model, meta, faces)
+    predict_logits(model, meta, probe)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     per_image = (time.perf_counter() - t0) / PROBE_IMAGES
-    # evaluate_dir's view of every face; with 2+ seeds the ensemble's none (1) and flip (2) views of every
-    # face and its ten-crop (10) of the held-out ones (fer_tune.training.retraining.ENSEMBLE_TTAS).
-    views = images + (3 * images + 10 * held_out if seeds > 1 else 0)
+    views = sum(faces.values())  # evaluate_dir's one view of every face
+    if seeds > 1:  # and the ensemble's, each TTA's views of the splits it scores
+        one = torch.zeros(1, 1, 48, 48)
+        count = {t: len(tta_views(one, size, t)) for t in ENSEMBLE_TTAS}
+        for split, ttas in ttas_by_split(list(faces), ENSEMBLE_TTAS).items():
+            views += faces[split] * sum(count[t] for t in ttas)
     return views * per_image + SCORE_OVERHEAD_S
 
 
@@ -437,8 +434,7 @@ def plan_retrain(
         raise ConfigError(f"{path}: {e}") from None
     own = config.train.epochs
     most = cap or own
-    images, held_out = scored_faces(data)
-    score_s = scoring_seconds(config, images, seeds, device, held_out=held_out)
+    score_s = scoring_seconds(config, data.sizes(), seeds, device)
     epochs, why = plan_epochs(job.left_s, seeds, epoch_s, score_s, most, min(own, most))
     return RetrainPlan(
         seeds=seeds,

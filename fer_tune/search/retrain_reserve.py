@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import statistics
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,7 @@ class RetrainReserve(Callback):
         folder: the local search folder (its `budget.json` records the cut).
         seeds: the seeds the retrain trains (`--retrain N`).
         retrain_s: the retrain's share of the job's budget, seconds (the search leaves it free anyway).
-        images: the faces the retrain scores per seed (every split of the data).
-        held_out: those outside Training (ten-crop scores them with 2+ seeds).
+        faces: images per split of the data the retrain scores (`FER2013.sizes`).
         cap: `search.retrain_epochs`; None for the config's own `train.epochs`.
         metric: the search's metric.
         mode: `max` or `min`.
@@ -54,14 +54,12 @@ class RetrainReserve(Callback):
         folder: str | Path,
         seeds: int,
         retrain_s: float,
-        images: int,
+        faces: Mapping[str, int],
         cap: int | None,
         metric: str,
         mode: str,
-        held_out: int = 0,
     ) -> None:
-        self.folder, self.seeds, self.retrain_s, self.images = str(folder), seeds, retrain_s, images
-        self.held_out = held_out
+        self.folder, self.seeds, self.retrain_s, self.faces = str(folder), seeds, retrain_s, dict(faces)
         self.cap, self.metric, self.mode = cap, metric, mode
         self.epoch_s: dict[str, list[float]] = {}  # trial id -> its epochs' wall times
         self.best: tuple[str, float] | None = None  # (trial id, its best metric value)
@@ -91,8 +89,7 @@ class RetrainReserve(Callback):
         except (ConfigError, TypeError, ValueError):
             return 0, 0.0
         own = cfg.train.epochs
-        score_s = scoring_seconds(cfg, self.images, self.seeds, held_out=self.held_out)
-        return min(own, self.cap or own), score_s
+        return min(own, self.cap or own), scoring_seconds(cfg, self.faces, self.seeds)
 
     def needed_s(self) -> float:
         """The least the retrain of the best trial so far needs, margin included, seconds (0 before any).

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from fer_tune.data import FER2013
 from fer_tune.search.folder import SearchFolder, SearchState
 from fer_tune.search.internals import optuna_study
-from fer_tune.search.job_budget import JobBudget, scored_faces
+from fer_tune.search.job_budget import JobBudget
 from fer_tune.search.resources import trial_slots
 from fer_tune.search.sampler import InSpaceSampler, choose_sampler
 from fer_tune.search.space import Dist, Space
@@ -116,9 +116,8 @@ def build_tuner(
         from fer_tune.search.retrain_reserve import RetrainReserve
 
         retrain_s = job.total_s - job.search_s
-        images, held_out = scored_faces(data)
         reserve = RetrainReserve(
-            folder.path, job.seeds, retrain_s, images, s.retrain_epochs, s.metric, s.mode, held_out
+            folder.path, job.seeds, retrain_s, data.sizes(), s.retrain_epochs, s.metric, s.mode
         )
     stopper = BudgetStopper(s.time_budget_s, reserve) if s.time_budget_s else None
     stop: Any = stopper

@@ -16,6 +16,7 @@ from fer_tune.training.evaluate import (
     format_metrics,
     predict_logits,
     tta_views,
+    ttas_by_split,
 )
 from fer_tune.training.losses import class_weights, classification_loss
 from fer_tune.training.metrics import (
@@ -26,7 +27,7 @@ from fer_tune.training.metrics import (
     metric_columns,
 )
 from fer_tune.training.optim import build_optimizer, build_schedulers
-from fer_tune.training.retraining import retrain
+from fer_tune.training.retraining import ENSEMBLE_TTAS, retrain
 from fer_tune.training.trainer import train
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "METRIC_KEYS",
     "METRIC_MODES",
     "OPTIONAL_METRIC_MODES",
+    "ENSEMBLE_TTAS",
     "TTA",
     "as_run_config",
     "augment_batch",
@@ -71,4 +73,5 @@ __all__ = [
     "TrainConfig",
     "trial_device",
     "tta_views",
+    "ttas_by_split",
 ]

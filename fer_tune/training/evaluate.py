@@ -12,7 +12,7 @@ Test-time augmentation (`tta`) averages the logits of several views of each imag
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,24 @@ TTA = ("none", "flip", "tencrop")
 # 28,709 faces cost about 100 s a model on 2 CPU cores and tell no more about fitting than the centre view and
 # flip do; held-out splits get every TTA.
 TRAINING_TTAS = ("none", "flip")
+
+
+def ttas_by_split(splits: Sequence[str], ttas: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The TTAs `evaluate_ensemble` scores each split with: all of `ttas`, but on Training only those in
+    `TRAINING_TTAS` when a held-out split is there too.
+
+    Args:
+        splits: the Usage splits of the data.
+        ttas: the TTA modes asked for.
+
+    Returns:
+        {split: its TTA modes, in the order of `ttas`}.
+    """
+    held_out = any(s != "Training" for s in splits)
+    return {
+        s: tuple(t for t in ttas if not (s == "Training" and held_out and t not in TRAINING_TTAS))
+        for s in splits
+    }
 
 
 def tta_views(x: torch.Tensor, input_size: int, tta: str, shift: int = 2) -> list[torch.Tensor]:
@@ -237,7 +255,7 @@ def evaluate_ensemble(
     device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Score each seed of a retrain folder and their ensemble (`fer_tune.training.ensemble`), each TTA,
-    every split (Training only with `TRAINING_TTAS`).
+    every split (as `ttas_by_split` says).
 
     The ensemble is the mean of the seeds' softmax probabilities (averaged over the TTA views of each seed).
     Returns {"model", "members", "data", "ttas", "results": {member | "ensemble": {tta: {split: metrics}}},
@@ -270,13 +288,10 @@ def evaluate_ensemble(
     dev = resolve_device(device)
     meta = members[0][2]
     results: dict[str, dict[str, Any]] = {name: {} for name, _, _ in members} | {"ensemble": {}}
-    held_out = [s for s in data.splits if s != "Training"]  # without them, Training gets every TTA
-    for split in data.splits:
+    for split, split_ttas in ttas_by_split(data.splits, ttas).items():
         part = data.split(split)
         images = to_device(part.images, dev)
-        for tta in ttas:
-            if split == "Training" and held_out and tta not in TRAINING_TTAS:
-                continue
+        for tta in split_ttas:
             probs = []
             for name, model, m in members:
                 p = predict_logits(model.to(dev), m, images, tta).softmax(-1)
