@@ -133,14 +133,20 @@ def killed(tmp_path_factory: pytest.TempPathFactory, data_csv: Path) -> Iterator
                 trials, _ = load_results(folder)
             except DataError:
                 continue  # no state snapshot yet
-            done = trials[trials["status"] == "TERMINATED"]
+            # Finished, and its result.json written out: Ray's state can say TERMINATED a moment before the
+            # trial's last row reaches the search folder (resume then appends it from the checkpoint).
+            done = [
+                t
+                for t in trials[trials["status"] == "TERMINATED"]["trial_id"]
+                if epochs_reported(folder / f"trial_{t}") == EPOCHS
+            ]
             running = [
                 t
                 for t in trials[trials["status"] != "TERMINATED"]["trial_id"]
                 if 3 <= epochs_reported(folder / f"trial_{t}") < EPOCHS
             ]
             if len(done) and running:
-                finished = {t: (folder / f"trial_{t}" / "result.json").read_text() for t in done["trial_id"]}
+                finished = {t: (folder / f"trial_{t}" / "result.json").read_text() for t in done}
                 interrupted = running
                 proc.send_signal(signal.SIGKILL)
                 break
