@@ -91,20 +91,33 @@ def _run(cmd: list[str], log: Path, budget_s: float, poll=None) -> tuple[int, fl
     t0 = time.time()
     with log.open("w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-        while proc.poll() is None:
-            if poll is not None:
-                poll(t0)
-            if time.time() - t0 > budget_s + SHUTDOWN_S:
-                proc.send_signal(signal.SIGINT)  # fer-tune's own interrupt: results are written first
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                break
-            time.sleep(1.0)
+        try:
+            while proc.poll() is None:
+                if poll is not None:
+                    poll(t0)
+                if time.time() - t0 > budget_s + SHUTDOWN_S:
+                    _interrupt(proc, 60)
+                    break
+                time.sleep(1.0)
+        except KeyboardInterrupt:  # the bench is stopped: so is its run, which saves what it has first
+            _interrupt(proc, SHUTDOWN_S)
+            raise
         if poll is not None:
             poll(t0)
     return proc.wait(), t0
+
+
+def _interrupt(proc: subprocess.Popen, wait_s: float) -> None:
+    """SIGINT, fer-tune's own interrupt (results are written first), then a kill after `wait_s` seconds.
+
+    A Ctrl-C at a terminal has already reached `proc` (one process group): a second SIGINT only makes
+    fer-tune say it is still saving. A SIGINT sent to the bench alone reaches `proc` only this way."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def run_search_arm(arm: Arm, space: Path, args: argparse.Namespace, runs: Path, budget_s: float) -> None:
@@ -307,7 +320,14 @@ def main(argv: list[str] | None = None) -> int:
             run_search_arm(arm, arm_space(space, name, repeat, spaces), args, runs, budget_s)
         return arm
 
-    results = run_all(runs, args.arms, args.repeats, settings, run)
+    # A shell that starts the bench in the background (`... &` in a script) hands it SIGINT ignored: Ctrl-C
+    # and `kill -INT` then reached only the running search, and the bench went on with the next run.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        results = run_all(runs, args.arms, args.repeats, settings, run)
+    except KeyboardInterrupt:
+        print(f"stopped: the finished runs are kept in {runs}; the same command continues", file=sys.stderr)
+        return 130
     # A run that failed (e.g. a bad flag) rather than ran out of time: its figures would be a silent 0
     failed = [a for a in results if a.failed()]
     for a in failed:

@@ -211,3 +211,37 @@ def test_the_command_writes_the_report_and_a_rerun_runs_nothing(tmp_path: Path, 
     ran.clear()
     assert bench_search.main(argv) == 0 and ran == []
     assert json.loads((tmp_path / "bench_search.json").read_text())["arms"] == record["arms"]
+
+
+def test_a_stopped_bench_stops_its_running_command_and_keeps_the_finished_runs(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Ctrl-C (KeyboardInterrupt in the bench) interrupts the command it runs, which ends, and the bench
+    exits 130 with the finished runs' records kept, instead of going on with the next run."""
+    cmd = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"]
+    log = tmp_path / "run.log"
+
+    def stop(t0: float) -> None:
+        if "started" in log.read_text():
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        bench_search._run(cmd, log, budget_s=600.0, poll=stop)
+    assert "KeyboardInterrupt" in log.read_text()  # the command got the SIGINT and ended: no orphan left
+
+    ran: list[str] = []
+
+    def fake_search(arm: Arm, space: Path, args, runs: Path, budget_s: float) -> None:
+        ran.append(arm.run_name)
+        if arm.name == "random":
+            raise KeyboardInterrupt
+        arm.exit_status, arm.trials, arm.epochs, arm.points = 0, 1, 1, [(30.0, 0.5)]
+
+    monkeypatch.setattr(bench_search, "load_fer2013", lambda path: None)
+    monkeypatch.setattr(bench_search, "run_search_arm", fake_search)
+    argv = ["--data", "x", "--budget", "1m", "--out", str(tmp_path), "--arms", "warm,random,cold"]
+    assert bench_search.main(argv) == 130
+    assert ran == ["warm-r0", "random-r0"]  # cold never started
+    runs = tmp_path / "runs"
+    assert (runs / "warm-r0.json").is_file() and not (runs / "random-r0.json").exists()
+    assert "the same command continues" in capsys.readouterr().err
