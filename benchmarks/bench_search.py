@@ -320,14 +320,18 @@ def main(argv: list[str] | None = None) -> int:
             run_search_arm(arm, arm_space(space, name, repeat, spaces), args, runs, budget_s)
         return arm
 
-    # A shell that starts the bench in the background (`... &` in a script) hands it SIGINT ignored: Ctrl-C
-    # and `kill -INT` then reached only the running search, and the bench went on with the next run.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Ctrl-C, `kill -INT` and `kill -TERM` stop the bench one way: its running search is interrupted and saves
+    # first (`_run`), the finished runs are kept. Also when a script started it in the background, where the
+    # shell hands it SIGINT ignored (it went on with the next run) and SIGTERM would orphan the search.
+    previous = {s: signal.signal(s, signal.default_int_handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         results = run_all(runs, args.arms, args.repeats, settings, run)
     except KeyboardInterrupt:
         print(f"stopped: the finished runs are kept in {runs}; the same command continues", file=sys.stderr)
         return 130
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     # A run that failed (e.g. a bad flag) rather than ran out of time: its figures would be a silent 0
     failed = [a for a in results if a.failed()]
     for a in failed:
