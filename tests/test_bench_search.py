@@ -218,7 +218,11 @@ def test_a_stopped_bench_stops_its_running_command_and_keeps_the_finished_runs(
 ) -> None:
     """Ctrl-C (KeyboardInterrupt in the bench) interrupts the command it runs, which ends, and the bench
     exits 130 with the finished runs' records kept, instead of going on with the next run."""
-    cmd = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"]
+    # The child sets its SIGINT handler as fer-tune does: one started with SIGINT ignored (pytest run in the
+    # background by a script) would otherwise inherit that and wait out the kill.
+    child = "import signal, time; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    child += "print('started', flush=True); time.sleep(60)"
+    cmd = [sys.executable, "-c", child]
     log = tmp_path / "run.log"
 
     def stop(t0: float) -> None:
