@@ -409,6 +409,19 @@ class Runner:
                 proc.wait()
 
 
+def group_alive(pgid: int) -> list[str]:
+    """The live processes of the process group `pgid` (a zombie that nobody reaps is not), by command line."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                alive.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:100])
+        except OSError:  # it ended meanwhile
+            continue
+    return alive
+
+
 @pytest.fixture
 def runner(tmp_path: Path):
     r = Runner(tmp_path)
@@ -628,6 +641,7 @@ class Stop:
     took: float  # seconds from the (first) signal to its exit
     log: str
     finished: bool  # fer_tune.json's "finished" after it
+    left: list[str]  # the processes of its process group still running 10 s after it ended
 
 
 @dataclass
@@ -671,8 +685,11 @@ def stopped_three_ways(
         code = proc.wait(timeout=120)
         took = time.monotonic() - t0
         time.sleep(0.5)  # a terminal's last output
+        deadline = time.monotonic() + 10  # Ray's workers notice their raylet's end within a second or two
+        while group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
         finished = json.loads((folder / "fer_tune.json").read_text())["finished"]
-        stops[way] = Stop(code, took, proc.log.read_text(errors="replace"), finished)
+        stops[way] = Stop(code, took, proc.log.read_text(errors="replace"), finished, group_alive(proc.pid))
 
     try:
         args = search_argv(tmp, data_csv, folder, num_samples=4, seed=2, epochs=STOP_EPOCHS)
@@ -704,6 +721,7 @@ def test_one_ctrl_c_typed_in_its_terminal_stops_a_search_as_an_interruption_that
     run = stopped_three_ways
     typed = run.stops["typed"]
     assert typed.code == 130, typed.log[-3000:]
+    assert not typed.left, f"outlived the driver: {typed.left}"
     assert f"Continue it with: fer-tune --resume {run.folder}" in typed.log
     assert typed.finished is False
     assert_resumed_to_its_end(run)
@@ -715,13 +733,17 @@ def test_one_ctrl_c_typed_in_its_terminal_stops_a_search_as_an_interruption_that
 def test_sigterm_to_the_process_group_stops_within_seconds_and_resumes(
     stopped_three_ways: StoppedThreeWays,
 ) -> None:
-    """`kill -TERM -PGID` (a job control or a scheduler stopping the job) reaches Ray's own processes too;
-    the driver used to wait 60 s more for the dead GCS ("Failed to connect to GCS within 60 seconds")."""
+    """`kill -TERM -PGID` (a job control or a scheduler stopping the job) reaches only the driver: Ray's own
+    processes block SIGTERM. When it reached them, the driver's graceful stop raced their end: it waited 15 s
+    for the dead GCS (until the watchdog), or Ray's core worker ended it at once with status 1 and no resume
+    line (CI, about 1 run in 8)."""
     run = stopped_three_ways
     term = run.stops["sigterm"]
-    assert term.code == 130 and term.took < 20, (
+    assert term.code == 130 and term.took < 15, (
         f"exit {term.code} after {term.took:.0f} s: {term.log[-3000:]}"
     )
+    assert "did not stop within" not in term.log  # stopped by Ray, not by the watchdog
+    assert not term.left, f"outlived the driver: {term.left}"
     assert f"Continue it with: fer-tune --resume {run.folder}" in term.log
     assert_resumed_to_its_end(run)
 
@@ -739,18 +761,24 @@ def test_ctrl_c_twice_leaves_a_resumable_folder(stopped_three_ways: StoppedThree
 @pytest.mark.slow
 @pytest.mark.long
 @pytest.mark.timeout(400)
-# The same Ctrl-C sent two other ways (45 s each); typed in its terminal, in the default set, above.
-@pytest.mark.parametrize("how", ["kill -INT to its group", "kill -INT to it"])
+# The same stop sent three other ways (45 s each); typed in its terminal and SIGTERM to the group, above.
+@pytest.mark.parametrize("how", ["kill -INT to its group", "kill -INT to it", "kill -TERM to it"])
 def test_one_ctrl_c_stops_a_search_as_an_interruption_that_resumes(
     tmp_path: Path, data_csv: Path, runner: Runner, how: str
 ) -> None:
-    """As the first test above, for Ctrl-C sent with `kill -INT`: to the process group, or to the driver."""
+    """As the first test above, for Ctrl-C sent with `kill -INT` to the process group or to the driver, and
+    SIGTERM to the driver alone: Ray's processes, which it does not reach, end with the driver."""
     folder = tmp_path / "results" / "c1"
     args = search_argv(tmp_path, data_csv, folder, num_samples=2, seed=4, epochs=20)
     proc = runner.start(*args)
     wait_for_epochs(folder, proc, 2)
-    (os.killpg if "group" in how else os.kill)(proc.pid, signal.SIGINT)
+    signum = signal.SIGTERM if "TERM" in how else signal.SIGINT
+    (os.killpg if "group" in how else os.kill)(proc.pid, signum)
     assert proc.wait(timeout=120) == 130, proc.log.read_text(errors="replace")[-3000:]
+    deadline = time.monotonic() + 10  # Ray's workers notice their raylet's end within a second or two
+    while group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not group_alive(proc.pid), f"outlived the driver: {group_alive(proc.pid)}"
     assert f"Continue it with: fer-tune --resume {folder}" in proc.log.read_text(errors="replace")
     assert json.loads((folder / "fer_tune.json").read_text())["finished"] is False
     assert runner.start("--resume", str(folder)).wait(timeout=240) == 0

@@ -26,13 +26,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import fer_tune
-from fer_tune.base import ConfigError, DataError, OutputError, atomic_write, check_writable
+from fer_tune.base import ConfigError, DataError, OutputError, atomic_write, check_writable, descendants
 
 
 class StorageFault(OutputError):
@@ -242,9 +242,7 @@ class Interruption:
     def arm(self) -> None:
         """Start the watchdog: once `grace_s` has passed, print the resume line and exit with 130.
 
-        A SIGTERM sent to the whole process group (a scheduler ending a job) also ends Ray's own processes,
-        and the driver then waited 60 s for the dead GCS before Ray ended it with status 1. What the search
-        had saved by then is what it resumes from either way (snapshots every 2 s, kept whole).
+        Ray's stopping and saving took 0.1-0.5 s on 2 cores; the watchdog guards against a Ray that hangs.
         """
         self.watchdog = threading.Timer(self.grace_s, self._give_up)
         self.watchdog.daemon = True
@@ -256,8 +254,18 @@ class Interruption:
             self.watchdog.cancel()
 
     def _give_up(self) -> None:
+        """Print the resume line, kill the processes this one started (Ray's), and end with 130.
+
+        Ray's processes would die with the driver (Ray ties the raylet's and the GCS's lives to it), but its
+        dashboard and runtime-env agents outlived a driver that ended this way: they noticed their raylet's
+        end, then waited on the GCS, gone too.
+        """
+        sys.stdout.flush()
         print(f"fer-tune: Ray did not stop within {self.grace_s:.0f} s; {self.resume_line}", file=sys.stderr)
         sys.stderr.flush()
+        for pid in descendants(os.getpid()):
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # SIGTERM is blocked in them: see shielded_from_sigterm
         os._exit(130)
 
 
@@ -272,6 +280,9 @@ def interrupts(resume_line: str, grace_s: float = STOP_GRACE_S) -> Iterator[Inte
     trials and saves is reported and absorbed (it would cut the save short); a third stops at once. Before
     Tune's loop runs there is nothing to save, and the first signal stops at once (KeyboardInterrupt). If
     Ray has not stopped `grace_s` after the first signal, the watchdog ends the process (see `arm`).
+
+    A SIGTERM sent to the whole process group (`kill -TERM -PGID`, a batch scheduler, GNU `timeout`) reaches
+    only the driver of a Ray that `fer_tune.search.cluster.ray_session` started: see `shielded_from_sigterm`.
 
     Args:
         resume_line: what to run to continue the search, printed if the watchdog ends the process.
