@@ -77,6 +77,9 @@ def shielded_from_sigterm() -> Iterator[None]:
     core worker ended it at once with status 1 and no resume line. A blocked signal stays blocked across
     fork and exec, in every process Ray starts later too (its workers); they end when the driver ends Ray.
     """
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
+        yield
+        return
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     try:
         yield
