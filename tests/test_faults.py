@@ -785,6 +785,28 @@ def test_one_ctrl_c_stops_a_search_as_an_interruption_that_resumes(
     assert_continued(folder, 2, 20)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_resumed_search_that_runs_out_of_its_time_budget_finishes(
+    tmp_path: Path, data_csv: Path, runner: Runner
+) -> None:
+    """Ray runs its own copy of the budget stopper on a resume, and fer-tune judged "budget hit" by this run's
+    clock alone: the resume that spent the rest of the budget ended as interrupted (exit 130, "Continue it
+    with"), and so did every resume after it, seconds each: the search never finished."""
+    folder = tmp_path / "results" / "b1"
+    args = search_argv(tmp_path, data_csv, folder, num_samples=4, seed=5, epochs=100_000)
+    proc = runner.start(*args, "--time-budget", "30s")  # 2 trials at a time: the budget ends before 4
+    wait_for_epochs(folder, proc, 2)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, proc.log.read_text(errors="replace")[-3000:]
+    resumed = runner.start("--resume", str(folder))
+    assert resumed.wait(timeout=240) == 0, resumed.log.read_text(errors="replace")[-3000:]
+    assert json.loads((folder / "fer_tune.json").read_text())["finished"] is True
+    reasons = set(__import__("pandas").read_csv(folder / "trials.csv")["stop_reason"])
+    assert "stopped by time budget" in reasons, reasons
+
+
 def test_epochs_a_checkpoint_holds_beyond_the_record_are_recorded(tmp_path: Path) -> None:
     """A trial resumed from a checkpoint newer than the driver's last record (seen: a read-only disk and a
     SIGKILL left epochs 6 and 7 in the checkpoint but not in result.json) keeps every epoch in the results."""

@@ -12,6 +12,23 @@ if TYPE_CHECKING:
     from fer_tune.search.retrain_reserve import RetrainReserve
 
 
+# Whether a BudgetStopper fired in this process. On a resume Ray runs its own copy of the stopper, unpickled
+# from the saved experiment state (with what was left of the budget), not the one the tuner and StopLog hold:
+# a resumed search that ran out of its budget looked interrupted (exit 130, and so did every resume after).
+_FIRED = False
+
+
+def budget_fired() -> bool:
+    """Whether a search's time budget ran out in this process since `forget_budget_fired`."""
+    return _FIRED
+
+
+def forget_budget_fired() -> None:
+    """Before a search runs: no budget has run out yet."""
+    global _FIRED
+    _FIRED = False
+
+
 class BudgetStopper(TimeoutStopper):
     """Ray's TimeoutStopper (stops every trial when the budget is spent) that remembers having fired.
 
@@ -40,4 +57,7 @@ class BudgetStopper(TimeoutStopper):
             self.reserve.end_search(max(0.0, self._budget))
             spent = True
         self.fired = spent or self.fired
+        if self.fired:
+            global _FIRED
+            _FIRED = True
         return self.fired

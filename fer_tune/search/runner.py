@@ -291,6 +291,7 @@ def _check_tracking(state: dict[str, Any]) -> None:
 
 
 def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState, verbose: bool = False) -> int:
+    from fer_tune.search.budget_stopper import budget_fired, forget_budget_fired
     from fer_tune.search.progress import watch
     from fer_tune.search.results import summarize, write_results
 
@@ -307,6 +308,7 @@ def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState, ver
     s = space.search
     view = watch(folder.path, s.metric, s.mode, progress_columns(space), s.time_budget_s, verbose)
     resume_line = f"nothing is lost. Continue it with: fer-tune --resume {folder}"
+    forget_budget_fired()
     with interrupts(resume_line) as stop:
         with view:
             try:
@@ -324,7 +326,7 @@ def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState, ver
     job = read_budget(folder.path) if state.phase.number == 1 else None  # a job's budget: its first phase
     # Or ended early, leaving the retrain its fewest epochs (fer_tune.search.retrain_reserve).
     cut = job is not None and job.cut_s is not None
-    budget_hit = budget is not None and (elapsed >= budget - 1 or cut)
+    budget_hit = budget is not None and (elapsed >= budget - 1 or cut or budget_fired())
     unfinished = grid.num_terminated + grid.num_errors < len(grid)
     interrupted = bool(stop.signals) or unfinished or (len(grid) < space.total_trials() and not budget_hit)
     print(summarize(trials, folder.path))

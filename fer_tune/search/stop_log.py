@@ -19,7 +19,7 @@ from typing import Any
 from ray.tune import Callback
 
 from fer_tune.base import atomic_write_text
-from fer_tune.search.budget_stopper import BudgetStopper
+from fer_tune.search.budget_stopper import BudgetStopper, budget_fired
 from fer_tune.search.folder import FOLDER_ENV, STOPPED_BY_FILE, SearchFolder
 from fer_tune.search.recovery import keep_whole_state, mark_loop_running, raise_if_storage_fault
 from fer_tune.search.trial_checkpoints import heal_stale_checkpoint, record_checkpoint_epochs
@@ -76,7 +76,7 @@ class StopLog(Callback):
                 for note in (heal_stale_checkpoint(t), record_checkpoint_epochs(t)):
                     if note:
                         print(f"fer-tune: {note}", file=sys.stderr)
-        if self.stopper is not None and not self.stopper.fired:
+        if self.stopper is not None and not (self.stopper.fired or budget_fired()):
             self.ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
         if getattr(self, "trial_timeout_s", None):  # absent in a StopLog pickled by an older fer-tune
             self._stop_hung(trials)
@@ -91,7 +91,7 @@ class StopLog(Callback):
         """
         if trials and _local(trials[0]):
             keep_whole_state(Path(trials[0].path).parent, self.__dict__.setdefault("_fer_state", {}))
-        if self.stopper is None or not self.stopper.fired or self.logged:
+        if self.stopper is None or not (self.stopper.fired or budget_fired()) or self.logged:
             return
         self.logged = True
         cut = [t for t in trials if t.trial_id not in self.ended and t.status == "TERMINATED"]
