@@ -9,6 +9,7 @@ process group, Ctrl-C twice), resumed after each: the three tests of those ways 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -31,7 +32,7 @@ from conftest import make_fer
 from ray.tune import Checkpoint
 
 import fer_tune
-from fer_tune.base import DataError
+from fer_tune.base import DataError, process_stats
 from fer_tune.cli import main
 from fer_tune.search import SearchFolder, SearchState, load_results, parse_space
 from fer_tune.search.internals import default_placement_group_factory, storage_context, training_result
@@ -409,17 +410,20 @@ class Runner:
                 proc.wait()
 
 
-def group_alive(pgid: int) -> list[str]:
-    """The live processes of the process group `pgid` (a zombie that nobody reaps is not), by command line."""
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                alive.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:100])
-        except OSError:  # it ended meanwhile
-            continue
-    return alive
+def group_left(pgid: int, wait_s: float = 10.0) -> list[str]:
+    """The live processes of the process group `pgid` (a zombie nobody reaps is not) by command line, once
+    there are none or `wait_s` has passed: Ray's workers notice their raylet's end within a second or two."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = [pid for pid, (state, _, pgrp) in process_stats().items() if pgrp == pgid and state != "Z"]
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    lines = []
+    for pid in alive:
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            lines.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:100])
+    return lines
 
 
 @pytest.fixture
@@ -641,7 +645,7 @@ class Stop:
     took: float  # seconds from the (first) signal to its exit
     log: str
     finished: bool  # fer_tune.json's "finished" after it
-    left: list[str]  # the processes of its process group still running 10 s after it ended
+    left: list[str]  # the processes of its process group still running (after up to 10 s)
 
 
 @dataclass
@@ -685,11 +689,9 @@ def stopped_three_ways(
         code = proc.wait(timeout=120)
         took = time.monotonic() - t0
         time.sleep(0.5)  # a terminal's last output
-        deadline = time.monotonic() + 10  # Ray's workers notice their raylet's end within a second or two
-        while group_alive(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        left = group_left(proc.pid)
         finished = json.loads((folder / "fer_tune.json").read_text())["finished"]
-        stops[way] = Stop(code, took, proc.log.read_text(errors="replace"), finished, group_alive(proc.pid))
+        stops[way] = Stop(code, took, proc.log.read_text(errors="replace"), finished, left)
 
     try:
         args = search_argv(tmp, data_csv, folder, num_samples=4, seed=2, epochs=STOP_EPOCHS)
@@ -775,10 +777,8 @@ def test_one_ctrl_c_stops_a_search_as_an_interruption_that_resumes(
     signum = signal.SIGTERM if "TERM" in how else signal.SIGINT
     (os.killpg if "group" in how else os.kill)(proc.pid, signum)
     assert proc.wait(timeout=120) == 130, proc.log.read_text(errors="replace")[-3000:]
-    deadline = time.monotonic() + 10  # Ray's workers notice their raylet's end within a second or two
-    while group_alive(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not group_alive(proc.pid), f"outlived the driver: {group_alive(proc.pid)}"
+    left = group_left(proc.pid)
+    assert not left, f"outlived the driver: {left}"
     assert f"Continue it with: fer-tune --resume {folder}" in proc.log.read_text(errors="replace")
     assert json.loads((folder / "fer_tune.json").read_text())["finished"] is False
     assert runner.start("--resume", str(folder)).wait(timeout=240) == 0

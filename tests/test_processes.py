@@ -12,6 +12,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+
+import pytest
 
 from fer_tune.base import descendants, sigterm_pending
 from fer_tune.search.cluster import shielded_from_sigterm, sigterm_turned_to_sigkill
@@ -26,45 +29,52 @@ def wait_until(ok, timeout_s: float = 10.0) -> bool:
     return ok()
 
 
-def test_a_process_started_inside_the_shield_blocks_sigterm_and_this_one_does_not_after() -> None:
+@pytest.fixture
+def sleeper() -> Iterator[Callable[[], subprocess.Popen]]:
+    """Starts a sleeping Python process each call; every one is killed after the test."""
+    started: list[subprocess.Popen] = []
+
+    def start() -> subprocess.Popen:
+        started.append(subprocess.Popen(SLEEPER))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_process_started_inside_the_shield_blocks_sigterm_and_this_one_does_not_after(sleeper) -> None:
     before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
     with shielded_from_sigterm():
-        shielded = subprocess.Popen(SLEEPER)
-    plain = subprocess.Popen(SLEEPER)
-    try:
-        assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == before
-        assert {shielded.pid, plain.pid} <= set(descendants(os.getpid()))
-        time.sleep(0.5)  # both running Python
-        for proc in (shielded, plain):
-            proc.send_signal(signal.SIGTERM)
-        assert plain.wait(timeout=10) == -signal.SIGTERM
-        time.sleep(0.5)
-        assert shielded.poll() is None and sigterm_pending(shielded.pid) is True
-    finally:
-        for proc in (shielded, plain):
-            proc.kill()
-            proc.wait()
+        shielded = sleeper()
+    plain = sleeper()
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == before
+    assert {shielded.pid, plain.pid} <= set(descendants(os.getpid()))
+    time.sleep(0.5)  # both running Python
+    for proc in (shielded, plain):
+        proc.send_signal(signal.SIGTERM)
+    assert plain.wait(timeout=10) == -signal.SIGTERM
+    time.sleep(0.5)
+    assert shielded.poll() is None and sigterm_pending(shielded.pid) is True
+    shielded.kill()
+    shielded.wait()
     assert sigterm_pending(shielded.pid) is None  # ended
 
 
-def test_a_pending_sigterm_is_followed_by_a_sigkill_at_once_and_only_while_inside() -> None:
+def test_a_pending_sigterm_is_followed_by_a_sigkill_at_once_and_only_while_inside(sleeper) -> None:
     with shielded_from_sigterm():
-        asked, left_alone = subprocess.Popen(SLEEPER), subprocess.Popen(SLEEPER)
-    try:
-        with sigterm_turned_to_sigkill([asked.pid, left_alone.pid]):
-            assert sigterm_pending(asked.pid) is False
-            t0 = time.monotonic()
-            asked.terminate()  # what ray.shutdown sends, then waits a second for
-            assert asked.wait(timeout=10) == -signal.SIGKILL
-            assert time.monotonic() - t0 < 0.5
-        assert left_alone.poll() is None  # nothing asked it to end
-        left_alone.terminate()  # after the block: no SIGKILL follows
-        time.sleep(0.3)
-        assert left_alone.poll() is None and sigterm_pending(left_alone.pid) is True
-    finally:
-        for proc in (asked, left_alone):
-            proc.kill()
-            proc.wait()
+        asked, left_alone = sleeper(), sleeper()
+    with sigterm_turned_to_sigkill([asked.pid, left_alone.pid]):
+        assert sigterm_pending(asked.pid) is False
+        t0 = time.monotonic()
+        asked.terminate()  # what ray.shutdown sends, then waits a second for
+        assert asked.wait(timeout=10) == -signal.SIGKILL
+        assert time.monotonic() - t0 < 0.5
+    assert left_alone.poll() is None  # nothing asked it to end
+    left_alone.terminate()  # after the block: no SIGKILL follows
+    time.sleep(0.3)
+    assert left_alone.poll() is None and sigterm_pending(left_alone.pid) is True
 
 
 def test_descendants_reach_grandchildren() -> None:

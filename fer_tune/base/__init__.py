@@ -26,7 +26,7 @@ from fer_tune.base.fields import (
 from fer_tune.base.files import atomic_write, atomic_write_text, json_safe
 from fer_tune.base.locks import FolderBusy, lock_folder
 from fer_tune.base.outputs import check_output, folder_kind
-from fer_tune.base.processes import descendants, sigterm_pending
+from fer_tune.base.processes import descendants, process_stats, sigterm_pending
 from fer_tune.base.yaml_files import read_yaml
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "read_yaml",
     "cut",
     "descendants",
+    "process_stats",
     "shown",
     "sigterm_pending",
 ]

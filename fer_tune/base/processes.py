@@ -6,15 +6,23 @@ import signal
 from pathlib import Path
 
 
-def descendants(pid: int) -> list[int]:
-    """The processes below `pid` in the process tree (read from /proc; none where there is no /proc)."""
-    children: dict[int, list[int]] = {}
+def process_stats() -> dict[int, tuple[str, int, int]]:
+    """Every process's state letter, parent and process group, by pid (read from /proc; {} without it)."""
+    stats = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # after "pid (comm)": state ppid
-        except (OSError, IndexError, ValueError):  # it ended meanwhile
+            state, ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]  # after "pid (comm)"
+        except (OSError, ValueError):  # it ended meanwhile
             continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
+        stats[int(stat.parent.name)] = (state, int(ppid), int(pgrp))
+    return stats
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid` in the process tree."""
+    children: dict[int, list[int]] = {}
+    for child, (_, ppid, _) in process_stats().items():
+        children.setdefault(ppid, []).append(child)
     found, todo = [], [pid]
     while todo:
         kids = children.get(todo.pop(), [])

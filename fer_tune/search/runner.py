@@ -24,7 +24,7 @@ from fer_tune.data import FER2013
 from fer_tune.search.cluster import ray_session
 from fer_tune.search.cpu_share import share_line, typical_share
 from fer_tune.search.folder import FOLDER_ENV, SearchFolder, SearchState, command_line
-from fer_tune.search.job_budget import JobBudget, add_spent, clock, read_budget, split_budget, write_budget
+from fer_tune.search.job_budget import JobBudget, add_spent, clock, split_budget, write_budget
 from fer_tune.search.recovery import check_experiment_state, check_target, interrupts
 from fer_tune.search.resources import SearchResources, fill_resources
 from fer_tune.search.sampler import choose_sampler
@@ -304,7 +304,6 @@ def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState, ver
     # A searcher unpickled in this process reopens this search's study: never one an earlier search (a resume
     # in the same process, as in the tests or a notebook) left in the environment.
     os.environ[STUDY_DB_ENV] = str(folder.db_path)
-    t0 = time.time()
     s = space.search
     view = watch(folder.path, s.metric, s.mode, progress_columns(space), s.time_budget_s, verbose)
     resume_line = f"nothing is lost. Continue it with: fer-tune --resume {folder}"
@@ -319,14 +318,11 @@ def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState, ver
 
                 raise_if_storage_fault(folder.path)  # Optuna's commit or Ray's write failed on a full disk
                 raise
-        elapsed = time.time() - t0
         folder.sync_down()  # a search in an object store: Ray's trial files, for the tables
         trials, history = write_results(folder.path)  # a second Ctrl-C still absorbed: the tables are whole
-    budget = space.search.time_budget_s
-    job = read_budget(folder.path) if state.phase.number == 1 else None  # a job's budget: its first phase
-    # Or ended early, leaving the retrain its fewest epochs (fer_tune.search.retrain_reserve).
-    cut = job is not None and job.cut_s is not None
-    budget_hit = budget is not None and (elapsed >= budget - 1 or cut or budget_fired())
+    # The budget's stopper (Ray's own copy on a resume) fired: the budget ran out, or the search ended early
+    # to leave the retrain its fewest epochs (fer_tune.search.retrain_reserve).
+    budget_hit = budget_fired()
     unfinished = grid.num_terminated + grid.num_errors < len(grid)
     interrupted = bool(stop.signals) or unfinished or (len(grid) < space.total_trials() and not budget_hit)
     print(summarize(trials, folder.path))

@@ -76,7 +76,7 @@ class StopLog(Callback):
                 for note in (heal_stale_checkpoint(t), record_checkpoint_epochs(t)):
                     if note:
                         print(f"fer-tune: {note}", file=sys.stderr)
-        if self.stopper is not None and not (self.stopper.fired or budget_fired()):
+        if self.stopper is not None and not budget_fired():
             self.ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
         if getattr(self, "trial_timeout_s", None):  # absent in a StopLog pickled by an older fer-tune
             self._stop_hung(trials)
@@ -91,7 +91,7 @@ class StopLog(Callback):
         """
         if trials and _local(trials[0]):
             keep_whole_state(Path(trials[0].path).parent, self.__dict__.setdefault("_fer_state", {}))
-        if self.stopper is None or not (self.stopper.fired or budget_fired()) or self.logged:
+        if self.stopper is None or not budget_fired() or self.logged:
             return
         self.logged = True
         cut = [t for t in trials if t.trial_id not in self.ended and t.status == "TERMINATED"]
