@@ -46,7 +46,7 @@ from fer_tune.training import RunConfig, load_model, predict_logits, train
 from fer_tune.training.device import Precision
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = ROOT / "results" / "cpu-reference" / "best_config.yaml"
+DEFAULT_CONFIG = ROOT / "results" / "cpu-amx" / "best_config.yaml"
 BASELINE = "recipe"
 
 # arm -> (what the lever sets, a one-line description)
@@ -247,7 +247,9 @@ def table(records: list[dict], header: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=os.environ.get("FER_TUNE_DATA"), help="FER2013 CSV or image folder")
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="the recipe (default: cpu-reference's best)")
+    p.add_argument(
+        "--config", default=str(DEFAULT_CONFIG), help="the recipe (default: results/cpu-amx's best)"
+    )
     p.add_argument("--epochs", type=int, default=8, help="epochs of every run (default 8)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (default 0 1)")
     p.add_argument("--arms", nargs="+", default=["ema", "mixup", "sam", "snapshots"], choices=sorted(ARMS))

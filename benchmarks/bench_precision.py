@@ -37,7 +37,7 @@ def main() -> int:
     )
     p.add_argument(
         "--config",
-        default=str(ROOT / "results" / "cpu-reference" / "best_config.yaml"),
+        default=str(ROOT / "results" / "cpu-amx" / "best_config.yaml"),
         help="run config (default: the CPU reference search's best)",
     )
     p.add_argument("--images", type=int, default=3072, help="training images per timed epoch")

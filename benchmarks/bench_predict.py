@@ -16,8 +16,8 @@ With `--data FER2013`, also ONNX Runtime's static int8 quantization of the same 
 --quantize int8`, calibrated on 512 Training faces): its faces/s, and the PublicTest accuracy of PyTorch
 (fp32, as `fer-tune evaluate` scores), the float ONNX graph and the int8 one, so speed is never bought blind.
 
-MODELs default to the CPU reference's seed ensemble (results/cpu-reference/final) and the one model distilled
-from it (results/cpu-reference/distilled), those present, else an untrained model of configs/cpu_small.yaml
+MODELs default to the CPU reference's seed ensemble (results/cpu-amx/final) and the one model distilled
+from it (results/cpu-amx/distilled), those present, else an untrained model of configs/cpu_small.yaml
 (speed does not depend on the weights); the first lines say which were used. Each model is a column; every
 model's PyTorch figures are taken before any ONNX Runtime figure, and the later models' rates are also given
 as ratios to the first's, measured in the same run. The load average before and after is printed (other jobs
@@ -43,7 +43,7 @@ from fer_tune.inference.model_export import calibration_faces, export, quantize_
 from fer_tune.training import Precision, predict_logits
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODELS = [ROOT / "results" / "cpu-reference" / n for n in ("final", "distilled")]
+DEFAULT_MODELS = [ROOT / "results" / "cpu-amx" / n for n in ("final", "distilled")]
 FALLBACK_CONFIG = ROOT / "configs" / "cpu_small.yaml"
 TARGETS = {"faces": 2000.0, "photos": 10.0, "onnx_speedup": 1.5}
 # 256 random pre-cut faces: speed does not depend on what they show.
@@ -174,9 +174,7 @@ ROWS = [  # (figure, key, format, target)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "models", nargs="*", help="models to time (default: results/cpu-reference/final and distilled)"
-    )
+    ap.add_argument("models", nargs="*", help="models to time (default: results/cpu-amx/final and distilled)")
     ap.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads (default 2)")
     ap.add_argument("--seconds", type=float, default=5.0, help="timed seconds per figure (default 5)")
     ap.add_argument("--data", help="FER2013 CSV or folder: adds int8 ONNX and PublicTest accuracies")

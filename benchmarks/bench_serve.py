@@ -9,7 +9,7 @@ each. The photo is scikit-image's astronaut (one face) resized to 640x480 and sa
 benchmarks/bench_predict.py's photos). Printed per N: requests/s (completed requests over the wall time),
 the median and 90th-percentile latency, and the 1-minute load average before and after (the clients run on
 the same cores as the server: their share is small beside detection, but not nothing). MODEL defaults to the
-model distilled from the CPU reference (results/cpu-reference/distilled).
+model distilled from the CPU reference (results/cpu-amx/distilled).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import httpx
 from machine import cpu_name  # benchmarks/machine.py: scripts run from this folder
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = ROOT / "results" / "cpu-reference" / "distilled"
+DEFAULT_MODEL = ROOT / "results" / "cpu-amx" / "distilled"
 
 
 def photo() -> bytes:

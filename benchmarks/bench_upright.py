@@ -45,7 +45,7 @@ def photo(face: np.ndarray, angle: float, up: int = 4) -> tuple[np.ndarray, Box]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", nargs="?", default=str(ROOT / "results" / "cpu-reference" / "distilled"))
+    ap.add_argument("model", nargs="?", default=str(ROOT / "results" / "cpu-amx" / "distilled"))
     ap.add_argument("--data", default=str(SHARED), help="FER2013 CSV or image folder (its PublicTest)")
     ap.add_argument("--angles", type=float, nargs="+", default=[0, 15, -15, 30, -30])
     ap.add_argument("--n", type=int, default=0, help="faces (a seeded sample; 0 for all)")

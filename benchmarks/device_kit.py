@@ -22,9 +22,10 @@ Commands:
 
 `build --python-version 3.11` makes a kit for this machine's Python, to test the trimming here.
 
-Size: the kit is 55 MiB and the repository's tracked files 37 MiB (36 of them the fp16 weights in
-`results/reference/final/seed_*/model.pt`), over the 64 MiB a device call carries. No device command needs
-those weights: move `results/reference/final` out of the checkout for the call and back afterwards.
+Size: the kit is 55 MiB; the repository's tracked files were 92 MiB on 2026-12-03, 76 MiB of them the
+committed models (`model.pt` and `.onnx` under `results/*/final` and `results/cpu-amx/distilled`), over the
+64 MiB a device call carries. No device command needs them: move those folders out of the checkout for the
+call (`git ls-files 'results/*.pt' 'results/*.onnx'` lists the files) and back afterwards.
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ def test_each_arm_searches_the_space_with_its_seed(tmp_path: Path) -> None:
     assert warm.search.algorithm == "optuna" and warm.search.scheduler == "asha"
     assert warm.search.points_to_evaluate == cpu.search.points_to_evaluate
     # The warm start's folder, relative to the space file, still found from the copy's folder.
-    assert warm.search.warm_start == [str(ROOT / "results" / "cpu-reference")]
+    assert warm.search.warm_start == [str(ROOT / "results" / "cpu-amx")]
     assert warm.search.seed == 2 and warm.groups["seed"] == 2 and cpu.groups["seed"] == 0
     assert {k: v for k, v in warm.groups.items() if k != "seed"} == {
         k: v for k, v in cpu.groups.items() if k != "seed"

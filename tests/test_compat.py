@@ -36,7 +36,7 @@ class NamesRecorded(pickle.Unpickler):
 
 
 def test_the_committed_searches_are_the_ones_checked() -> None:
-    assert {"smoke-cpu", "smoke-extend", "reference", "cpu-reference"} <= set(SAVED)
+    assert {"smoke-cpu", "smoke-extend", "reference", "cpu-reference", "cpu-amx"} <= set(SAVED)
 
 
 @pytest.mark.parametrize("name", SAVED)

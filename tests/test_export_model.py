@@ -12,10 +12,11 @@ import torch
 from test_models import EXTREMES
 from test_predict import save_untrained
 
+import fer_tune
 from fer_tune.cli import main
 from fer_tune.inference import export_model
 from fer_tune.inference import load as load_predictor
-from fer_tune.inference.model_export import TORCHSCRIPT_META, onnx_parity
+from fer_tune.inference.model_export import STACK_TRACE, TORCHSCRIPT_META, onnx_parity
 from fer_tune.models import list_models
 from fer_tune.training import Ensemble
 from fer_tune.training.ensemble import load
@@ -67,6 +68,10 @@ def test_seed_ensemble_is_one_graph_with_metadata(tmp_path, capsys):
         and props["members"] == ["seed_0", "seed_1"]
     )
     assert props["mean"] == pytest.approx(129.48) and props["config"]["augment"]["crop"] == 44
+    # The exporter's per-node Python stack traces named this machine's paths (the checkout, the venv).
+    assert str(Path(fer_tune.__file__).parent).encode() not in (tmp_path / "ens.onnx").read_bytes()
+    assert not [p for n in proto.graph.node for p in n.metadata_props if p.key == STACK_TRACE]
+    assert any(n.metadata_props for n in proto.graph.node)  # the rest of the node metadata stays
     model, _ = load(tmp_path / "final", device="cpu")
     assert isinstance(model, Ensemble)
     assert onnx_parity(tmp_path / "ens.onnx", model, 44, n=3) <= 1e-4

@@ -14,6 +14,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -803,6 +804,9 @@ def test_a_resumed_search_that_runs_out_of_its_time_budget_finishes(
     resumed = runner.start("--resume", str(folder))
     assert resumed.wait(timeout=240) == 0, resumed.log.read_text(errors="replace")[-3000:]
     assert json.loads((folder / "fer_tune.json").read_text())["finished"] is True
+    # Its view counted down what the first run left, not the whole 30 s again.
+    left = re.findall(r"elapsed, 0:00:(\d\d) left of 0:00:30", resumed.log.read_text(errors="replace"))
+    assert left and int(left[0]) < 28, left
     reasons = set(__import__("pandas").read_csv(folder / "trials.csv")["stop_reason"])
     assert "stopped by time budget" in reasons, reasons
 

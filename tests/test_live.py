@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import pickle
 import time
@@ -180,3 +181,30 @@ def test_token_notice_dropped_security_warning_kept(caplog: pytest.LogCaptureFix
         auth.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled")
         auth.warning("Token authentication is disabled for this Ray cluster. Anyone with network access")
     assert [r.getMessage()[:36] for r in caplog.records] == ["Token authentication is disabled for"]
+
+
+def test_a_resumed_search_counts_down_what_was_left_of_its_budget(clock: Clock, tmp_path: Path) -> None:
+    """A resume's view showed the whole budget as left; Ray's own stopper, unpickled from the experiment
+    state, counts down what the interrupted run left, and so does the view now."""
+    from ray.tune.utils.serialization import TuneFunctionEncoder
+
+    from fer_tune.search.budget_stopper import BudgetStopper
+    from fer_tune.search.ray_trials import budget_left
+
+    stopper = BudgetStopper(3600)
+    stopper._budget = 1234.0  # what TimeoutStopper had left at the last snapshot
+    state = {"trial_data": [], "runner_data": {"_stopper": stopper}}
+    (tmp_path / "experiment_state-2026-12-03_10-00-00.json").write_text(
+        json.dumps(state, cls=TuneFunctionEncoder)
+    )
+    assert budget_left(tmp_path) == 1234.0
+    assert budget_left(tmp_path / "nosuch") is None  # no snapshot: the whole budget
+    console = terminal()
+    view = LiveView(
+        Path("results/x"), "val_acc", "max", KEYS, 3600, console=console, left_s=budget_left(tmp_path)
+    )
+    view.setup(start_time=clock.now - 34, total_samples=8)
+    view.update(search(), done=False)
+    view.close()
+    text = console.export_text() if console.record else console.file.getvalue()
+    assert "0:00:34 elapsed, 0:20:00 left of 1:00:00" in text

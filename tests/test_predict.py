@@ -38,9 +38,9 @@ skdata = pytest.importorskip("skimage.data")
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 REFERENCE = RESULTS / "reference" / "final"
-# Every committed model a user is pointed to: the GPU pilot's and the CPU reference's seed ensembles, and the
-# one model distilled from the latter.
-COMMITTED = [REFERENCE, RESULTS / "cpu-reference" / "final", RESULTS / "cpu-reference" / "distilled"]
+# Every committed model a user is pointed to: the GPU pilot's and the two CPU references' seed ensembles, and
+# the one model distilled from the earlier (AMX) one.
+COMMITTED = [REFERENCE] + [RESULTS / p for p in ("cpu-reference/final", "cpu-amx/final", "cpu-amx/distilled")]
 TINY = {"model": {"arch": "cnn", "kernels": [8, 16], "head_width": 0}, "augment": {"crop": 44}, "seed": 0}
 # The astronaut's face (x, y, w, h) in skimage's 512x512 photo, from the detector on the upright photo.
 ASTRONAUT_FACE = (175, 64, 98, 98)
@@ -482,9 +482,9 @@ def test_upright_flag_reaches_predict(tmp_path, untrained_run, astronaut, capsys
 
 
 @pytest.mark.parametrize(
-    ("members", "flag", "want"), [(1, None, "tencrop"), (2, None, "none"), (2, "flip", "flip")]
+    ("members", "flag", "want"), [(1, None, "tencrop"), (2, None, "tencrop"), (2, "flip", "flip")]
 )
-def test_tta_auto_is_tencrop_for_one_model_and_none_for_an_ensemble(
+def test_tta_auto_is_tencrop_for_one_model_and_an_ensemble(
     tmp_path, untrained_run, astronaut, capsys, monkeypatch, members, flag, want
 ):
     import fer_tune.inference.predictor as predictor

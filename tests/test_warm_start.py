@@ -24,7 +24,7 @@ from fer_tune.search.extend import _warm_outside
 from fer_tune.search.warm_start import WARM_CONFIG, WARM_TRIAL, add_warm_trials, read_warm_starts, start_from
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT / "results" / "cpu-reference"  # 21 trials of the cpu space: 3 of 12 epochs, 18 stopped early
+REFERENCE = ROOT / "results" / "cpu-amx"  # 21 trials of the cpu space: 3 of 12 epochs, 18 stopped early
 SMOKE = ROOT / "results" / "smoke-cpu"  # 10 trials of the smoke space, from before phases and optuna.db
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -131,17 +131,17 @@ def test_a_folder_a_bundled_space_names_may_be_absent(tmp_path: Path, monkeypatc
     bundled = tmp_path / "site-packages" / "fer_tune" / "search_spaces"
     bundled.mkdir(parents=True)
     raw = yaml.safe_load(cpu_space(tmp_path).read_text())
-    raw["search"]["warm_start"] = ["../results/cpu-reference"]
+    raw["search"]["warm_start"] = ["../results/cpu-amx"]
     (bundled / "cpu.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     space = load_space(bundled / "cpu.yaml")
     monkeypatch.setattr(warm_module, "bundled_dir", lambda: bundled)
     recorded, warm = start_from(space, [], tmp_path / "results" / "new")
     assert warm == [] and recorded.search.warm_start == []
     out = capsys.readouterr().out
-    assert "warm start: " in out and "cpu-reference: not found" in out and "starts without it" in out
+    assert "warm start: " in out and "cpu-amx: not found" in out and "starts without it" in out
     # The same file anywhere else: an error.
     monkeypatch.setattr(warm_module, "bundled_dir", lambda: tmp_path)
-    with pytest.raises(ConfigError, match=r"search.warm_start: \.\./results/cpu-reference: no such search"):
+    with pytest.raises(ConfigError, match=r"search.warm_start: \.\./results/cpu-amx: no such search"):
         read_warm_starts(space)
 
 
@@ -152,12 +152,12 @@ def test_a_folder_a_bundled_space_names_may_be_absent(tmp_path: Path, monkeypatc
         ({}, "results/bench-search", "--warm-start {folder}: not a fer-tune search folder (no fer_tune"),
         (
             {"search": {"metric": "val_loss"}},
-            "results/cpu-reference",
+            "results/cpu-amx",
             "--warm-start {folder}: its trials are ranked by val_acc (max), this search's by val_loss (min)",
         ),
         (
             {"search": {"algorithm": "random"}},
-            "results/cpu-reference",
+            "results/cpu-amx",
             "--warm-start: needs search.algorithm: optuna",
         ),
     ],

@@ -303,7 +303,7 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
         "--tta",
         choices=["auto", "none", "flip", "tencrop"],
         default="auto",
-        help="test-time augmentation (auto: tencrop for one model, none for an ensemble)",
+        help="test-time augmentation (auto: tencrop, ten views of each face)",
     )
     predict.add_argument(
         "--every", type=_integer(1), default=10, help="videos: classify every N-th frame (10)"

@@ -34,6 +34,7 @@ from fer_tune.training.ensemble import load
 FORMATS = ("onnx", "torchscript")
 MIN_AGREEMENT = 0.95  # an int8 graph that changes more top-1 answers than this is refused
 OPSET = 18
+STACK_TRACE = "pkg.torch.onnx.stack_trace"  # node metadata: the exporting machine's file paths
 
 
 def export_model(model_path: str | Path, out: str | Path, fmt: str = "onnx", *, check: bool = True) -> Path:
@@ -224,6 +225,7 @@ def quantize_int8(float_onnx: Path, out: Path, meta: dict[str, Any], faces: np.n
                 f"held-out faces (< {MIN_AGREEMENT:.0%}); not written"
             )
         proto = onnx.load(str(partial))
+        drop_stack_traces(proto)  # the float graph's were dropped; the quantizer's own nodes may add some
         props = metadata(meta) | {"quantized": json.dumps("int8"), "int8_agreement": json.dumps(agreement)}
         onnx.helper.set_model_props(proto, props)
         _write(out, proto.SerializeToString())
@@ -291,8 +293,33 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, out: Path, props: dict
             verbose=False,
         )
     proto = program.model_proto
+    drop_stack_traces(proto)
     onnx.helper.set_model_props(proto, props)
     _write(out, proto.SerializeToString())
+
+
+def drop_stack_traces(proto: Any) -> None:
+    """Remove the Python stack trace the exporter records on each node (`pkg.torch.onnx.stack_trace`): it
+    names files of the machine that exported the model (its home and virtualenv paths) in a file meant to
+    ship. The other node metadata (module names and scopes) stays.
+
+    Args:
+        proto: an `onnx.ModelProto`, changed in place.
+    """
+    graphs = [proto.graph]
+    nodes = [n for f in proto.functions for n in f.node]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            nodes.append(node)
+            graphs += [a.g for a in node.attribute if a.HasField("g")] + [
+                g for a in node.attribute for g in a.graphs
+            ]
+    for node in nodes:
+        kept = [p for p in node.metadata_props if p.key != STACK_TRACE]
+        if len(kept) != len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
 
 
 def _export_torchscript(model: nn.Module, example: torch.Tensor, out: Path, props: dict[str, str]) -> None:

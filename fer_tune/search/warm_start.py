@@ -63,7 +63,7 @@ class WarmStart:
         """The line the search prints: trials used, trials skipped and why.
 
         Returns:
-            `warm start: 17 trials from results/cpu-reference (3 complete, 14 stopped early); 4 skipped ...`.
+            `warm start: 17 trials from results/cpu-amx (3 complete, 14 stopped early); 4 skipped ...`.
         """
         if self.absent:
             return f"warm start: {_shown(self.folder)}: {self.absent}"
