@@ -25,6 +25,18 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 
+def nodes(proto) -> list:
+    """Every node of an ONNX model: its graph's, its functions' and those of subgraphs (If, Loop, Scan)."""
+    found, graphs = [], [proto.graph, *proto.functions]
+    while graphs:
+        for node in graphs.pop().node:
+            found.append(node)
+            graphs += [a.g for a in node.attribute if a.HasField("g")] + [
+                g for a in node.attribute for g in a.graphs
+            ]
+    return found
+
+
 def family_config(arch: str) -> dict:
     """The family's smallest structure (test_models.EXTREMES), trained on 44-px crops (a center crop)."""
     model = {"arch": arch, **EXTREMES[arch]["small"]}
@@ -37,6 +49,8 @@ def family_config(arch: str) -> dict:
 def test_onnx_runtime_matches_pytorch(arch, tmp_path, one_thread, monkeypatch):
     run = save_untrained(family_config(arch), tmp_path / "run")
     out = export_model(run, tmp_path / "m.onnx", check=False)
+    proto = onnx.load(out)  # the exporter's stack traces named this machine's files: dropped from each node
+    assert not [p for n in nodes(proto) for p in n.metadata_props if p.key == STACK_TRACE]
     model, meta = load(run, device="cpu")
     assert onnx_parity(out, model, 44, n=7) <= 1e-4  # a batch of 7: the export's example had 2
     # Through the predictors: uint8 faces -> normalise, crop -> logits -> probabilities, flip TTA too; in

@@ -6,10 +6,10 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import pickle
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +17,7 @@ import pytest
 from rich.console import Console
 
 from fer_tune.search import progress as live
+from fer_tune.search.budget_stopper import forget_budget_fired
 from fer_tune.search.internals import AUTH_TOKEN_LOGGER
 from fer_tune.search.progress import LiveReporter, LiveView, quiet_ray, watch
 
@@ -62,6 +63,14 @@ class Clock:
 
     def thread_time(self) -> float:  # the drawing cost the view measures stays real
         return time.thread_time()
+
+
+@pytest.fixture(autouse=True)
+def no_budget_counting_down() -> Iterator[None]:
+    """No stopper of a search run earlier in this process (tests that call `main`) feeds the views here."""
+    forget_budget_fired()
+    yield
+    forget_budget_fired()
 
 
 @pytest.fixture
@@ -183,26 +192,17 @@ def test_token_notice_dropped_security_warning_kept(caplog: pytest.LogCaptureFix
     assert [r.getMessage()[:36] for r in caplog.records] == ["Token authentication is disabled for"]
 
 
-def test_a_resumed_search_counts_down_what_was_left_of_its_budget(clock: Clock, tmp_path: Path) -> None:
+def test_a_resumed_search_counts_down_what_was_left_of_its_budget(clock: Clock) -> None:
     """A resume's view showed the whole budget as left; Ray's own stopper, unpickled from the experiment
-    state, counts down what the interrupted run left, and so does the view now."""
-    from ray.tune.utils.serialization import TuneFunctionEncoder
+    state, counts down what the interrupted run left, and the view now shows what that stopper has left."""
+    from fer_tune.search.budget_stopper import BudgetStopper, budget_left
 
-    from fer_tune.search.budget_stopper import BudgetStopper
-    from fer_tune.search.ray_trials import budget_left
-
-    stopper = BudgetStopper(3600)
-    stopper._budget = 1234.0  # what TimeoutStopper had left at the last snapshot
-    state = {"trial_data": [], "runner_data": {"_stopper": stopper}}
-    (tmp_path / "experiment_state-2026-12-03_10-00-00.json").write_text(
-        json.dumps(state, cls=TuneFunctionEncoder)
-    )
-    assert budget_left(tmp_path) == 1234.0
-    assert budget_left(tmp_path / "nosuch") is None  # no snapshot: the whole budget
+    assert budget_left() is None  # no stopper has checked yet: the view counts from its own start
+    resumed = pickle.loads(pickle.dumps(BudgetStopper(3600)))  # as Ray restores it
+    resumed._budget = 1200.0  # what the interrupted run left
+    assert not resumed.stop_all() and budget_left() == 1200.0  # the first check takes no time off
     console = terminal()
-    view = LiveView(
-        Path("results/x"), "val_acc", "max", KEYS, 3600, console=console, left_s=budget_left(tmp_path)
-    )
+    view = LiveView(Path("results/x"), "val_acc", "max", KEYS, budget_s=3600, console=console)
     view.setup(start_time=clock.now - 34, total_samples=8)
     view.update(search(), done=False)
     view.close()

@@ -301,7 +301,10 @@ def predict_command(args: argparse.Namespace) -> int:
     if not args.no_detect:  # built before the first file: a missing detector model fails at once
         predictor.detector = make_detector(args.detector, args.confidence, args.scale_step)
         predictor.upright = args.upright
-    tta = predictor.default_tta if args.tta == "auto" else args.tta
+    # auto is ten-crop, for one model and an ensemble: on the 45-epoch seeds of the README's first command
+    # (docs/benchmarks.md, "The CPU reference", two runs) it added 2.1-3.1 points PublicTest to each seed
+    # and 1.8 to their ensemble, at 10x a face's cost (1.7 ms a face for one seed, 6.5 ms for 3, 2 cores).
+    tta = "tencrop" if args.tta == "auto" else args.tta
     return predict_files(
         predictor, args.inputs, out=args.out, detect=not args.no_detect, tta=tta, every=args.every
     )

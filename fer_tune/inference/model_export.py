@@ -225,7 +225,6 @@ def quantize_int8(float_onnx: Path, out: Path, meta: dict[str, Any], faces: np.n
                 f"held-out faces (< {MIN_AGREEMENT:.0%}); not written"
             )
         proto = onnx.load(str(partial))
-        drop_stack_traces(proto)  # the float graph's were dropped; the quantizer's own nodes may add some
         props = metadata(meta) | {"quantized": json.dumps("int8"), "int8_agreement": json.dumps(agreement)}
         onnx.helper.set_model_props(proto, props)
         _write(out, proto.SerializeToString())
@@ -306,20 +305,10 @@ def drop_stack_traces(proto: Any) -> None:
     Args:
         proto: an `onnx.ModelProto`, changed in place.
     """
-    graphs = [proto.graph]
-    nodes = [n for f in proto.functions for n in f.node]
-    while graphs:
-        graph = graphs.pop()
-        for node in graph.node:
-            nodes.append(node)
-            graphs += [a.g for a in node.attribute if a.HasField("g")] + [
-                g for a in node.attribute for g in a.graphs
-            ]
-    for node in nodes:
+    for node in [*proto.graph.node, *(n for f in proto.functions for n in f.node)]:
         kept = [p for p in node.metadata_props if p.key != STACK_TRACE]
-        if len(kept) != len(node.metadata_props):
-            del node.metadata_props[:]
-            node.metadata_props.extend(kept)
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
 
 
 def _export_torchscript(model: nn.Module, example: torch.Tensor, out: Path, props: dict[str, str]) -> None:

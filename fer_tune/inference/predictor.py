@@ -141,17 +141,6 @@ class Predictor:
             self._leveller = EyeLeveller()
         return self._leveller if self.upright else None
 
-    @property
-    def default_tta(self) -> str:
-        """`tencrop`, for one model and an ensemble: what `fer-tune predict --tta auto` uses.
-
-        Measured on the README's first command's 45-epoch seeds (docs/benchmarks.md, "The CPU reference",
-        two runs): ten-crop added 2.1-3.1 points PublicTest to each seed and 1.8 to their 3-seed ensemble, at
-        10x a face's cost (1.7 ms a face for one model, 6.5 ms for the ensemble on 2 cores). On the
-        earlier 28-epoch seeds it added nothing to the ensemble, which then took the centre view.
-        """
-        return "tencrop"
-
     def predict_crops(self, crops: np.ndarray, tta: str = "none") -> np.ndarray:
         """Probabilities (N, 7) float32 of uint8 face crops (N, 48, 48), in batches of 256.
 

@@ -12,10 +12,12 @@ if TYPE_CHECKING:
     from fer_tune.search.retrain_reserve import RetrainReserve
 
 
-# Whether a BudgetStopper fired in this process. On a resume Ray runs its own copy of the stopper, unpickled
-# from the saved experiment state (with what was left of the budget), not the one the tuner and StopLog hold:
-# a resumed search that ran out of its budget looked interrupted (exit 130, and so did every resume after).
+# What the BudgetStopper running in this process knows: whether it fired, and what it has left. On a resume
+# Ray runs its own copy of the stopper, unpickled from the saved experiment state (with what was left of the
+# budget), not the one the tuner and StopLog hold: a resumed search that ran out of its budget looked
+# interrupted (exit 130, and so did every resume after), and its live view showed the whole budget as left.
 _FIRED = False
+_LEFT: float | None = None
 
 
 def budget_fired() -> bool:
@@ -23,10 +25,16 @@ def budget_fired() -> bool:
     return _FIRED
 
 
+def budget_left() -> float | None:
+    """Seconds the running search's budget had left at its stopper's last check (Ray checks every loop of its
+    controller); None before the first check or without a budget."""
+    return _LEFT
+
+
 def forget_budget_fired() -> None:
-    """Before a search runs: no budget has run out yet."""
-    global _FIRED
-    _FIRED = False
+    """Before a search runs: no budget has run out, none is counting down."""
+    global _FIRED, _LEFT
+    _FIRED, _LEFT = False, None
 
 
 class BudgetStopper(TimeoutStopper):
@@ -57,7 +65,6 @@ class BudgetStopper(TimeoutStopper):
             self.reserve.end_search(max(0.0, self._budget))
             spent = True
         self.fired = spent or self.fired
-        if self.fired:
-            global _FIRED
-            _FIRED = True
+        global _FIRED, _LEFT
+        _FIRED, _LEFT = _FIRED or self.fired, max(0.0, self._budget)
         return self.fired

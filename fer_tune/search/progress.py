@@ -26,6 +26,7 @@ from typing import Any
 
 from ray.tune import CLIReporter, ProgressReporter
 
+from fer_tune.search.budget_stopper import budget_left
 from fer_tune.search.cpu_share import share_line, typical_share
 from fer_tune.search.internals import AUTH_TOKEN_LOGGER
 from fer_tune.search.job_budget import clock
@@ -87,7 +88,6 @@ class LiveView:
         mode: `max` or `min`.
         keys: config keys (`model/arch`, `train/lr`) shown for the best and running trials.
         budget_s: the search's time budget, if any.
-        left_s: what was left of it when this run began (a resume); None for all of it.
         verbose: show Ray's status table (its `CLIReporter`) instead.
         console: where to draw (default: stdout); a terminal gets the table, anything else plain lines.
     """
@@ -101,12 +101,10 @@ class LiveView:
         budget_s: float | None = None,
         verbose: bool = False,
         console: Any = None,
-        left_s: float | None = None,
     ) -> None:
         from rich.console import Console
 
         self.folder, self.metric, self.mode, self.budget_s = folder, metric, mode, budget_s
-        self.left_s = budget_s if left_s is None else left_s
         self.keys = list(keys)[:MAX_KEYS]
         self.console = console or Console()
         self.verbose = verbose
@@ -329,8 +327,10 @@ class LiveView:
     def _times(self) -> str:
         elapsed = time.time() - self.start
         text = f"{clock(elapsed)} elapsed"
-        if self.budget_s and self.left_s is not None:
-            text += f", {clock(max(0.0, self.left_s - elapsed))} left of {clock(self.budget_s)}"
+        if self.budget_s:
+            left = budget_left()  # what the stopper counts down: after a resume, less than the whole budget
+            left = max(0.0, self.budget_s - elapsed) if left is None else left
+            text += f", {clock(left)} left of {clock(self.budget_s)}"
         return text
 
     def _counts_text(self, n: dict[str, int], seen: int) -> str:
@@ -351,7 +351,6 @@ def watch(
     budget_s: float | None = None,
     verbose: bool = False,
     console: Any = None,
-    left_s: float | None = None,
 ) -> Iterator[LiveView]:
     """Show the progress of the `Tuner.fit()` run inside this block (through `LiveReporter`).
 
@@ -363,13 +362,12 @@ def watch(
         budget_s: the search's time budget in seconds; None for none.
         verbose: show Ray's status table instead.
         console: a `rich.console.Console` to draw on; None for stdout.
-        left_s: what was left of the budget when this run began (a resume); None for all of it.
 
     Yields:
         The view (closed, the last table left on screen, when the block ends).
     """
     global _view
-    view = LiveView(folder, metric, mode, keys, budget_s, verbose, console, left_s)
+    view = LiveView(folder, metric, mode, keys, budget_s, verbose, console)
     _view = view
     try:
         yield view

@@ -10,29 +10,6 @@ from fer_tune.base import DataError
 from fer_tune.search.folder import SearchFolder
 
 
-def budget_left(experiment: Path) -> float | None:
-    """What the time budget's stopper had left at the newest experiment-state snapshot of a Ray experiment,
-    seconds: what Ray's own copy of it, unpickled on a resume, counts down from.
-
-    Args:
-        experiment: a phase's Ray experiment folder.
-
-    Returns:
-        The seconds left (at least 0); None without a snapshot, a budget, or a readable stopper.
-    """
-    from ray.tune.utils.serialization import TuneFunctionDecoder
-
-    states = sorted(experiment.glob("experiment_state-*.json"))
-    try:
-        stopper = json.loads(states[-1].read_text())["runner_data"]["_stopper"]
-        # The search's own file, which Ray itself unpickles to resume: as trusted as the resume is.
-        stopper = json.loads(json.dumps(stopper), cls=TuneFunctionDecoder, allow_cloudpickle=True)
-        left = float(stopper._budget)  # what ray.tune.stopper.TimeoutStopper counts down
-    except Exception:  # no snapshot, no TimeoutStopper (no budget), or a state a later Ray saves otherwise
-        return None
-    return max(0.0, left)
-
-
 def ray_trials(folder: SearchFolder) -> list[dict[str, Any]]:
     """Trial id, phase, status, config and folder of every trial of every phase, from Ray's newest
     experiment-state snapshot of each phase, read as plain JSON (its cloudpickled fields are never

@@ -25,7 +25,6 @@ from fer_tune.search.cluster import ray_session
 from fer_tune.search.cpu_share import share_line, typical_share
 from fer_tune.search.folder import FOLDER_ENV, SearchFolder, SearchState, command_line
 from fer_tune.search.job_budget import JobBudget, add_spent, clock, split_budget, write_budget
-from fer_tune.search.ray_trials import budget_left
 from fer_tune.search.recovery import check_experiment_state, check_target, interrupts
 from fer_tune.search.resources import SearchResources, fill_resources
 from fer_tune.search.sampler import choose_sampler
@@ -278,7 +277,7 @@ def _resume(folder: SearchFolder, retry_errored: bool, address: str | None, verb
             restart_errored=False,  # restarted trials get ids OptunaSearch never saw (KeyError in Ray 2.60)
         )
         print(f"fer-tune: resuming {folder.path}" + (" (errored trials too)" if retry_errored else ""))
-        return _fit(tuner, space, folder, state, verbose, budget_left(experiment))
+        return _fit(tuner, space, folder, state, verbose)
 
 
 def _check_tracking(state: dict[str, Any]) -> None:
@@ -291,16 +290,7 @@ def _check_tracking(state: dict[str, Any]) -> None:
 # -- running -------------------------------------------------------------------------------------------------
 
 
-def _fit(
-    tuner: Any,
-    space: Space,
-    folder: SearchFolder,
-    state: SearchState,
-    verbose: bool = False,
-    left_s: float | None = None,
-) -> int:
-    """Run the tuner under the live view and the stop handlers; write the tables; the exit status.
-    `left_s`: what a resumed search had left of its time budget (None: all of it)."""
+def _fit(tuner: Any, space: Space, folder: SearchFolder, state: SearchState, verbose: bool = False) -> int:
     from fer_tune.search.budget_stopper import budget_fired, forget_budget_fired
     from fer_tune.search.progress import watch
     from fer_tune.search.results import summarize, write_results
@@ -315,9 +305,7 @@ def _fit(
     # in the same process, as in the tests or a notebook) left in the environment.
     os.environ[STUDY_DB_ENV] = str(folder.db_path)
     s = space.search
-    view = watch(
-        folder.path, s.metric, s.mode, progress_columns(space), s.time_budget_s, verbose, left_s=left_s
-    )
+    view = watch(folder.path, s.metric, s.mode, progress_columns(space), s.time_budget_s, verbose)
     resume_line = f"nothing is lost. Continue it with: fer-tune --resume {folder}"
     forget_budget_fired()
     with interrupts(resume_line) as stop:
