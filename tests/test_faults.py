@@ -554,7 +554,11 @@ def test_a_full_or_read_only_results_disk_stops_with_one_error_and_resumes(
             )
             assert new.splitlines()[: len(old)] == old
             [json.loads(ln) for ln in whole_lines(new)]
-        json.loads(max(after.glob("experiment_state-*.json")).read_text())
+        state = max(after.glob("experiment_state-*.json"))
+        try:
+            json.loads(state.read_text())
+        except ValueError:  # Ray writes it in place: the fault may cut it; resume puts back its whole copy
+            json.loads(whole_copy(state).read_text())
         with sqlite3.connect(after / "optuna.db") as db:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         # Space freed (or the disk writable again): the search resumes and every trial completes.
