@@ -29,6 +29,7 @@ from fer_tune.training import (
     load_model,
     train,
 )
+from fer_tune.training.device import Precision, cpu_has_native_bf16
 from fer_tune.training.splits import pixel_stats, stratified_subset
 
 TINY_MODEL = {"arch": "cnn", "kernels": [8, 16], "head_width": 0}
@@ -463,3 +464,25 @@ def test_a_one_epoch_onecycle_run_ignores_the_warmup_it_does_not_use() -> None:
         RunConfig.from_dict(
             {"model": TINY_MODEL, "train": {"epochs": 1, "schedule": "cosine", "warmup_epochs": 1.0}}
         )
+
+
+@pytest.mark.parametrize(
+    ("isa", "native"),
+    [
+        ("AVX2", False),
+        ("avx512_core_vnni", False),
+        ("AVX512_CORE_BF16", None),
+        ("AVX512_CORE_AMX", None),
+        ("", None),
+    ],
+)
+def test_a_onednn_isa_cap_below_bf16_makes_auto_fp32(
+    monkeypatch: pytest.MonkeyPatch, isa: str, native: bool | None
+) -> None:
+    # Under such a cap oneDNN emulates bf16 (37 images/s against fp32's 547 for the cpu space's VGG): auto
+    # must not pick it. At or above the bf16 ISAs (or uncapped) the CPU's own capabilities decide.
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    caps = torch.cpu.get_capabilities()
+    expected = bool(caps.get("amx_bf16") or caps.get("avx512_bf16")) if native is None else native
+    assert cpu_has_native_bf16() is expected
+    assert Precision.select("auto", torch.device("cpu")).name == ("bf16" if expected else "fp32")

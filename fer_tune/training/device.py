@@ -188,14 +188,25 @@ def cpu_has_native_bf16() -> bool:
     There, bf16 autocast trained the CPU models 2-3.4x faster than fp32 (measured on this project's CPUs: a
     Xeon with AMX, an AMD EPYC with AVX512-BF16); without either, oneDNN emulates bf16 and fp32 is faster.
 
+    `ONEDNN_MAX_CPU_ISA` below AVX512_CORE_BF16 (oneDNN's own cap on the instructions it uses; AVX2 also
+    stands in for an AVX2-only machine) counts as no native bf16: oneDNN then emulates it, and a bf16 training
+    step of the cpu space's VGG ran at 37 images/s against fp32's 547 on an EPYC capped at AVX2.
+
     Returns:
         False also when this torch cannot tell.
     """
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if isa and isa not in ("ALL", "DEFAULT") and not isa.startswith(_BF16_ISAS):
+        return False
     try:
         caps = torch.cpu.get_capabilities()
     except (AttributeError, RuntimeError):  # an older torch: no capability query, no guess
         return False
     return bool(caps.get("amx_bf16", False) or caps.get("avx512_bf16", False))
+
+
+# oneDNN's ISA names (its docs' `ONEDNN_MAX_CPU_ISA` values) from the first that multiplies bf16 in hardware
+_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10_1_512", "AVX10_2_512")
 
 
 @dataclass(frozen=True)
