@@ -22,10 +22,13 @@ Commands:
 
 `build --python-version 3.11` makes a kit for this machine's Python, to test the trimming here.
 
-Size: the kit is 55 MiB; the repository's tracked files were 92 MiB on 2026-12-03, 76 MiB of them the
-committed models (`model.pt` and `.onnx` under `results/*/final` and `results/cpu-amx/distilled`), over the
-64 MiB a device call carries. No device command needs them: move those folders out of the checkout for the
-call (`git ls-files 'results/*.pt' 'results/*.onnx'` lists the files) and back afterwards.
+Size: the kit is 55 MiB; the repository's tracked files were 94 MiB on 2026-12-03: 76 MiB of them the
+committed models (`model.pt` and `.onnx` under `results/*/final` and `results/cpu-amx/distilled`), 16 MiB the
+rest of `results/`, 1.6 MiB everything else. A device call carries 64 MiB in all, so without the models the
+tree and the kit are still 72 MiB. No device stage reads `results/` (`gpu_session.sh` writes and reads
+`/tmp/results`; the `cpu` space's warm start is optional): move the whole folder out of the checkout for the
+call (`mv results ../results-aside`, about 57 MiB then travel) and back afterwards; `gpu_session.sh`'s
+`RETRAIN_CONFIG=results/...` example then needs that config copied under `.kit/` first.
 """
 
 from __future__ import annotations
