@@ -84,8 +84,8 @@ def test_seed_ensemble_is_one_graph_with_metadata(tmp_path, capsys):
     assert props["mean"] == pytest.approx(129.48) and props["config"]["augment"]["crop"] == 44
     # The exporter's per-node Python stack traces named this machine's paths (the checkout, the venv).
     assert str(Path(fer_tune.__file__).parent).encode() not in (tmp_path / "ens.onnx").read_bytes()
-    assert not [p for n in proto.graph.node for p in n.metadata_props if p.key == STACK_TRACE]
-    assert any(n.metadata_props for n in proto.graph.node)  # the rest of the node metadata stays
+    assert not [p for n in nodes(proto) for p in n.metadata_props if p.key == STACK_TRACE]
+    assert any(n.metadata_props for n in nodes(proto))  # the rest of the node metadata stays
     model, _ = load(tmp_path / "final", device="cpu")
     assert isinstance(model, Ensemble)
     assert onnx_parity(tmp_path / "ens.onnx", model, 44, n=3) <= 1e-4

@@ -90,13 +90,18 @@ def test_counts_and_best_trial() -> None:
     assert view.best([trial("p", "PENDING")]) is None
 
 
-def test_terminal_table_shows_counts_best_budget_and_folder(clock: Clock) -> None:
+def shown(clock: Clock, elapsed: float) -> str:
+    """What a view of `search()` under a 1-hour budget prints, `elapsed` seconds after its start."""
     console = terminal()
     view = LiveView(Path("results/x"), "val_acc", "max", KEYS, budget_s=3600, console=console)
-    view.setup(start_time=clock.now - 65, total_samples=8)
+    view.setup(start_time=clock.now - elapsed, total_samples=8)
     view.update(search(), done=False)
     view.close()
-    text = console.export_text() if console.record else console.file.getvalue()
+    return console.export_text() if console.record else console.file.getvalue()
+
+
+def test_terminal_table_shows_counts_best_budget_and_folder(clock: Clock) -> None:
+    text = shown(clock, 65)
     for part in (
         "0:01:05 elapsed, 0:58:55 left of 1:00:00",
         "trials of 8: 2 running, 1 finished, 1 stopped, 1 errored, 1 pending",
@@ -201,10 +206,4 @@ def test_a_resumed_search_counts_down_what_was_left_of_its_budget(clock: Clock) 
     resumed = pickle.loads(pickle.dumps(BudgetStopper(3600)))  # as Ray restores it
     resumed._budget = 1200.0  # what the interrupted run left
     assert not resumed.stop_all() and budget_left() == 1200.0  # the first check takes no time off
-    console = terminal()
-    view = LiveView(Path("results/x"), "val_acc", "max", KEYS, budget_s=3600, console=console)
-    view.setup(start_time=clock.now - 34, total_samples=8)
-    view.update(search(), done=False)
-    view.close()
-    text = console.export_text() if console.record else console.file.getvalue()
-    assert "0:00:34 elapsed, 0:20:00 left of 1:00:00" in text
+    assert "0:00:34 elapsed, 0:20:00 left of 1:00:00" in shown(clock, 34)

@@ -182,6 +182,10 @@ def setup_device(
     return dev, amp
 
 
+# oneDNN's ISA names (its docs' `ONEDNN_MAX_CPU_ISA` values) from the first that multiplies bf16 in hardware
+_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10_1_512", "AVX10_2_512")
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware: AMX (Xeon 4th gen on) or AVX512-BF16 (AMD Zen 4 on).
 
@@ -203,10 +207,6 @@ def cpu_has_native_bf16() -> bool:
     except (AttributeError, RuntimeError):  # an older torch: no capability query, no guess
         return False
     return bool(caps.get("amx_bf16", False) or caps.get("avx512_bf16", False))
-
-
-# oneDNN's ISA names (its docs' `ONEDNN_MAX_CPU_ISA` values) from the first that multiplies bf16 in hardware
-_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10_1_512", "AVX10_2_512")
 
 
 @dataclass(frozen=True)
