@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from fer_tune.base import ConfigError
+from fer_tune.base import ConfigError, FerTuneError
 from fer_tune.search import (
     BudgetStopper,
     CpuShare,
@@ -374,6 +374,16 @@ def test_trials_run_at_the_commands_niceness() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     worker, driver = done.stdout.split()[-2:]
     assert worker == driver, done.stdout + done.stderr
+
+
+def test_a_search_that_ended_before_any_epoch_says_why_there_is_nothing_to_retrain(tmp_path) -> None:
+    from fer_tune.search import retrain_best
+
+    # a budget that ran out before the first report: no best_config.yaml, and nothing written to final/
+    with pytest.raises(FerTuneError, match="no trial reported an epoch") as err:
+        retrain_best(tmp_path, seeds=3)
+    assert f"fer-tune --resume {tmp_path} --retrain 3" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "final").exists()
 
 
 @pytest.mark.ray

@@ -6,8 +6,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from fer_tune.base import FerTuneError
 from fer_tune.data import FER2013, load_fer2013
-from fer_tune.search.folder import SearchFolder
+from fer_tune.search.folder import BEST_CONFIG, SearchFolder
 from fer_tune.search.job_budget import (
     JobBudget,
     RetrainPlan,
@@ -35,8 +36,16 @@ def retrain_best(folder: str | Path, seeds: int, device: str | None = None) -> P
 
     Returns:
         The folder the seeds were written to, `<folder>/final`.
+
+    Raises:
+        FerTuneError: no trial reported an epoch (a budget that ended first), so there is no best config.
     """
     t0 = time.time()
+    if not (Path(folder) / BEST_CONFIG).is_file():  # say why, not that a file the user never named is missing
+        raise FerTuneError(
+            f"{folder}: no trial reported an epoch before the search stopped, so there is no best config to "
+            f"retrain; continue the search with: fer-tune --resume {folder} --retrain {seeds}"
+        )
     search = SearchFolder(folder)
     data = search.read_state().data  # the data the search used
     epochs = search.read_space().search.retrain_epochs  # None: the best config's own
@@ -48,7 +57,7 @@ def retrain_best(folder: str | Path, seeds: int, device: str | None = None) -> P
             data = load_fer2013(data)  # once: the plan counts its faces, the retrain trains on them
             epochs = _planned_epochs(folder, job, seeds, data, epochs, device)
         retrain(
-            Path(folder) / "best_config.yaml",
+            Path(folder) / BEST_CONFIG,
             data=data,
             out_dir=out,
             epochs=epochs,
